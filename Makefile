@@ -1,0 +1,33 @@
+# txstream — `make demo` runs the whole system, `make test` runs the tests.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+READY  := $(VENV)/.installed
+
+.PHONY: demo test lint format init-db clean
+
+demo: $(READY)            ## emitter + subscriber + web app; embedded Redis/SQLite unless configured
+	$(BIN)/python -m txstream.demo
+
+test: $(READY)            ## the whole test suite (integration tests need Redis and MariaDB)
+	$(BIN)/pytest
+
+lint: $(READY)            ## ruff lint and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(READY)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+init-db: $(READY)         ## create the database and tables named by DATABASE_URL
+	$(BIN)/flask --app app init-db
+
+$(READY): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements.txt
+	touch $@
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

@@ -1,0 +1,121 @@
+"""The database: SQLAlchemy models of the two tables, and the engine that reaches them.
+
+`schema.sql` creates the same tables for MySQL users (DataGrip, `mysql < schema.sql`);
+a test proves the two agree on a real MariaDB.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Engine,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+    create_engine,
+    event,
+    make_url,
+    text,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from txstream.money import Money, install_sqlite_functions
+
+_MYSQL = ("mysql", "mariadb")
+# BIGINT AUTO_INCREMENT on MySQL; SQLite only auto-increments INTEGER PRIMARY KEY.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+# DATETIME(6): microseconds. On SQLite a fixed-width text that sorts in time order.
+Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), *_MYSQL)
+# Case-sensitive, byte-ordered ids, so "a" and "A" are two transactions and ties
+# on `ts` break in the same order in MySQL, SQLite, Python and Redis.
+TxnId = String(64).with_variant(mysql.VARCHAR(64, charset="ascii", collation="ascii_bin"), *_MYSQL)
+_TABLE_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
+
+
+class Base(DeclarativeBase):
+    """Base of txstream's models."""
+
+
+class StoredTransaction(Base):
+    """One card transaction, stored exactly once (unique `txn_id`)."""
+
+    __tablename__ = "transactions"
+    __table_args__ = (
+        UniqueConstraint("txn_id", name="uq_transactions_txn_id"),  # exactly once
+        # Covers a user's time-range sum and newest-first pages: no other user's rows
+        # are read, and the table itself is not touched.
+        Index("ix_transactions_user_ts", "user_id", "ts", "txn_id", "amount"),
+        # The newest transactions of all users.
+        Index("ix_transactions_ts", "ts", "txn_id"),
+        _TABLE_OPTIONS,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    txn_id: Mapped[str] = mapped_column(TxnId)
+    user_id: Mapped[int] = mapped_column(BigInteger)
+    amount: Mapped[Decimal] = mapped_column(Money(20))
+    ts: Mapped[datetime] = mapped_column(Timestamp, comment="event time, UTC")
+    received_at: Mapped[datetime] = mapped_column(Timestamp, comment="stored at, UTC")
+
+
+class UserWindowTotal(Base):
+    """A user's totals over one tumbling window of WINDOW_HOURS, aligned to the epoch."""
+
+    __tablename__ = "user_window_totals"
+    __table_args__ = (_TABLE_OPTIONS,)
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    window_start: Mapped[datetime] = mapped_column(DateTime, primary_key=True, comment="UTC")
+    tx_count: Mapped[int] = mapped_column(BigInteger)
+    # Wider than one amount, so that many large amounts cannot overflow the sum.
+    amount_sum: Mapped[Decimal] = mapped_column(Money(30))
+    amount_min: Mapped[Decimal] = mapped_column(Money(20))
+    amount_max: Mapped[Decimal] = mapped_column(Money(20))
+    updated_at: Mapped[datetime] = mapped_column(Timestamp, comment="UTC")
+
+
+transactions = StoredTransaction.__table__
+user_window_totals = UserWindowTotal.__table__
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for `url` (MySQL/MariaDB, or SQLite for tests and the demo)."""
+    if make_url(url).get_backend_name() == "sqlite":
+        engine = create_engine(url, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        install_sqlite_functions(engine)
+        return engine
+    return create_engine(
+        url,
+        pool_pre_ping=True,  # a MySQL restart must not hand out dead connections
+        pool_recycle=3600,
+        connect_args={"connect_timeout": 5},
+    )
+
+
+def create_schema(engine: Engine) -> None:
+    """Create the database (MySQL) and the tables if they are missing."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" and url.database:
+        server = create_engine(url.set(database=""), connect_args={"connect_timeout": 5})
+        name = server.dialect.identifier_preparer.quote(url.database)
+        try:
+            with server.begin() as conn:
+                conn.execute(text(f"CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4"))
+        finally:
+            server.dispose()
+    Base.metadata.create_all(engine)
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    # WAL lets the web app read while the subscriber writes (the demo's three processes).
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()

@@ -1,0 +1,34 @@
+-- txstream's tables for MySQL / MariaDB: the same as models.py (a test checks it).
+-- Run it in DataGrip, or: mysql -u root < schema.sql
+-- The subscriber and `flask --app app init-db` also create them when missing.
+
+CREATE DATABASE IF NOT EXISTS txstream CHARACTER SET utf8mb4;
+USE txstream;
+
+-- Every card transaction, exactly once (unique txn_id).
+CREATE TABLE IF NOT EXISTS transactions (
+  id          BIGINT NOT NULL AUTO_INCREMENT,
+  txn_id      VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  user_id     BIGINT NOT NULL,
+  amount      DECIMAL(20,2) NOT NULL,
+  ts          DATETIME(6) NOT NULL COMMENT 'event time, UTC',
+  received_at DATETIME(6) NOT NULL COMMENT 'stored at, UTC',
+  PRIMARY KEY (id),
+  UNIQUE KEY uq_transactions_txn_id (txn_id),
+  -- a user's time-range sum and newest-first pages, read from the index alone
+  KEY ix_transactions_user_ts (user_id, ts, txn_id, amount),
+  -- the newest transactions of all users
+  KEY ix_transactions_ts (ts, txn_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Per user, per tumbling window of WINDOW_HOURS (default 6) aligned to the epoch.
+CREATE TABLE IF NOT EXISTS user_window_totals (
+  user_id      BIGINT NOT NULL,
+  window_start DATETIME NOT NULL COMMENT 'UTC',
+  tx_count     BIGINT NOT NULL,
+  amount_sum   DECIMAL(30,2) NOT NULL,
+  amount_min   DECIMAL(20,2) NOT NULL,
+  amount_max   DECIMAL(20,2) NOT NULL,
+  updated_at   DATETIME(6) NOT NULL COMMENT 'UTC',
+  PRIMARY KEY (user_id, window_start)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

@@ -1,0 +1,49 @@
+"""Tumbling windows aligned to the epoch, and the per-window totals of a batch."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from txstream.wire import EPOCH, MONEY_CONTEXT, Transaction
+
+
+def window_start(ts: datetime, window_seconds: int) -> datetime:
+    """Start of the window of `window_seconds` that holds `ts` (windows start at the epoch)."""
+    delta = ts - EPOCH  # whole seconds only: exact, unlike a float of the epoch
+    whole_seconds = delta.days * 86400 + delta.seconds
+    return EPOCH + timedelta(seconds=whole_seconds // window_seconds * window_seconds)
+
+
+@dataclass(slots=True)
+class WindowTotal:
+    """Count, sum, min and max of some transactions of one user in one window."""
+
+    user_id: int
+    window_start: datetime
+    tx_count: int
+    amount_sum: Decimal
+    amount_min: Decimal
+    amount_max: Decimal
+
+    def add(self, amount: Decimal) -> None:
+        """Count one more transaction of `amount`."""
+        self.tx_count += 1
+        self.amount_sum = MONEY_CONTEXT.add(self.amount_sum, amount)
+        self.amount_min = min(self.amount_min, amount)
+        self.amount_max = max(self.amount_max, amount)
+
+
+def window_totals(txns: Iterable[Transaction], window_seconds: int) -> list[WindowTotal]:
+    """Totals per (user, window) of `txns`, sorted by key so that locks are taken in order."""
+    totals: dict[tuple[int, datetime], WindowTotal] = {}
+    for tx in txns:
+        key = (tx.user_id, window_start(tx.ts, window_seconds))
+        total = totals.get(key)
+        if total is None:
+            totals[key] = WindowTotal(*key, 1, tx.amount, tx.amount, tx.amount)
+        else:
+            total.add(tx.amount)
+    return [totals[key] for key in sorted(totals)]
