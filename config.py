@@ -6,6 +6,7 @@ value means the same thing everywhere. Command-line flags override these.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from dataclasses import dataclass
@@ -83,6 +84,17 @@ def mask_url(url: str) -> str:
 def configure_logging(level: str) -> None:
     """Log to stderr in the seed's format."""
     logging.basicConfig(level=level, format=LOG_FORMAT, datefmt=LOG_DATEFMT, force=True)
+
+
+def positive_int_flag(text: str) -> int:
+    """argparse type of a flag that takes a whole number > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number > 0, got {text!r}")
+    return value
 
 
 def _text(env: dict[str, str], name: str, default: str) -> str:

@@ -8,7 +8,6 @@ a fresh key prefix and channel per test, so they never touch real data.
 
 from __future__ import annotations
 
-import os
 import uuid
 
 import fakeredis
@@ -19,20 +18,7 @@ from sqlalchemy.exc import OperationalError
 
 import config
 import models
-
-REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
-TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-TEST_DATABASE_URL = os.environ.get(
-    "TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/txstream_test"
-)
-
-
-def service_unavailable(what: str, error: Exception) -> None:
-    """Skip the test, or fail it when the services are required (CI)."""
-    message = f"{what} is not answering: {error}"
-    if REQUIRE_SERVICES:
-        pytest.fail(message + " (REQUIRE_SERVICES=1)")
-    pytest.skip(message)
+from tests.servers import TEST_DATABASE_URL, TEST_REDIS_URL, service_unavailable
 
 
 @pytest.fixture

@@ -1,0 +1,197 @@
+"""End to end on the real Redis and MariaDB: the emitter and the subscriber as processes."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+from datetime import datetime
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import func, select
+
+import models
+from app import create_app
+from tests.checks import (
+    assert_recent_lists_match_db,
+    assert_totals_match_raw_rows,
+    stored_transactions,
+)
+from tests.processes import Script, wait_until
+from tests.servers import TEST_DATABASE_URL, TEST_REDIS_URL
+from txstream.keys import Keys
+from txstream.wire import parse
+
+pytestmark = pytest.mark.services
+
+SEED_LINES = [  # the seed's example messages, exactly
+    "1,-44690489068,1570358269.4836092",
+    "2,20596488508,1570358272.48946",
+    "1,-27269658564,1570358277.493473",
+    "3,41603904384,1570358279.49744",
+]
+MALFORMED = [
+    b"",
+    b"1,2",
+    b"0,10.00,1570358269",
+    b"1,10.001,1570358269",
+    b"1,abc,1570358269",
+    b"1,10,nan",
+    b"\xff\xfe,10,1570358269",
+    b"1,10,1570358269,bad id",
+    b"1," + b"9" * 1100 + b",1570358269",
+]
+WINDOW_SECONDS = 6 * 3600
+
+
+def count_rows(engine) -> int:
+    with engine.connect() as conn:
+        return conn.scalar(select(func.count()).select_from(models.transactions))
+
+
+@pytest.fixture
+def subscriber_env(channel, key_prefix):
+    """The environment of the scripts under test: the test servers, channel and prefix."""
+    return {
+        "REDIS_URL": TEST_REDIS_URL,
+        "DATABASE_URL": TEST_DATABASE_URL,
+        "CHANNEL": channel,
+        "KEY_PREFIX": key_prefix,
+        "WINDOW_HOURS": "6",
+        "BATCH_INTERVAL_MS": "50",
+    }
+
+
+@pytest.fixture
+def start_subscriber(subscriber_env, redis_client, mysql_engine, channel):
+    """Start sub_and_store.py with `extra_env`; return once it has subscribed."""
+    started = []
+
+    def start(*args: str, **extra_env: str) -> Script:
+        script = Script("sub_and_store.py", *args, env={**subscriber_env, **extra_env})
+        started.append(script)
+        wait_until(
+            lambda: dict(redis_client.pubsub_numsub(channel)).get(channel.encode()) == 1,
+            20,
+            "the subscriber to subscribe",
+        )
+        return script
+
+    yield start
+    for script in started:
+        script.kill()
+
+
+@pytest.fixture
+def subscriber(start_subscriber):
+    """A running sub_and_store.py, subscribed to the test channel."""
+    return start_subscriber("--stats-interval", "0.2")
+
+
+def test_emitter_and_raw_publishes_are_stored_exactly_once(
+    subscriber, subscriber_env, redis_client, mysql_engine, channel, key_prefix
+):
+    emitter = Script(
+        "emitter_and_pub.py",
+        *("--count", "300", "--rate", "2000", "--users", "20", "--seed", "11"),
+        env=subscriber_env,
+    )
+    assert emitter.wait() == 0, emitter.output
+    emitted = [
+        parse(m.group(1))
+        for m in map(re.compile(r"INFO pub_transactions: (\S+,\S+,\S+,\S+)$").search, emitter.lines)
+        if m
+    ]
+    assert len(emitted) == 300
+    assert "published 300 transactions" in emitter.output
+    for line in SEED_LINES:
+        redis_client.publish(channel, line)
+    for _ in range(2):  # the same txn_id twice: stored once
+        redis_client.publish(channel, "5,12.34,1570358300.5,repeated-id")
+    for raw in MALFORMED:
+        redis_client.publish(channel, raw)
+
+    dead_key = Keys(key_prefix).dead
+    wait_until(lambda: count_rows(mysql_engine) == 300 + 4 + 1, 30, "all rows stored")
+    wait_until(lambda: redis_client.llen(dead_key) == len(MALFORMED), 10, "dead letters")
+    subscriber.wait_for_line(r"stored=305 duplicates=1 dead=9 received=315")
+
+    stored = {tx.txn_id: tx for tx in stored_transactions(mysql_engine)}
+    for tx in emitted:
+        assert stored[tx.txn_id] == tx
+    seed_rows = sorted(
+        (tx.user_id, tx.amount, tx.ts) for tx in stored.values() if tx.ts.year == 2019
+    )
+    assert seed_rows == [
+        (1, Decimal("-44690489068.00"), datetime(2019, 10, 6, 10, 37, 49, 483609)),
+        (1, Decimal("-27269658564.00"), datetime(2019, 10, 6, 10, 37, 57, 493473)),
+        (2, Decimal("20596488508.00"), datetime(2019, 10, 6, 10, 37, 52, 489460)),
+        (3, Decimal("41603904384.00"), datetime(2019, 10, 6, 10, 37, 59, 497440)),
+        (5, Decimal("12.34"), datetime(2019, 10, 6, 10, 38, 20, 500000)),
+    ]
+    assert_totals_match_raw_rows(mysql_engine, WINDOW_SECONDS)
+    assert_recent_lists_match_db(mysql_engine, redis_client, key_prefix)
+
+    dead = [json.loads(item) for item in redis_client.lrange(dead_key, 0, -1)]
+    assert [d["raw"] for d in dead] == [
+        raw.decode("utf-8", "backslashreplace") for raw in MALFORMED
+    ]
+    assert dead[6]["raw"] == "\\xff\\xfe,10,1570358269"
+    assert all(d["reason"] and re.fullmatch(r"\d{4}-.*T.*Z", d["at"]) for d in dead)
+
+    assert subscriber.stop(signal.SIGTERM) == 0
+    assert "stopped on SIGTERM" in subscriber.output
+
+
+def test_endpoints_serve_what_the_subscriber_stored(
+    subscriber, redis_client, mysql_engine, channel, key_prefix
+):
+    for line in SEED_LINES:
+        redis_client.publish(channel, line)
+    wait_until(lambda: count_rows(mysql_engine) == 4, 30, "the seed lines stored")
+    wait_until(lambda: redis_client.llen(Keys(key_prefix).recent(1)) == 2, 10, "recent list")
+    app = create_app(
+        {
+            "TESTING": True,
+            "ENGINE": mysql_engine,
+            "REDIS": redis_client,
+            "KEY_PREFIX": key_prefix,
+            "WINDOW_HOURS": Decimal(6),
+            "CLOCK": lambda: datetime(2019, 10, 6, 12, 0, 0),
+        }
+    )
+    client = app.test_client()
+
+    summary = client.get("/api/users/1/sum?hours=6").get_json()
+    assert summary["count"] == 2
+    assert summary["sum"] == "-71960147632.00"
+    assert summary["to"] == "2019-10-06T12:00:00.000000Z"
+
+    listed = client.get("/api/users/1/transactions?limit=1").get_json()
+    assert [i["amount"] for i in listed["items"]] == ["-27269658564.00"]
+    older = client.get(f"/api/users/1/transactions?limit=1&before={listed['next']}").get_json()
+    assert [i["amount"] for i in older["items"]] == ["-44690489068.00"]
+    assert older["next"] is None
+
+    recent = client.get("/api/users/1/recent").get_json()["items"]
+    assert [i["amount"] for i in recent] == ["-27269658564.00", "-44690489068.00"]
+    windows = client.get("/api/users/1/windows").get_json()["items"]
+    assert [(w["tx_count"], w["amount_sum"]) for w in windows] == [(2, "-71960147632.00")]
+    everyone = client.get("/api/transactions?limit=2").get_json()["items"]
+    assert [i["user_id"] for i in everyone] == [3, 1]
+    assert client.get("/healthz").get_json() == {"redis": "ok", "database": "ok"}
+    assert b"-27269658564.00" in client.get("/users/1").data
+
+
+def test_sigterm_stores_the_pending_batch(start_subscriber, redis_client, mysql_engine, channel):
+    script = start_subscriber(
+        "--stats-interval", "0.1", BATCH_INTERVAL_MS="600000", BATCH_SIZE="1000"
+    )
+    for line in SEED_LINES[:3]:
+        redis_client.publish(channel, line)
+    script.wait_for_line(r"stored=0 duplicates=0 dead=0 received=3")
+    assert count_rows(mysql_engine) == 0  # still pending in the batch
+    assert script.stop(signal.SIGTERM) == 0, script.output
+    assert count_rows(mysql_engine) == 3
+    assert "storing the last 3 message(s)" in script.output

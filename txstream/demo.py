@@ -1,0 +1,189 @@
+"""`make demo`: the whole system as three processes — emitter, subscriber and web app.
+
+While REDIS_URL and DATABASE_URL are unset (environment and `.env`), it needs no
+servers: it starts fakeredis's Redis-protocol TCP server on a free loopback port,
+which the three processes share, and uses a SQLite file. When they are set, it uses
+those servers. Ctrl-C stops everything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import config
+import models
+
+ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger("demo")
+
+
+def free_port(preferred: int = 0) -> int:
+    """`preferred` if it is free on 127.0.0.1, else any free port."""
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError("no free port on 127.0.0.1")
+
+
+def serve_fake_redis(port: int) -> None:
+    """Run fakeredis's TCP server (a Redis-protocol server in memory) until terminated."""
+    from fakeredis import TcpFakeServer
+
+    TcpFakeServer(("127.0.0.1", port), server_type="redis").serve_forever()
+
+
+class Child:
+    """One process of the demo; its output is echoed with a name in front."""
+
+    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,  # Ctrl-C reaches the demo, which stops them in order
+        )
+        threading.Thread(target=self._echo, daemon=True).start()
+
+    def _echo(self) -> None:
+        for line in self.proc.stdout:
+            print(f"[{self.name:>10}] {line}", end="", flush=True)
+
+    def stop(self, timeout: float = 15) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def wait_for_http(url: str, timeout: float, children: list[Child]) -> None:
+    """Wait until `url` answers 200, failing early if a child process has died."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        dead = [c.name for c in children if c.proc.poll() is not None]
+        if dead:
+            raise RuntimeError(f"{', '.join(dead)} exited during start-up (see its output)")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line flags of the demo."""
+    parser = argparse.ArgumentParser(
+        description="Run txstream's emitter, subscriber and web app together. Uses an "
+        "embedded Redis (fakeredis) and a SQLite file unless REDIS_URL / DATABASE_URL are set.",
+    )
+    parser.add_argument("--port", type=int, default=5000, help="web port (default: %(default)s)")
+    parser.add_argument(
+        "--rate", type=float, default=2.0, help="transactions per second (default: %(default)s)"
+    )
+    parser.add_argument("--users", type=int, default=20, help="user population (default: 20)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=ROOT / "var", help="where the SQLite file goes (var/)"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Start the three processes, print the URL, and stop them all on Ctrl-C."""
+    args = parse_args(argv)
+    config.configure_logging("INFO")
+    settings = config.load()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    fake_redis = None
+    if config.is_set("REDIS_URL"):
+        redis_what = f"Redis at {config.mask_url(settings.redis_url)}"
+    else:
+        port = free_port()
+        env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+        fake_redis = multiprocessing.Process(target=serve_fake_redis, args=(port,), daemon=True)
+        fake_redis.start()
+        redis_what = f"embedded fakeredis server at {env['REDIS_URL']} (in memory)"
+    if config.is_set("DATABASE_URL"):
+        database_url = settings.database_url
+        db_what = f"database {config.mask_url(database_url)}"
+    else:
+        args.data_dir.mkdir(parents=True, exist_ok=True)
+        database_url = f"sqlite:///{args.data_dir / 'demo.sqlite3'}"
+        env["DATABASE_URL"] = database_url
+        db_what = f"SQLite file {args.data_dir / 'demo.sqlite3'}"
+    engine = models.make_engine(database_url)
+    models.create_schema(engine)
+    engine.dispose()
+
+    web_port = free_port(args.port)
+    url = f"http://127.0.0.1:{web_port}/"
+    rate, users = str(args.rate), str(args.users)
+    subscriber = Child("subscriber", ["sub_and_store.py"], env)
+    emitter = Child("emitter", ["emitter_and_pub.py", "--rate", rate, "--users", users], env)
+    web = Child("web", ["-m", "flask", "--app", "app", "run", "--port", str(web_port)], env)
+    children = [subscriber, emitter, web]
+    signal.signal(signal.SIGTERM, _interrupt)
+    status = 0
+    try:
+        wait_for_http(url + "healthz", 60, children)
+        print(
+            "\n"
+            "  txstream demo is running\n"
+            f"    Redis     {redis_what}\n"
+            f"    Database  {db_what}\n"
+            f"    Web       {url}    <- open this\n"
+            f"    API       curl {url}api/transactions\n"
+            "  Press Ctrl-C to stop.\n",
+            flush=True,
+        )
+        while all(c.proc.poll() is None for c in children):
+            time.sleep(0.5)
+        dead = [c.name for c in children if c.proc.poll() is not None]
+        log.error("%s exited; stopping the demo", ", ".join(dead))
+        status = 1
+    except KeyboardInterrupt:
+        log.info("stopping the demo")
+    except RuntimeError as exc:
+        log.error("%s", exc)
+        status = 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for child in (emitter, subscriber, web):  # the subscriber stores what was sent
+            child.stop()
+        if fake_redis is not None:
+            fake_redis.terminate()
+            fake_redis.join(5)
+    return status
+
+
+def _interrupt(_signum, _frame) -> None:
+    raise KeyboardInterrupt
+
+
+if __name__ == "__main__":
+    sys.exit(main())
