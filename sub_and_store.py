@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ log = logging.getLogger("sub_and_store")
 
 DB_ERRORS = (OperationalError, InterfaceError)  # connection lost, server down, deadlock
 REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+MAX_WAIT = 0.2  # seconds: how soon a stop request is noticed
 
 
 @dataclass
@@ -99,7 +101,10 @@ class Subscriber:
             while not self.stop:
                 if max_messages is not None and self.counts.received >= max_messages:
                     break
-                wait = interval - (time.monotonic() - batch.started) if batch else interval
+                # Wake for the batch deadline, the next progress line, and a stop
+                # request (a signal does not interrupt the wait).
+                due = min(batch.started + interval if batch else math.inf, next_report)
+                wait = min(due - time.monotonic(), MAX_WAIT)
                 try:
                     message = pubsub.get_message(timeout=max(wait, 0.001))
                     backoff = Backoff()

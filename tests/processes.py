@@ -28,12 +28,12 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str) -> ob
 
 
 class Script:
-    """A txstream script running in a subprocess, its output collected line by line."""
+    """`python ARGS...` in the repository, its output collected line by line."""
 
-    def __init__(self, script: str, *args: str, env: dict[str, str]) -> None:
+    def __init__(self, *args: str, env: dict[str, str]) -> None:
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / script), *args],
+            [sys.executable, *args],
             cwd=ROOT,
             env={**os.environ, **env},
             stdout=subprocess.PIPE,
@@ -83,7 +83,11 @@ class Script:
         return code
 
     def kill(self) -> None:
-        """Kill the process if it is still running (test clean-up)."""
+        """Test clean-up: SIGTERM (so it can stop what it started), then SIGKILL."""
         if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -56,7 +56,10 @@ class Store:
 
         Connection errors propagate, with nothing committed, for the caller to retry.
         """
-        unique = list({tx.txn_id: tx for tx in reversed(txns)}.values())[::-1]
+        first: dict[str, Transaction] = {}
+        for tx in txns:
+            first.setdefault(tx.txn_id, tx)
+        unique = list(first.values())
         try:
             committed = self._commit_with_retry(unique)
         except DataError:

@@ -112,7 +112,9 @@ def format_time(ts: datetime) -> str:
 
     Always six fractional digits, so these strings sort in time order.
     """
-    return ts.replace(tzinfo=None).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if ts.tzinfo is not None:
+        ts = ts.astimezone(UTC).replace(tzinfo=None)
+    return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def format_epoch(ts: datetime) -> str:
@@ -161,12 +163,14 @@ def _parse_amount(text: str) -> Decimal:
 def _parse_timestamp(text: str) -> datetime:
     if not _TIMESTAMP.fullmatch(text):
         raise MalformedMessage(f"timestamp must be unix epoch seconds, got {text[:40]!r}")
-    seconds = Decimal(text)
-    if seconds >= MAX_TIMESTAMP:
-        raise MalformedMessage(f"timestamp out of range (before year 10000), got {text[:40]!r}")
-    seconds = seconds.quantize(MICROSECOND)
+    whole, _, fraction = text.lstrip("+-").partition(".")
+    if len(whole) > 12 or len(fraction) > 9:  # 12 digits reach past year 9999
+        raise MalformedMessage(f"timestamp out of range or too precise, got {text[:40]!r}")
+    seconds = Decimal(text).quantize(MICROSECOND)
     if seconds <= 0:
-        raise MalformedMessage(f"timestamp must be > 0, got {text[:40]!r}")
+        raise MalformedMessage(f"timestamp must be > 0, got {text!r}")
+    if seconds >= MAX_TIMESTAMP:
+        raise MalformedMessage(f"timestamp out of range (before year 10000), got {text!r}")
     return from_epoch(seconds)
 
 

@@ -1,0 +1,123 @@
+"""Settings: defaults, overrides, clear errors, and URLs safe to log."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+import config
+
+
+def test_defaults():
+    settings = config.load({})
+    assert settings == config.Settings(
+        redis_url="redis://127.0.0.1:6379/0",
+        database_url="mysql+pymysql://root@127.0.0.1:3306/txstream",
+        channel="transactions",
+        key_prefix="txstream:",
+        window_hours=Decimal(6),
+        batch_size=500,
+        batch_interval_ms=100,
+        log_level="INFO",
+    )
+    assert settings.window_seconds == 6 * 3600
+
+
+def test_empty_values_mean_the_defaults():
+    env = {"REDIS_URL": "", "DATABASE_URL": "", "WINDOW_HOURS": "", "BATCH_SIZE": "",
+           "BATCH_INTERVAL_MS": "", "LOG_LEVEL": ""}  # fmt: skip
+    assert config.load(env) == config.load({})
+
+
+def test_overrides():
+    settings = config.load(
+        {
+            "REDIS_URL": "redis://:pw@cache:6380/2",
+            "DATABASE_URL": "sqlite:///demo.sqlite3",
+            "CHANNEL": "tx2",
+            "KEY_PREFIX": "demo:",
+            "WINDOW_HOURS": "1.5",
+            "BATCH_SIZE": "50",
+            "BATCH_INTERVAL_MS": "20",
+            "LOG_LEVEL": "debug",
+        }
+    )
+    assert settings == config.Settings(
+        redis_url="redis://:pw@cache:6380/2",
+        database_url="sqlite:///demo.sqlite3",
+        channel="tx2",
+        key_prefix="demo:",
+        window_hours=Decimal("1.5"),
+        batch_size=50,
+        batch_interval_ms=20,
+        log_level="DEBUG",
+    )
+    assert settings.window_seconds == 5400
+
+
+@pytest.mark.parametrize(
+    ("hours", "seconds"),
+    [("1", 3600), ("0.25", 900), ("0.01", 36), ("24", 86400), ("8760", 31536000), ("6.0", 21600)],
+)
+def test_window_hours_in_whole_seconds(hours, seconds):
+    assert config.load({"WINDOW_HOURS": hours}).window_seconds == seconds
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("BATCH_SIZE", "0", "BATCH_SIZE must be a whole number > 0 (got '0')"),
+        ("BATCH_SIZE", "-5", "BATCH_SIZE must be a whole number > 0 (got '-5')"),
+        ("BATCH_SIZE", "1.5", "BATCH_SIZE must be a whole number > 0 (got '1.5')"),
+        ("BATCH_SIZE", "ten", "BATCH_SIZE must be a whole number > 0 (got 'ten')"),
+        ("BATCH_INTERVAL_MS", "0", "BATCH_INTERVAL_MS must be a whole number > 0 (got '0')"),
+        ("BATCH_INTERVAL_MS", "-1", "BATCH_INTERVAL_MS must be a whole number > 0 (got '-1')"),
+        ("BATCH_INTERVAL_MS", "1e3", "BATCH_INTERVAL_MS must be a whole number > 0 (got '1e3')"),
+        ("WINDOW_HOURS", "0", "WINDOW_HOURS must be a number of hours > 0"),
+        ("WINDOW_HOURS", "-6", "WINDOW_HOURS must be a number of hours > 0"),
+        ("WINDOW_HOURS", "nan", "WINDOW_HOURS must be a number of hours > 0"),
+        ("WINDOW_HOURS", "NaN", "WINDOW_HOURS must be a number of hours > 0"),
+        ("WINDOW_HOURS", "inf", "WINDOW_HOURS must be a number of hours > 0"),
+        ("WINDOW_HOURS", "8760.0001", "at most 8760"),
+        ("WINDOW_HOURS", "8761", "at most 8760"),
+        ("WINDOW_HOURS", "0.0001", "in whole seconds"),
+        ("WINDOW_HOURS", "1.00001", "in whole seconds"),
+        ("WINDOW_HOURS", "six", "(got 'six')"),
+        ("LOG_LEVEL", "verbose", "LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR (got 'verbose')"),
+        ("CHANNEL", "", "CHANNEL must not be empty"),
+    ],
+)
+def test_bad_values_are_named_in_the_error(name, value, message):
+    with pytest.raises(config.ConfigError) as excinfo:
+        config.load({name: value})
+    assert message in str(excinfo.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("mysql+pymysql://u:secret@h/db", "mysql+pymysql://u:***@h/db"),
+        ("mysql+pymysql://root:s3cr3t@127.0.0.1:3306/txstream?charset=utf8mb4",
+         "mysql+pymysql://root:***@127.0.0.1:3306/txstream?charset=utf8mb4"),
+        ("mysql+pymysql://u:p@ss@h/db", "mysql+pymysql://u:***@h/db"),
+        ("redis://:pw@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("redis://default:pw@cache/0", "redis://default:***@cache/0"),
+    ],
+)  # fmt: skip
+def test_mask_url_hides_the_password(url, masked):
+    assert config.mask_url(url) == masked
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "mysql+pymysql://root@127.0.0.1:3306/txstream",
+        "redis://127.0.0.1:6379/0",
+        "redis://cache",
+        "sqlite:///demo.sqlite3",
+        "sqlite://",
+    ],
+)
+def test_mask_url_leaves_urls_without_password(url):
+    assert config.mask_url(url) == url

@@ -1,0 +1,41 @@
+"""`make demo` on a machine with no Redis and no MySQL: fakeredis server + SQLite."""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.request
+
+from tests.processes import Script, wait_until
+from txstream.demo import free_port
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return json.load(response)
+
+
+def test_demo_runs_emitter_subscriber_and_web_app_without_servers(tmp_path):
+    port = free_port()
+    demo = Script(
+        *("-m", "txstream.demo", "--port", str(port), "--rate", "50", "--data-dir", str(tmp_path)),
+        env={"REDIS_URL": "", "DATABASE_URL": ""},  # unset: the embedded defaults
+    )
+    try:
+        demo.wait_for_line(rf"Web +http://127\.0\.0\.1:{port}/", timeout=90)
+        assert "embedded fakeredis server at redis://127.0.0.1:" in demo.output
+        assert f"SQLite file {tmp_path / 'demo.sqlite3'}" in demo.output
+        base = f"http://127.0.0.1:{port}"
+        latest = wait_until(
+            lambda: get_json(f"{base}/api/transactions?limit=5")["items"],
+            30,
+            "transactions stored by the subscriber and served by the web app",
+        )
+        user_id = latest[0]["user_id"]
+        recent = get_json(f"{base}/api/users/{user_id}/recent")["items"]
+        assert latest[0]["txn_id"] in [item["txn_id"] for item in recent]
+        assert get_json(f"{base}/healthz") == {"redis": "ok", "database": "ok"}
+        assert demo.stop(signal.SIGINT, timeout=30) == 0, demo.output
+        assert "[subscriber]" in demo.output and "stopped on SIGTERM" in demo.output
+    finally:
+        demo.kill()

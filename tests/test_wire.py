@@ -1,0 +1,224 @@
+"""The wire format: parse, format_line, to_json and dead_letter."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from txstream.wire import (
+    MAX_LINE_BYTES,
+    MalformedMessage,
+    Transaction,
+    dead_letter,
+    format_line,
+    parse,
+    to_json,
+)
+
+# The seed's lines, exactly as its emitter printed them.
+SEED = [
+    ("1,-44690489068,1570358269.4836092", 1, "-44690489068", "2019-10-06 10:37:49.483609"),
+    ("2,20596488508,1570358272.48946", 2, "20596488508", "2019-10-06 10:37:52.489460"),
+    ("1,-27269658564,1570358277.493473", 1, "-27269658564", "2019-10-06 10:37:57.493473"),
+    ("3,41603904384,1570358279.49744", 3, "41603904384", "2019-10-06 10:37:59.497440"),
+]
+
+
+@pytest.mark.parametrize(("line", "user_id", "amount", "ts"), SEED)
+def test_seed_lines_parse(line, user_id, amount, ts):
+    tx = parse(line, missing_id="seed-1")
+    assert tx == Transaction("seed-1", user_id, Decimal(amount), datetime.fromisoformat(ts))
+
+
+def test_three_fields_get_a_new_uuid_each():
+    first, second = parse(SEED[0][0]), parse(SEED[0][0])
+    assert first.txn_id != second.txn_id
+    assert str(uuid.UUID(first.txn_id)) == first.txn_id
+
+
+def test_fourth_field_is_the_txn_id():
+    assert parse("7,1.5,1570358269,abc-1", missing_id="unused").txn_id == "abc-1"
+
+
+@pytest.mark.parametrize(
+    "raw", [b"1,2.50,100,t", b"1,2.50,100,t\n", b"1,2.50,100,t\r\n", "1,2.50,100,t\n"]
+)
+def test_one_trailing_newline_is_tolerated(raw):
+    assert parse(raw) == Transaction("t", 1, Decimal("2.50"), datetime(1970, 1, 1, 0, 1, 40))
+
+
+@pytest.mark.parametrize(
+    ("line", "user_id", "amount", "ts"),
+    [
+        ("1,0,1", 1, "0", datetime(1970, 1, 1, 0, 0, 1)),
+        (f"{2**63 - 1},1,1", 2**63 - 1, "1", datetime(1970, 1, 1, 0, 0, 1)),
+        ("1,999999999999999999.99,1", 1, "999999999999999999.99", datetime(1970, 1, 1, 0, 0, 1)),
+        ("1,-999999999999999999.99,1", 1, "-999999999999999999.99", datetime(1970, 1, 1, 0, 0, 1)),
+        ("1,+5.5,1", 1, "5.50", datetime(1970, 1, 1, 0, 0, 1)),
+        ("1,-0.01,1", 1, "-0.01", datetime(1970, 1, 1, 0, 0, 1)),
+        ("1,1,0.000001", 1, "1", datetime(1970, 1, 1, 0, 0, 0, 1)),
+        ("1,1,1570358269.4836095", 1, "1", datetime(2019, 10, 6, 10, 37, 49, 483610)),
+        ("1,1,253402300799.999999", 1, "1", datetime(9999, 12, 31, 23, 59, 59, 999999)),
+    ],
+)
+def test_valid_edges(line, user_id, amount, ts):
+    tx = parse(line, missing_id="x")
+    assert (tx.user_id, tx.amount, tx.ts) == (user_id, Decimal(amount), ts)
+
+
+def test_txn_id_of_64_allowed_characters():
+    txn_id = ("AZaz09._:-" * 7)[:64]
+    assert parse(f"1,1,1,{txn_id}").txn_id == txn_id
+
+
+def _line_of(size: int) -> bytes:
+    """A valid line of exactly `size` bytes (leading zeros of the amount pad it)."""
+    tail = "1,1570358269.5"
+    return ("1," + "0" * (size - len(tail) - 2) + tail).encode()
+
+
+def test_longest_line_is_accepted():
+    assert len(_line_of(MAX_LINE_BYTES)) == MAX_LINE_BYTES
+    assert parse(_line_of(MAX_LINE_BYTES) + b"\n").user_id == 1
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ("", "empty"),
+        ("\n", "empty"),
+        ("1,2", "got 2"),
+        ("1,2,3,4,5", "got 5"),
+        ("1,2,3,4\n\n", "txn_id"),
+        ("1,2,3\r", "timestamp"),
+        ("x,1,1", "user_id"),
+        ("1,x,1", "amount"),
+        ("1,1,x", "timestamp"),
+        ("1,NaN,1", "amount"),
+        ("1,nan,1", "amount"),
+        ("1,inf,1", "amount"),
+        ("1,-Infinity,1", "amount"),
+        ("1,1,NaN", "timestamp"),
+        ("1,1,nan", "timestamp"),
+        ("1,1,inf", "timestamp"),
+        ("0,1,1", "user_id"),
+        ("-1,1,1", "user_id"),
+        (f"{2**63},1,1", "user_id"),
+        ("1" * 30 + ",1,1", "user_id"),
+        ("1,1.001,1", "amount"),
+        ("1,1.,1", "amount"),
+        ("1,.5,1", "amount"),
+        ("1,1000000000000000000,1", "amount"),
+        ("1,-1000000000000000000,1", "amount"),
+        ("1,1000000000000000000.00,1", "amount"),
+        ("1,10000000000000000000000,1", "amount"),
+        ("1,1e5,1", "amount"),
+        ("1,1E5,1", "amount"),
+        ("1,1,1e9", "timestamp"),
+        ("٣,1,1", "user_id"),
+        ("1,٣,1", "amount"),
+        ("1,1,١٥٧٠٣٥٨٢٦٩", "timestamp"),
+        (" 1,1,1", "user_id"),
+        ("1,1 ,1", "amount"),
+        ("1,- 1,1", "amount"),
+        ("1,1,1 ", "timestamp"),
+        ("1,1,1\t", "timestamp"),
+        (",1,1", "user_id"),
+        ("1,,1", "amount"),
+        ("1,1,", "timestamp"),
+        ("1,1,1,", "txn_id"),
+        ("1,1,1," + "a" * 65, "txn_id"),
+        ("1,1,1,a b", "txn_id"),
+        ("1,1,1,a/b", "txn_id"),
+        ("1,1,1,é", "txn_id"),
+        ("1,1,0", "timestamp must be > 0"),
+        ("1,1,0.0000001", "timestamp must be > 0"),
+        ("1,1,-1", "timestamp must be > 0"),
+        ("1,1,-1570358269.5", "timestamp must be > 0"),
+        ("1,1,253402300800", "out of range"),
+        ("1,1,1" + "0" * 300, "out of range"),
+        ("1,1,253402300799.9999999", "out of range"),  # rounds up to year 10000
+        ("1,1,-" + "9" * 300, "timestamp"),
+        ("1,1,-1" + "0" * 25, "timestamp"),
+        ("1,1," + "0" * 300 + "1570358269", "timestamp out of range"),
+        ("1,1,1570358269." + "1" * 300, "too precise"),
+        (b"1,1,\xff", "UTF-8"),
+        (b"1,\xc3,1", "UTF-8"),
+        (_line_of(MAX_LINE_BYTES + 1), "longer than 1024 bytes"),
+        (b"1,1,1," + b"a" * 2000, "longer than 1024 bytes"),
+    ],
+)
+def test_malformed(raw, reason):
+    with pytest.raises(MalformedMessage, match=reason):
+        parse(raw, missing_id="x")
+
+
+@pytest.mark.parametrize(
+    "line",
+    [line for line, *_ in SEED] + ["9,0.10,1.000001,A:b.c_d-e", "5,-0,7", "5,+12.3,0.5"],
+)
+def test_format_line_round_trips(line):
+    tx = parse(line, missing_id="id-1")
+    formatted = format_line(tx)
+    assert parse(formatted) == tx
+    assert format_line(parse(formatted)) == formatted
+
+
+def test_format_line_of_a_seed_line():
+    assert format_line(parse(SEED[0][0], missing_id="s1")) == (
+        "1,-44690489068.00,1570358269.483609,s1"
+    )
+
+
+def test_to_json_of_a_seed_line():
+    assert to_json(parse(SEED[0][0], missing_id="s1")) == {
+        "txn_id": "s1",
+        "user_id": 1,
+        "amount": "-44690489068.00",
+        "ts": 1570358269.483609,
+        "time": "2019-10-06T10:37:49.483609Z",
+    }
+
+
+@pytest.mark.parametrize(
+    ("amount", "expected"),
+    [("-0", "0.00"), ("-0.00", "0.00"), ("0", "0.00"), ("+0.0", "0.00"), ("1.5", "1.50"),
+     ("-0.01", "-0.01"), ("999999999999999999.99", "999999999999999999.99")],
+)  # fmt: skip
+def test_to_json_amount_has_two_decimals(amount, expected):
+    assert to_json(parse(f"1,{amount},1", missing_id="x"))["amount"] == expected
+
+
+def test_to_json_time_always_has_six_fractional_digits():
+    body = to_json(parse("1,1,1570358269", missing_id="x"))
+    assert body["time"] == "2019-10-06T10:37:49.000000Z"
+    assert isinstance(body["ts"], float)
+    assert body["ts"] == 1570358269.0
+
+
+def test_dead_letter_escapes_bytes_that_are_not_utf8():
+    record = dead_letter(b"1,\xff\xfe,2", "not valid UTF-8", datetime(2019, 10, 6, 10, 37, 49, 5))
+    assert record == {
+        "raw": "1,\\xff\\xfe,2",
+        "reason": "not valid UTF-8",
+        "at": "2019-10-06T10:37:49.000005Z",
+    }
+
+
+def test_dead_letter_keeps_text_as_is():
+    assert dead_letter("1,é,2", "why", datetime(2020, 1, 1))["raw"] == "1,é,2"
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(2019, 10, 6, 10, 0),
+        datetime(2019, 10, 6, 10, 0, tzinfo=UTC),
+        datetime(2019, 10, 6, 12, 0, tzinfo=timezone(timedelta(hours=2))),
+    ],
+)
+def test_dead_letter_at_is_iso_utc(at):
+    assert dead_letter("x", "why", at)["at"] == "2019-10-06T10:00:00.000000Z"
