@@ -8,6 +8,7 @@ a fresh key prefix and channel per test, so they never touch real data.
 
 from __future__ import annotations
 
+import socket
 import uuid
 
 import fakeredis
@@ -27,6 +28,14 @@ def fake_redis():
     client = fakeredis.FakeRedis()
     yield client
     client.close()
+
+
+@pytest.fixture
+def closed_port():
+    """A local TCP port that nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @pytest.fixture
@@ -90,3 +99,30 @@ def mysql_engine(_mysql_database):
         conn.execute(delete(models.transactions))
         conn.execute(delete(models.user_window_totals))
     return _mysql_database
+
+
+@pytest.fixture
+def app(sqlite_engine, fake_redis):
+    """The web app on SQLite and fakeredis; its CLOCK always says 2024-05-06 12:00 UTC."""
+    from datetime import datetime
+    from decimal import Decimal
+
+    from app import create_app  # here, not at the top: importing `app` builds an app
+
+    now = datetime(2024, 5, 6, 12, 0, 0)
+    return create_app(
+        {
+            "TESTING": True,
+            "ENGINE": sqlite_engine,
+            "REDIS": fake_redis,
+            "KEY_PREFIX": "txstream-test:",
+            "WINDOW_HOURS": Decimal(6),
+            "CLOCK": lambda: now,
+        }
+    )
+
+
+@pytest.fixture
+def client(app):
+    """A test client of `app`."""
+    return app.test_client()

@@ -31,11 +31,14 @@ def test_demo_runs_emitter_subscriber_and_web_app_without_servers(tmp_path):
             30,
             "transactions stored by the subscriber and served by the web app",
         )
-        user_id = latest[0]["user_id"]
-        recent = get_json(f"{base}/api/users/{user_id}/recent")["items"]
-        assert latest[0]["txn_id"] in [item["txn_id"] for item in recent]
+        newest = latest[0]
+        recent_url = f"{base}/api/users/{newest['user_id']}/recent"
+        wait_until(  # Redis is written right after the database commit
+            lambda: newest in get_json(recent_url)["items"], 10, "the latest-5 list in Redis"
+        )
         assert get_json(f"{base}/healthz") == {"redis": "ok", "database": "ok"}
         assert demo.stop(signal.SIGINT, timeout=30) == 0, demo.output
         assert "[subscriber]" in demo.output and "stopped on SIGTERM" in demo.output
+        assert "; 0 had no subscriber" in demo.output  # started after the subscriber
     finally:
         demo.kill()

@@ -19,7 +19,10 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+
+import redis
 
 import config
 import models
@@ -44,6 +47,9 @@ def serve_fake_redis(port: int) -> None:
     """Run fakeredis's TCP server (a Redis-protocol server in memory) until terminated."""
     from fakeredis import TcpFakeServer
 
+    # Ctrl-C reaches this process too; the demo terminates it last, after the
+    # subscriber has written its final batch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     TcpFakeServer(("127.0.0.1", port), server_type="redis").serve_forever()
 
 
@@ -78,21 +84,34 @@ class Child:
             self.proc.wait()
 
 
-def wait_for_http(url: str, timeout: float, children: list[Child]) -> None:
-    """Wait until `url` answers 200, failing early if a child process has died."""
+def wait_for(condition: Callable[[], bool], what: str, timeout: float, children: list[Child]):
+    """Wait until `condition()` holds, failing early if a child process has died."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while not condition():
         dead = [c.name for c in children if c.proc.poll() is not None]
         if dead:
             raise RuntimeError(f"{', '.join(dead)} exited during start-up (see its output)")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not happen within {timeout:.0f} s")
         time.sleep(0.2)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def answers_200(url: str) -> bool:
+    """Whether `url` answers 200."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def subscribed(redis_url: str, channel: str) -> bool:
+    """Whether some client subscribes to `channel` (so nothing published is lost)."""
+    try:
+        with redis.Redis.from_url(redis_url, socket_timeout=2) as client:
+            return dict(client.pubsub_numsub(channel)).get(channel.encode(), 0) > 0
+    except redis.RedisError:
+        return False
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -143,13 +162,21 @@ def main(argv: list[str] | None = None) -> int:
     url = f"http://127.0.0.1:{web_port}/"
     rate, users = str(args.rate), str(args.users)
     subscriber = Child("subscriber", ["sub_and_store.py"], env)
-    emitter = Child("emitter", ["emitter_and_pub.py", "--rate", rate, "--users", users], env)
     web = Child("web", ["-m", "flask", "--app", "app", "run", "--port", str(web_port)], env)
-    children = [subscriber, emitter, web]
+    children = [subscriber, web]
     signal.signal(signal.SIGTERM, _interrupt)
     status = 0
     try:
-        wait_for_http(url + "healthz", 60, children)
+        wait_for(
+            lambda: subscribed(env["REDIS_URL"], settings.channel),
+            "the subscriber subscribing",
+            60,
+            children,
+        )
+        # Started once the subscriber listens: pub/sub keeps nothing for latecomers.
+        emitter = Child("emitter", ["emitter_and_pub.py", "--rate", rate, "--users", users], env)
+        children.append(emitter)
+        wait_for(lambda: answers_200(url + "healthz"), "the web app answering", 60, children)
         print(
             "\n"
             "  txstream demo is running\n"
@@ -173,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for child in (emitter, subscriber, web):  # the subscriber stores what was sent
+        for child in reversed(children):  # emitter first: the subscriber stores what was sent
             child.stop()
         if fake_redis is not None:
             fake_redis.terminate()

@@ -72,8 +72,8 @@ def parse(raw: bytes | str, missing_id: str | None = None) -> Transaction:
         raise MalformedMessage(f"expected 3 or 4 comma-separated fields, got {len(fields)}")
     txn_id = fields[3] if len(fields) == 4 else (missing_id or str(uuid.uuid4()))
     return Transaction(
-        txn_id=_parse_txn_id(txn_id),
-        user_id=_parse_user_id(fields[0]),
+        txn_id=parse_txn_id(txn_id),
+        user_id=parse_user_id(fields[0]),
         amount=_parse_amount(fields[1]),
         ts=_parse_timestamp(fields[2]),
     )
@@ -140,7 +140,8 @@ def utcnow() -> datetime:
     return datetime.now(UTC).replace(tzinfo=None)
 
 
-def _parse_user_id(text: str) -> int:
+def parse_user_id(text: str) -> int:
+    """A user id: ASCII digits, 1..2^63-1."""
     if not _USER_ID.fullmatch(text):
         raise MalformedMessage(f"user_id must be a whole number >= 1, got {text[:40]!r}")
     user_id = int(text)
@@ -174,7 +175,8 @@ def _parse_timestamp(text: str) -> datetime:
     return from_epoch(seconds)
 
 
-def _parse_txn_id(text: str) -> str:
+def parse_txn_id(text: str) -> str:
+    """A txn_id: 1-64 characters of A-Z a-z 0-9 . _ : -."""
     if not _TXN_ID.fullmatch(text):
         raise MalformedMessage(
             f"txn_id must be 1-64 characters of A-Z a-z 0-9 . _ : -, got {text[:80]!r}"

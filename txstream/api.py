@@ -1,0 +1,155 @@
+"""The JSON API: sums, transaction lists, latest transactions, window totals, health.
+
+Amounts are strings with two decimals, times ISO-8601 UTC. Every error, including an
+unknown path under /api, is a JSON object `{"error": "..."}`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from decimal import Decimal
+
+import redis
+from flask import Blueprint, Response, current_app, jsonify, request
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import HTTPException
+
+from txstream import queries
+from txstream.keys import Keys
+from txstream.params import (
+    InvalidParameter,
+    parse_before,
+    parse_hours,
+    parse_limit,
+    parse_user_id,
+    span,
+)
+from txstream.recent import RecentLists
+from txstream.wire import format_amount, format_time, to_json
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("api", __name__)
+
+
+def owns(path: str) -> bool:
+    """Whether `path` belongs to the API, so its errors are JSON."""
+    return path == "/api" or path.startswith("/api/") or path == "/healthz"
+
+
+def http_error(exc: HTTPException) -> Response:
+    """`exc` as a JSON error response (keeps its status and headers, e.g. Allow)."""
+    message = f"no such endpoint: {request.path}" if exc.code == 404 else exc.description
+    response = exc.get_response()
+    response.data = json.dumps({"error": message})
+    response.content_type = "application/json"
+    return response
+
+
+@bp.errorhandler(InvalidParameter)
+def invalid_parameter(exc: InvalidParameter):
+    """A bad parameter: 400 with the reason."""
+    return jsonify(error=str(exc)), 400
+
+
+@bp.get("/api/users/<user_id>/sum")
+def user_sum(user_id: str):
+    """Count and exact sum of the user's transactions with `now - hours < ts <= now`."""
+    uid = parse_user_id(user_id)
+    hours = parse_hours(request.args.get("hours"), current_app.config["WINDOW_HOURS"])
+    end = current_app.config["CLOCK"]()
+    start = end - span(hours)
+    with current_app.config["ENGINE"].connect() as conn:
+        count, total = queries.user_sum(conn, uid, start, end)
+    return {
+        "user_id": uid,
+        "hours": _json_number(hours),
+        "from": format_time(start),
+        "to": format_time(end),
+        "count": count,
+        "sum": format_amount(total),
+    }
+
+
+@bp.get("/api/users/<user_id>/transactions")
+def user_transactions(user_id: str):
+    """The user's transactions, newest first, one page at a time."""
+    return _page(parse_user_id(user_id))
+
+
+@bp.get("/api/transactions")
+def all_transactions():
+    """The transactions of all users, newest first, one page at a time."""
+    return _page(None)
+
+
+@bp.get("/api/users/<user_id>/recent")
+def user_recent(user_id: str):
+    """The user's latest transactions, from Redis only."""
+    uid = parse_user_id(user_id)
+    recent = RecentLists(current_app.config["REDIS"], Keys(current_app.config["KEY_PREFIX"]))
+    return {"items": recent.read(uid)}
+
+
+@bp.get("/api/users/<user_id>/windows")
+def user_windows(user_id: str):
+    """The user's window totals, newest window first."""
+    uid = parse_user_id(user_id)
+    limit = parse_limit(request.args.get("limit"))
+    length = span(current_app.config["WINDOW_HOURS"])
+    with current_app.config["ENGINE"].connect() as conn:
+        rows = queries.user_windows(conn, uid, limit)
+    items = [
+        {
+            "user_id": row.user_id,
+            "window_start": format_time(row.window_start),
+            "window_end": format_time(row.window_start + length),
+            "tx_count": row.tx_count,
+            "amount_sum": format_amount(row.amount_sum),
+            "amount_min": format_amount(row.amount_min),
+            "amount_max": format_amount(row.amount_max),
+            "updated_at": format_time(row.updated_at),
+        }
+        for row in rows
+    ]
+    return {"items": items}
+
+
+@bp.get("/healthz")
+def healthz():
+    """200 when Redis and the database answer, else 503 naming the one that is down."""
+    status = {"redis": _redis_status(), "database": _database_status()}
+    code = 200 if all(value == "ok" for value in status.values()) else 503
+    return status, code
+
+
+def _page(user_id: int | None) -> dict:
+    limit = parse_limit(request.args.get("limit"))
+    before = parse_before(request.args.get("before"))
+    with current_app.config["ENGINE"].connect() as conn:
+        txns, cursor = queries.transactions_page(conn, limit, user_id=user_id, before=before)
+    return {"items": [to_json(tx) for tx in txns], "next": cursor}
+
+
+def _redis_status() -> str:
+    try:
+        current_app.config["REDIS"].ping()
+    except redis.RedisError as exc:
+        log.error("health check: Redis is down: %s", exc)
+        return "down"
+    return "ok"
+
+
+def _database_status() -> str:
+    try:
+        with current_app.config["ENGINE"].connect() as conn:
+            queries.ping(conn)
+    except SQLAlchemyError as exc:
+        log.error("health check: the database is down: %s", exc)
+        return "down"
+    return "ok"
+
+
+def _json_number(value: Decimal) -> int | float:
+    return int(value) if value == value.to_integral_value() else float(value)

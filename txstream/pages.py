@@ -1,0 +1,91 @@
+"""The HTML pages: the latest transactions of all users, and one user's page."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
+from werkzeug.exceptions import HTTPException
+
+from txstream import queries
+from txstream.keys import Keys
+from txstream.params import InvalidParameter, parse_before, parse_user_id, span
+from txstream.recent import RecentLists
+from txstream.wire import format_amount, format_time
+
+PAGE_SIZE = 50
+WINDOWS_SHOWN = 50
+
+log = logging.getLogger(__name__)
+bp = Blueprint("pages", __name__)
+bp.add_app_template_filter(format_amount, "amount")
+bp.add_app_template_filter(format_time, "time")
+
+
+def http_error(exc: HTTPException) -> Response:
+    """`exc` as an HTML error page (keeps its status and headers, e.g. Allow)."""
+    response = exc.get_response()
+    response.set_data(
+        render_template("error.html", code=exc.code, name=exc.name, message=exc.description)
+    )
+    response.content_type = "text/html; charset=utf-8"
+    return response
+
+
+@bp.errorhandler(InvalidParameter)
+def invalid_parameter(exc: InvalidParameter):
+    """A bad parameter: a 400 page with the reason."""
+    page = render_template("error.html", code=400, name="Bad Request", message=str(exc))
+    return page, 400
+
+
+@bp.get("/")
+def index():
+    """The latest transactions of all users."""
+    before = parse_before(request.args.get("before"))
+    with current_app.config["ENGINE"].connect() as conn:
+        txns, cursor = queries.transactions_page(conn, PAGE_SIZE, before=before)
+    return render_template("index.html", txns=txns, cursor=cursor, paged=before is not None)
+
+
+@bp.get("/users")
+def find_user():
+    """The jump-to-user form's target: redirects to the user's page."""
+    uid = parse_user_id(request.args.get("user_id", ""))
+    return redirect(url_for("pages.user", user_id=uid))
+
+
+@bp.get("/users/<user_id>")
+def user(user_id: str):
+    """One user: the sum over WINDOW_HOURS, the latest 5, all transactions, window totals."""
+    uid = parse_user_id(user_id)
+    before = parse_before(request.args.get("before"))
+    hours = current_app.config["WINDOW_HOURS"]
+    end = current_app.config["CLOCK"]()
+    start = end - span(hours)
+    recent = RecentLists(current_app.config["REDIS"], Keys(current_app.config["KEY_PREFIX"]))
+    try:
+        latest = recent.read(uid)
+    except redis.RedisError:
+        log.exception("user page: Redis is not answering; showing the page without it")
+        latest = None  # the rest of the page comes from the database
+    with current_app.config["ENGINE"].connect() as conn:
+        count, total = queries.user_sum(conn, uid, start, end)
+        txns, cursor = queries.transactions_page(conn, PAGE_SIZE, user_id=uid, before=before)
+        windows = queries.user_windows(conn, uid, WINDOWS_SHOWN)
+    return render_template(
+        "user.html",
+        user_id=uid,
+        hours=hours,
+        start=start,
+        end=end,
+        count=count,
+        total=total,
+        latest=latest,
+        txns=txns,
+        cursor=cursor,
+        paged=before is not None,
+        windows=windows,
+        window_length=span(hours),
+    )

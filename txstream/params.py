@@ -1,0 +1,73 @@
+"""Request parameters of the API and the pages: parsed and checked here, once for both.
+
+Bad input is rejected with `InvalidParameter`, whose text names the parameter and the
+rule; nothing is clamped or rounded silently.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import timedelta
+from decimal import Decimal
+
+from txstream import wire
+from txstream.queries import InvalidCursor, Position, decode_cursor
+
+MAX_HOURS = 8760  # one year
+MAX_LIMIT = 500
+DEFAULT_LIMIT = 50
+# A plain decimal: no sign, exponent, nan or inf. Short, so the arithmetic below is exact.
+_HOURS = re.compile(r"[0-9]{1,10}(\.[0-9]{1,10})?")
+_LIMIT = re.compile(r"[0-9]{1,10}")
+_MICROS_PER_HOUR = 3_600_000_000
+
+
+class InvalidParameter(ValueError):
+    """A request parameter txstream cannot use; the text names it and says why."""
+
+
+def parse_user_id(text: str) -> int:
+    """A user id: ASCII digits, 1..2^63-1."""
+    try:
+        return wire.parse_user_id(text)
+    except wire.MalformedMessage as exc:
+        raise InvalidParameter(str(exc)) from None
+
+
+def parse_hours(raw: str | None, default: Decimal) -> Decimal:
+    """The `hours` parameter: a plain decimal > 0 and <= 8760, in whole microseconds."""
+    if raw is None:
+        return default
+    hours = Decimal(raw) if _HOURS.fullmatch(raw) else None
+    if hours is None or not 0 < hours <= MAX_HOURS or (hours * _MICROS_PER_HOUR) % 1:
+        raise InvalidParameter(
+            f"hours must be a plain decimal number of hours > 0 and <= {MAX_HOURS} "
+            f"(e.g. 6 or 1.5, whole microseconds), got {raw[:40]!r}"
+        )
+    return hours
+
+
+def parse_limit(raw: str | None) -> int:
+    """The `limit` parameter: a whole number 1..500, 50 when absent."""
+    if raw is None:
+        return DEFAULT_LIMIT
+    if not _LIMIT.fullmatch(raw) or not 1 <= int(raw) <= MAX_LIMIT:
+        raise InvalidParameter(
+            f"limit must be a whole number from 1 to {MAX_LIMIT}, got {raw[:40]!r}"
+        )
+    return int(raw)
+
+
+def parse_before(raw: str | None) -> Position | None:
+    """The `before` parameter: a page cursor from a previous response, or absent."""
+    if raw is None:
+        return None
+    try:
+        return decode_cursor(raw)
+    except InvalidCursor as exc:
+        raise InvalidParameter(f"before is not a valid page cursor: {exc}") from None
+
+
+def span(hours: Decimal) -> timedelta:
+    """`hours` as a timedelta, exactly (`parse_hours` admits whole microseconds only)."""
+    return timedelta(microseconds=int(hours * _MICROS_PER_HOUR))

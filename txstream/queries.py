@@ -1,0 +1,150 @@
+"""The read side: the web app's queries, plain functions of a SQLAlchemy connection.
+
+Lists are paged by keyset, never by OFFSET: a page ends at a position (ts, txn_id), and
+the next page starts strictly after it in the order `ts DESC, txn_id DESC`. The client
+carries the position as an opaque cursor string.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import Connection, Select, and_, func, or_, select
+
+from models import transactions, user_window_totals
+from txstream.money import money_sum
+from txstream.wire import EPOCH, MAX_TIMESTAMP, MalformedMessage, Transaction, parse_txn_id
+
+MAX_CURSOR_CHARS = 200
+_MICROSECOND = timedelta(microseconds=1)
+_MAX_MICROS = int(MAX_TIMESTAMP) * 10**6
+# The cursor's text: "<epoch microseconds>:<txn_id>".
+_POSITION = re.compile(r"([0-9]{1,18}):(.*)", re.DOTALL)
+
+
+class InvalidCursor(ValueError):
+    """A page cursor that this app did not make; the text says what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A place in the newest-first order: the (ts, txn_id) of the last row of a page."""
+
+    ts: datetime
+    txn_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class WindowRow:
+    """A user's totals over one window, as stored in `user_window_totals`."""
+
+    user_id: int
+    window_start: datetime
+    tx_count: int
+    amount_sum: Decimal
+    amount_min: Decimal
+    amount_max: Decimal
+    updated_at: datetime
+
+
+def user_sum(conn: Connection, user_id: int, start: datetime, end: datetime) -> tuple[int, Decimal]:
+    """Count and exact sum of the user's transactions with `start < ts <= end`."""
+    t = transactions
+    count, total = conn.execute(
+        select(func.count(), money_sum(t.c.amount)).where(
+            t.c.user_id == user_id, t.c.ts > start, t.c.ts <= end
+        )
+    ).one()
+    return count, Decimal("0.00") if total is None else total
+
+
+def transactions_page(
+    conn: Connection, limit: int, user_id: int | None = None, before: Position | None = None
+) -> tuple[list[Transaction], str | None]:
+    """Up to `limit` transactions, newest first, after `before`; and the next page's cursor.
+
+    `user_id` None means all users. The cursor is None on the last page.
+    """
+    query = page_query(limit + 1, user_id, before)  # one more: is there a next page?
+    rows = [Transaction(*row) for row in conn.execute(query)]
+    if len(rows) <= limit:
+        return rows, None
+    last = rows[limit - 1]
+    return rows[:limit], encode_cursor(Position(last.ts, last.txn_id))
+
+
+def page_query(limit: int, user_id: int | None = None, before: Position | None = None) -> Select:
+    """The SELECT of `limit` transactions, newest first, after `before`."""
+    t = transactions
+    query = select(t.c.txn_id, t.c.user_id, t.c.amount, t.c.ts)
+    if user_id is not None:
+        query = query.where(t.c.user_id == user_id)
+    if before is not None:
+        query = query.where(
+            # `ts <= :ts` repeats what the OR implies, so MySQL can scan an index range.
+            t.c.ts <= before.ts,
+            or_(t.c.ts < before.ts, and_(t.c.ts == before.ts, t.c.txn_id < before.txn_id)),
+        )
+    return query.order_by(t.c.ts.desc(), t.c.txn_id.desc()).limit(limit)
+
+
+def user_windows(conn: Connection, user_id: int, limit: int) -> list[WindowRow]:
+    """The user's latest `limit` window totals, newest window first."""
+    w = user_window_totals
+    query = (
+        select(
+            w.c.user_id,
+            w.c.window_start,
+            w.c.tx_count,
+            w.c.amount_sum,
+            w.c.amount_min,
+            w.c.amount_max,
+            w.c.updated_at,
+        )
+        .where(w.c.user_id == user_id)
+        .order_by(w.c.window_start.desc())
+        .limit(limit)
+    )
+    return [WindowRow(*row) for row in conn.execute(query)]
+
+
+def ping(conn: Connection) -> None:
+    """Run the cheapest query there is; raises if the database does not answer."""
+    conn.execute(select(1)).one()
+
+
+def encode_cursor(position: Position) -> str:
+    """The opaque, URL-safe cursor of `position`."""
+    micros = (position.ts - EPOCH) // _MICROSECOND
+    text = f"{micros}:{position.txn_id}".encode("ascii")
+    return base64.urlsafe_b64encode(text).rstrip(b"=").decode("ascii")
+
+
+def decode_cursor(cursor: str) -> Position:
+    """The position in `cursor`; raises `InvalidCursor` unless `encode_cursor` made it."""
+    if not cursor or len(cursor) > MAX_CURSOR_CHARS or not cursor.isascii():
+        raise InvalidCursor("not a cursor this app made")
+    try:
+        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    except (binascii.Error, UnicodeDecodeError):
+        raise InvalidCursor("not valid URL-safe base64 of ASCII text") from None
+    match = _POSITION.fullmatch(text)
+    if match is None:
+        raise InvalidCursor("not of the form <microseconds>:<txn_id>")
+    micros = int(match[1])
+    if not 0 < micros < _MAX_MICROS:
+        raise InvalidCursor("its time is out of range")
+    try:
+        txn_id = parse_txn_id(match[2])
+    except MalformedMessage as exc:
+        raise InvalidCursor(str(exc)) from None
+    position = Position(EPOCH + micros * _MICROSECOND, txn_id)
+    # urlsafe_b64decode also takes '+', '/', '=' and stray bits: accept one spelling only.
+    if encode_cursor(position) != cursor:
+        raise InvalidCursor("not in its canonical form")
+    return position
