@@ -4,13 +4,15 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 READY  := $(VENV)/.installed
 
-.PHONY: demo test lint format init-db clean
+.PHONY: demo test install lint format init-db clean
 
 demo: $(READY)            ## emitter + subscriber + web app; embedded Redis/SQLite unless configured
 	$(BIN)/python -m txstream.demo
 
 test: $(READY)            ## the whole test suite (integration tests need Redis and MariaDB)
 	$(BIN)/pytest
+
+install: $(READY)         ## create .venv and install requirements.txt
 
 lint: $(READY)            ## ruff lint and format check
 	$(BIN)/ruff check .

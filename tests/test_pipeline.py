@@ -182,6 +182,7 @@ def test_endpoints_serve_what_the_subscriber_stored(
     assert [i["user_id"] for i in everyone] == [3, 1]
     assert client.get("/healthz").get_json() == {"redis": "ok", "database": "ok"}
     assert b"-27269658564.00" in client.get("/users/1").data
+    assert b"41603904384.00" in client.get("/").data
 
 
 def test_sigterm_stores_the_pending_batch(start_subscriber, redis_client, mysql_engine, channel):
