@@ -7,6 +7,7 @@ value means the same thing everywhere. Command-line flags override these.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 from dataclasses import dataclass
@@ -21,6 +22,9 @@ DEFAULT_DATABASE_URL = "mysql+pymysql://root@127.0.0.1:3306/txstream"
 #: The seed's log format: `10/06/2019 06:37:49 PM INFO pub_transactions: ...`
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_DATEFMT = "%m/%d/%Y %I:%M:%S %p"
+
+
+TRANSPORTS = ("pubsub", "stream")
 
 
 class ConfigError(ValueError):
@@ -39,6 +43,13 @@ class Settings:
     batch_size: int = 500  # messages per database transaction, at most
     batch_interval_ms: int = 100  # flush a partial batch after this long, ms
     log_level: str = "INFO"
+    transport: str = "pubsub"  # "pubsub" (the design card) or "stream" (durable)
+    stream: str = "transactions"  # Redis stream of the stream transport
+    stream_maxlen: int = 1_000_000  # approximate cap on the stream's length; 0 = none
+    group: str = "store"  # the subscribers' consumer group
+    claim_idle_ms: int = 30_000  # take over entries pending this long on another consumer
+    max_deliveries: int = 5  # an entry delivered more often is a dead letter
+    pubsub_buffer: int = 100_000  # messages read ahead of the database, at most
 
     @property
     def window_seconds(self) -> int:
@@ -61,6 +72,13 @@ def load(env: dict[str, str] | None = None) -> Settings:
         batch_size=_positive_int(env, "BATCH_SIZE", defaults.batch_size),
         batch_interval_ms=_positive_int(env, "BATCH_INTERVAL_MS", defaults.batch_interval_ms),
         log_level=_log_level(env.get("LOG_LEVEL") or defaults.log_level),
+        transport=_choice(env, "TRANSPORT", TRANSPORTS, defaults.transport),
+        stream=_text(env, "STREAM", defaults.stream),
+        stream_maxlen=_whole(env, "STREAM_MAXLEN", defaults.stream_maxlen, minimum=0),
+        group=_text(env, "GROUP", defaults.group),
+        claim_idle_ms=_positive_int(env, "CLAIM_IDLE_MS", defaults.claim_idle_ms),
+        max_deliveries=_positive_int(env, "MAX_DELIVERIES", defaults.max_deliveries),
+        pubsub_buffer=_positive_int(env, "PUBSUB_BUFFER", defaults.pubsub_buffer),
     )
     return settings
 
@@ -97,6 +115,34 @@ def positive_int_flag(text: str) -> int:
     return value
 
 
+def add_transport_flags(parser: argparse.ArgumentParser, settings: Settings) -> None:
+    """The flags that choose Redis and the transport, shared by emitter and subscriber."""
+    parser.add_argument("--redis-url", default=settings.redis_url, help="default: REDIS_URL")
+    parser.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        default=settings.transport,
+        help="pubsub (at most once) or stream (durable); default: TRANSPORT or %(default)s",
+    )
+    parser.add_argument(
+        "--channel", default=settings.channel, help="pub/sub channel (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--stream", default=settings.stream, help="stream name (default: %(default)s)"
+    )
+
+
+def with_transport_flags(settings: Settings, args: argparse.Namespace) -> Settings:
+    """`settings` with the values of the flags of `add_transport_flags`."""
+    return dataclasses.replace(
+        settings,
+        redis_url=args.redis_url,
+        transport=args.transport,
+        channel=args.channel,
+        stream=args.stream,
+    )
+
+
 def _text(env: dict[str, str], name: str, default: str) -> str:
     value = env.get(name, default)
     if not value:
@@ -105,15 +151,27 @@ def _text(env: dict[str, str], name: str, default: str) -> str:
 
 
 def _positive_int(env: dict[str, str], name: str, default: int) -> int:
+    return _whole(env, name, default, minimum=1)
+
+
+def _whole(env: dict[str, str], name: str, default: int, minimum: int) -> int:
     raw = env.get(name)
     if not raw:
         return default
     try:
         value = int(raw)
     except ValueError:
-        raise ConfigError(f"{name} must be a whole number > 0 (got {raw!r})") from None
-    if value <= 0:
-        raise ConfigError(f"{name} must be a whole number > 0 (got {raw!r})")
+        value = minimum - 1
+    if value < minimum:
+        bound = "> 0" if minimum == 1 else f">= {minimum}"
+        raise ConfigError(f"{name} must be a whole number {bound} (got {raw!r})")
+    return value
+
+
+def _choice(env: dict[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name) or default
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)} (got {value!r})")
     return value
 
 

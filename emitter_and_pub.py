@@ -20,18 +20,19 @@ import random
 import sys
 import time
 import uuid
+from collections import deque
 from decimal import Decimal
-from itertools import accumulate
+from itertools import accumulate, islice
 
 import redis
 
 import config
-from txstream.runtime import GiveUp, StopFlag, retry
+from txstream.runtime import Backoff, GiveUp, StopFlag, retry
+from txstream.transport import REDIS_ERRORS, PubSubSink, StreamSink
 from txstream.wire import Transaction, format_line, utcnow
 
 log = logging.getLogger("pub_transactions")
 
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 BURST_CHUNK = 1000  # messages per pipeline round trip with --rate 0
 
 
@@ -65,51 +66,113 @@ class FakeTransactions:
 
 
 class Emitter:
-    """Publishes transactions from a `FakeTransactions` at Poisson-distributed times."""
+    """Sends transactions from a `FakeTransactions` at Poisson-distributed times.
 
-    def __init__(self, client: redis.Redis, channel: str, stop: StopFlag, quiet: bool = False):
-        self.client = client
-        self.channel = channel
+    Transactions keep coming while Redis is down, as real ones would: they wait in a
+    bounded queue and go out, in order, once Redis is back. Past `max_pending` the
+    oldest are dropped, loudly.
+    """
+
+    def __init__(
+        self,
+        sink: PubSubSink | StreamSink,
+        stop: StopFlag,
+        quiet: bool = False,
+        max_pending: int = 100_000,
+    ) -> None:
+        self.sink = sink
         self.stop = stop
         self.quiet = quiet
+        self.max_pending = max_pending
+        self.pending: deque[str] = deque()
+        self.generated = 0
         self.published = 0
-        self.no_listener = 0  # messages no subscriber received: pub/sub drops them
+        self.dropped = 0
+        self.no_listener = 0  # pub/sub only: messages no subscriber received
 
-    def run(self, source: FakeTransactions, rate: float, count: int | None) -> None:
-        """Publish until `count` messages are out (or forever), or until stopped.
+    def run(
+        self,
+        source: FakeTransactions,
+        rate: float,
+        count: int | None,
+        gaps: random.Random | None = None,
+    ) -> None:
+        """Send until `count` transactions are out (or forever), or until stopped.
 
         With `rate` 0 there are no pauses: messages go out in pipelined chunks.
+        `gaps` draws the waits; apart from `source`, so a seed fixes the content alone.
         """
+        gaps = gaps or random.Random()
         due = time.monotonic()
-        while not self.stop and (count is None or self.published < count):
-            if rate == 0:
-                size = BURST_CHUNK if count is None else min(BURST_CHUNK, count - self.published)
-            else:
-                size = 1
-                due += source.rng.expovariate(rate)
-                if self.stop.wait(due - time.monotonic()):
-                    break
-            self._send([format_line(source.next()) for _ in range(size)])
+        backoff, retry_at, failing_since = Backoff(), 0.0, None
+        while not self.stop:
+            more = count is None or self.generated < count
+            if not more and not self.pending:
+                break
+            now = time.monotonic()
+            if more and rate == 0 and len(self.pending) < BURST_CHUNK:
+                left = BURST_CHUNK if count is None else count - self.generated
+                self._generate(source, min(BURST_CHUNK, left))
+            while more and rate and due <= now:
+                self._generate(source, 1)
+                due += gaps.expovariate(rate)
+                more = count is None or self.generated < count
+            if self.pending and now >= retry_at:
+                try:
+                    self._send_some()
+                except REDIS_ERRORS as exc:
+                    delay = backoff.delay()
+                    retry_at, failing_since = now + delay, failing_since or now
+                    log.warning(
+                        "redis unavailable (%s); %d transactions kept, retrying in %.1f s",
+                        exc,
+                        len(self.pending),
+                        delay,
+                    )
+                    continue
+                if failing_since is not None:
+                    log.warning("redis is back after %.1f s", time.monotonic() - failing_since)
+                    backoff, failing_since = Backoff(), None
+            if rate and not self.pending:
+                self.stop.wait(min(due - time.monotonic(), 0.2))
+            elif self.pending and retry_at > time.monotonic():
+                self.stop.wait(min(retry_at - time.monotonic(), 0.2))
+        if self.pending:  # stopped: a last try, for a few seconds, to send what is kept
+            retry("redis", self._send_all, REDIS_ERRORS, self.stop, grace=5)
 
-    def _send(self, lines: list[str]) -> None:
-        def publish_all() -> list[int]:
-            with self.client.pipeline(transaction=False) as pipe:
-                for line in lines:
-                    pipe.publish(self.channel, line)
-                return pipe.execute()
+    def _generate(self, source: FakeTransactions, n: int) -> None:
+        for _ in range(n):
+            if len(self.pending) >= self.max_pending:
+                self.pending.popleft()
+                self.dropped += 1
+                if self.dropped == 1 or self.dropped % 10_000 == 0:
+                    log.error(
+                        "%d transactions DROPPED: more than %d waiting for Redis",
+                        self.dropped,
+                        self.max_pending,
+                    )
+            self.pending.append(format_line(source.next()))
+            self.generated += 1
 
-        receivers = retry("redis", publish_all, REDIS_ERRORS, self.stop)
+    def _send_some(self) -> None:
+        lines = list(islice(self.pending, BURST_CHUNK))
+        receivers = self.sink.send(lines)
         for line, count in zip(lines, receivers, strict=True):
-            self._published(line, count)
+            self.pending.popleft()
+            self._sent(line, count)
 
-    def _published(self, line: str, receivers: int) -> None:
+    def _send_all(self) -> None:
+        while self.pending:
+            self._send_some()
+
+    def _sent(self, line: str, receivers: int) -> None:
         self.published += 1
         if receivers == 0:
             if self.no_listener == 0:
                 log.warning(
-                    "no subscriber is listening on channel %r: pub/sub keeps nothing, so "
-                    "these transactions are lost; start sub_and_store.py first",
-                    self.channel,
+                    "no subscriber is listening on the channel: pub/sub keeps nothing, so "
+                    "these transactions are lost; start sub_and_store.py first, or use "
+                    "--transport stream"
                 )
             self.no_listener += 1
         if not self.quiet:
@@ -141,9 +204,17 @@ def parse_args(argv: list[str] | None, settings: config.Settings) -> argparse.Na
         default=None,
         help="stop after this many (default: run until Ctrl-C)",
     )
-    parser.add_argument("--seed", type=int, default=None, help="random seed, for reproducible runs")
-    parser.add_argument("--channel", default=settings.channel, help="default: %(default)s")
-    parser.add_argument("--redis-url", default=settings.redis_url, help="default: REDIS_URL")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="random seed: the same transactions every run"
+    )
+    config.add_transport_flags(parser, settings)
+    parser.add_argument(
+        "--max-pending",
+        type=config.positive_int_flag,
+        default=100_000,
+        help="transactions kept while Redis is down; beyond, the oldest are dropped "
+        "(default: %(default)s)",
+    )
     parser.add_argument("--quiet", action="store_true", help="do not log every transaction")
     return parser.parse_args(argv)
 
@@ -156,38 +227,46 @@ def main(argv: list[str] | None = None) -> int:
         print(f"emitter_and_pub: {exc}", file=sys.stderr)
         return 2
     args = parse_args(argv, settings)
+    settings = config.with_transport_flags(settings, args)
     config.configure_logging(settings.log_level)
+    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
+    if settings.transport == "stream":
+        sink = StreamSink(client, settings.stream, settings.stream_maxlen)
+        target = f"stream {settings.stream!r}"
+    else:
+        sink = PubSubSink(client, settings.channel)
+        target = f"channel {settings.channel!r}"
     log.info(
-        "publishing to channel %r on %s: rate=%s tx/s, users=%d, count=%s, seed=%s",
-        args.channel,
-        config.mask_url(args.redis_url),
+        "publishing to %s on %s: rate=%s tx/s, users=%d, count=%s, seed=%s",
+        target,
+        config.mask_url(settings.redis_url),
         args.rate or "max",
         args.users,
         args.count or "unlimited",
         args.seed,
     )
     stop = StopFlag().install()
-    client = redis.Redis.from_url(args.redis_url, socket_connect_timeout=5, socket_timeout=30)
-    emitter = Emitter(client, args.channel, stop, quiet=args.quiet)
+    emitter = Emitter(sink, stop, quiet=args.quiet, max_pending=args.max_pending)
     started = time.monotonic()
-    status = 0
     try:
-        emitter.run(FakeTransactions(args.users, random.Random(args.seed)), args.rate, args.count)
+        source = FakeTransactions(args.users, random.Random(args.seed))
+        emitter.run(source, args.rate, args.count, gaps=random.Random(args.seed))
     except GiveUp as exc:
-        log.error("stopped with a transaction not sent: %s", exc)
-        status = 1
+        log.error("stopped before Redis was back: %s", exc)
     finally:
         client.close()
     elapsed = time.monotonic() - started
+    unsent = len(emitter.pending) + emitter.dropped
     log.info(
-        "published %d transactions in %.1f s (%.0f tx/s) to channel %r; %d had no subscriber",
+        "published %d transactions in %.1f s (%.0f tx/s) to %s; %d had no subscriber, %d not sent",
         emitter.published,
         elapsed,
         emitter.published / max(elapsed, 1e-9),
-        args.channel,
+        target,
         emitter.no_listener,
+        unsent,
     )
-    return status
+    return 1 if unsent else 0
 
 
 def _non_negative_float(text: str) -> float:

@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import logging
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ import models
 from txstream.keys import Keys
 from txstream.runtime import Backoff, GiveUp, StopFlag, retry
 from txstream.store import Store
+from txstream.transport import Message, PubSubSource, StreamSource
 from txstream.wire import MalformedMessage, Transaction, dead_letter, parse, utcnow
 
 log = logging.getLogger("sub_and_store")
@@ -40,22 +42,26 @@ MAX_WAIT = 0.2  # seconds: how soon a stop request is noticed
 class Batch:
     """Messages received since the last flush."""
 
+    messages: list[Message] = field(default_factory=list)  # all of them, to acknowledge
     txns: list[Transaction] = field(default_factory=list)
     dead: list[dict] = field(default_factory=list)
     started: float = 0.0  # monotonic time of the first message
 
     def __len__(self) -> int:
-        return len(self.txns) + len(self.dead)
+        return len(self.messages)
 
-    def add(self, raw: bytes) -> None:
-        """Parse `raw` into the batch, or keep it as a dead letter with its reason."""
-        if not self:
+    def add(self, message: Message) -> None:
+        """Parse `message` into the batch, or keep it as a dead letter with its reason."""
+        if not self.messages:
             self.started = time.monotonic()
+        self.messages.append(message)
         try:
-            self.txns.append(parse(raw))
+            if message.problem:
+                raise MalformedMessage(message.problem)
+            self.txns.append(parse(message.raw, message.missing_id))
         except MalformedMessage as exc:
-            log.warning("malformed message (%s): %r", exc, raw[:200])
-            self.dead.append(dead_letter(raw, str(exc), utcnow()))
+            log.warning("dead letter (%s): %r", exc, message.raw[:200])
+            self.dead.append(dead_letter(message.raw, str(exc), utcnow()))
 
 
 @dataclass
@@ -66,91 +72,93 @@ class Counts:
     stored: int = 0
     duplicates: int = 0
     dead: int = 0
-    disconnects: int = 0
 
 
 class Subscriber:
-    """Reads the pub/sub channel and stores what it reads, batch by batch."""
+    """Reads transactions from a `Source` and stores them, batch by batch."""
 
     def __init__(
         self,
         settings: config.Settings,
-        client: redis.Redis,
+        source: PubSubSource | StreamSource,
         store: Store,
         stop: StopFlag,
         stats_interval: float = 5.0,
     ) -> None:
         self.settings = settings
-        self.client = client
+        self.source = source
         self.store = store
         self.stop = stop
         self.stats_interval = stats_interval
         self.counts = Counts()
 
     def run(self, max_messages: int | None = None) -> None:
-        """Read and store until stopped (or after `max_messages`), then flush what is left."""
+        """Read and store until stopped (or after `max_messages`), then store what is left."""
         interval = self.settings.batch_interval_ms / 1000
-        pubsub = self.client.pubsub(ignore_subscribe_messages=True)
-        retry("redis", lambda: pubsub.subscribe(self.settings.channel), REDIS_ERRORS, self.stop)
-        log.info("subscribed to channel %r; waiting for transactions", self.settings.channel)
+        retry("redis", self.source.start, REDIS_ERRORS, self.stop)
+        log.info("reading %s; waiting for transactions", self.source.describe())
         batch = Batch()
         backoff = Backoff()
         next_report = time.monotonic() + self.stats_interval
         last_report = (time.monotonic(), 0)
-        try:
-            while not self.stop:
-                if max_messages is not None and self.counts.received >= max_messages:
-                    break
-                # Wake for the batch deadline, the next progress line, and a stop
-                # request (a signal does not interrupt the wait).
-                due = min(batch.started + interval if batch else math.inf, next_report)
-                wait = min(due - time.monotonic(), MAX_WAIT)
-                try:
-                    message = pubsub.get_message(timeout=max(wait, 0.001))
-                    backoff = Backoff()
-                except REDIS_ERRORS as exc:
-                    self._on_disconnect(exc, backoff)
-                    message = None
-                if message is not None and message["type"] == "message":
-                    self.counts.received += 1
-                    batch.add(message["data"])
-                if batch and (
-                    len(batch) >= self.settings.batch_size
-                    or time.monotonic() - batch.started >= interval
-                ):
-                    self.flush(batch)
-                    batch = Batch()
-                if time.monotonic() >= next_report:
-                    last_report = self._report(last_report)
-                    next_report = time.monotonic() + self.stats_interval
-            if batch:
-                log.info("stopping: storing the last %d message(s)", len(batch))
+        while not self.stop:
+            if max_messages is not None and self.counts.received >= max_messages:
+                break
+            # Wake for the batch deadline, the next progress line, and a stop request.
+            due = min(batch.started + interval if batch else math.inf, next_report)
+            wait = min(due - time.monotonic(), MAX_WAIT)
+            room = self.settings.batch_size - len(batch)
+            if max_messages is not None:
+                room = min(room, max_messages - self.counts.received)
+            try:
+                messages = self.source.read(room, wait)
+                backoff = Backoff()
+            except REDIS_ERRORS as exc:
+                self._redis_unavailable(exc, backoff)
+                messages = []
+            for message in messages:
+                batch.add(message)
+            self.counts.received += len(messages)
+            if batch and (
+                len(batch) >= self.settings.batch_size
+                or time.monotonic() - batch.started >= interval
+            ):
                 self.flush(batch)
-        finally:
-            pubsub.close()
+                batch = Batch()
+            if time.monotonic() >= next_report:
+                last_report = self._report(last_report)
+                next_report = time.monotonic() + self.stats_interval
+        for message in self.source.stop_reading():
+            batch.add(message)
+            self.counts.received += 1
+        if batch:
+            log.info("stopping: storing the last %d message(s)", len(batch))
+            self.flush(batch)
         self._report(last_report)
 
     def flush(self, batch: Batch) -> None:
-        """Store a batch: MySQL first, then Redis (retrying each while its server is down)."""
+        """Store a batch: MySQL first; then, in one Redis transaction, the lists and the ack.
+
+        Each step is retried while its server is down. Nothing is acknowledged before
+        the commit, so a crash here means redelivery, and the txn_ids make that harmless.
+        """
         committed = retry("database", lambda: self.store.commit(batch.txns), DB_ERRORS, self.stop)
         dead = batch.dead + committed.rejected
-        retry(
-            "redis", lambda: self.store.update_redis(committed.new, dead), REDIS_ERRORS, self.stop
-        )
+
+        def update_redis() -> None:
+            with self.store.client.pipeline(transaction=True) as pipe:
+                self.store.queue_redis_updates(pipe, committed.new, dead)
+                self.source.ack(pipe, batch.messages)
+                pipe.execute()
+
+        retry("redis", update_redis, REDIS_ERRORS, self.stop)
         self.counts.stored += len(committed.new)
         self.counts.duplicates += committed.duplicates
         self.counts.dead += len(dead)
 
-    def _on_disconnect(self, exc: Exception, backoff: Backoff) -> None:
-        # Pub/sub keeps nothing: whatever is published while we are away is lost.
-        self.counts.disconnects += 1
+    def _redis_unavailable(self, exc: Exception, backoff: Backoff) -> None:
         delay = backoff.delay()
-        log.error(
-            "lost the Redis connection (%s): messages published until it is back are LOST "
-            "(pub/sub keeps nothing); reconnecting in %.1f s",
-            exc,
-            delay,
-        )
+        log.warning("redis unavailable (%s); retrying in %.1f s", exc, delay)
         self.stop.wait(delay)
 
     def _report(self, last: tuple[float, int]) -> tuple[float, int]:
@@ -158,15 +166,25 @@ class Subscriber:
         rate = (stored - last[1]) / max(now - last[0], 1e-9)
         c = self.counts
         log.info(
-            "stored=%d duplicates=%d dead=%d received=%d disconnects=%d rate=%.0f tx/s",
+            "stored=%d duplicates=%d dead=%d received=%d disconnects=%d rate=%.0f tx/s claimed=%d",
             c.stored,
             c.duplicates,
             c.dead,
             c.received,
-            c.disconnects,
+            self.source.disconnects,
             rate,
+            getattr(self.source, "claimed", 0),
         )
         return now, stored
+
+
+def make_source(settings: config.Settings, client: redis.Redis) -> PubSubSource | StreamSource:
+    """The source the settings name: the pub/sub channel or the stream's consumer group."""
+    if settings.transport == "stream":
+        return StreamSource(
+            client, settings.stream, settings.group, settings.claim_idle_ms, settings.max_deliveries
+        )
+    return PubSubSource(client, settings.channel, settings.pubsub_buffer)
 
 
 def parse_args(argv: list[str] | None, settings: config.Settings) -> argparse.Namespace:
@@ -176,13 +194,12 @@ def parse_args(argv: list[str] | None, settings: config.Settings) -> argparse.Na
         "in MySQL exactly once, with per-user window totals and latest-5 lists in Redis.",
         epilog="Settings come from the environment or .env (see .env.example); flags win.",
     )
-    parser.add_argument("--redis-url", default=settings.redis_url, help="default: REDIS_URL")
+    config.add_transport_flags(parser, settings)
     parser.add_argument(
         "--database-url",
         default=settings.database_url,
         help="SQLAlchemy URL; default: DATABASE_URL",
     )
-    parser.add_argument("--channel", default=settings.channel, help="default: %(default)s")
     parser.add_argument(
         "--batch-size",
         type=config.positive_int_flag,
@@ -219,18 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args = parse_args(argv, settings)
     settings = dataclasses.replace(
-        settings,
-        redis_url=args.redis_url,
+        config.with_transport_flags(settings, args),
         database_url=args.database_url,
-        channel=args.channel,
         batch_size=args.batch_size,
         batch_interval_ms=args.batch_interval_ms,
     )
     config.configure_logging(settings.log_level)
     log.info(
-        "starting: redis=%s channel=%r database=%s window=%sh batch=%d msgs/%d ms prefix=%r",
+        "starting: redis=%s transport=%s database=%s window=%sh batch=%d msgs/%d ms prefix=%r",
         config.mask_url(settings.redis_url),
-        settings.channel,
+        settings.transport,
         config.mask_url(settings.database_url),
         settings.window_hours,
         settings.batch_size,
@@ -239,11 +254,18 @@ def main(argv: list[str] | None = None) -> int:
     )
     stop = StopFlag().install()
     engine = models.make_engine(settings.database_url)
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
+    client = redis.Redis.from_url(
+        settings.redis_url,
+        socket_connect_timeout=5,
+        socket_timeout=30,  # well above the blocking reads' 0.2 s
+        client_name=f"sub_and_store-{os.getpid()}",  # who is who in CLIENT LIST
+    )
     try:
         retry("database", lambda: models.create_schema(engine), DB_ERRORS, stop)
         store = Store(engine, client, Keys(settings.key_prefix), settings.window_seconds)
-        subscriber = Subscriber(settings, client, store, stop, args.stats_interval)
+        subscriber = Subscriber(
+            settings, make_source(settings, client), store, stop, args.stats_interval
+        )
         subscriber.run(args.max_messages)
     except GiveUp as exc:
         log.error("stopped with work not done: %s", exc)

@@ -10,6 +10,7 @@ from collections import Counter
 from emitter_and_pub import Emitter, FakeTransactions
 from tests.processes import Script, wait_until
 from txstream.runtime import StopFlag
+from txstream.transport import PubSubSink
 from txstream.wire import format_line, parse
 
 
@@ -50,7 +51,7 @@ def test_a_few_users_are_far_more_active_than_most():
 def test_burst_publishes_exactly_count_messages(fake_redis):
     pubsub = fake_redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe("ch")
-    emitter = Emitter(fake_redis, "ch", StopFlag(), quiet=True)
+    emitter = Emitter(PubSubSink(fake_redis, "ch"), StopFlag(), quiet=True)
     emitter.run(FakeTransactions(10, random.Random(1)), rate=0, count=2500)
     received = []
 
@@ -66,7 +67,7 @@ def test_burst_publishes_exactly_count_messages(fake_redis):
 
 
 def test_warns_once_when_no_subscriber_listens(fake_redis, caplog):
-    emitter = Emitter(fake_redis, "nobody-listens", StopFlag(), quiet=True)
+    emitter = Emitter(PubSubSink(fake_redis, "nobody-listens"), StopFlag(), quiet=True)
     with caplog.at_level(logging.WARNING):
         emitter.run(FakeTransactions(10, random.Random(1)), rate=0, count=20)
     assert emitter.no_listener == 20
@@ -76,7 +77,7 @@ def test_warns_once_when_no_subscriber_listens(fake_redis, caplog):
 
 def test_rate_mode_logs_each_message_in_the_seed_format(fake_redis, caplog):
     fake_redis.pubsub().subscribe("ch")
-    emitter = Emitter(fake_redis, "ch", StopFlag())
+    emitter = Emitter(PubSubSink(fake_redis, "ch"), StopFlag())
     with caplog.at_level(logging.INFO, logger="pub_transactions"):
         emitter.run(FakeTransactions(10, random.Random(1)), rate=1000, count=5)
     lines = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
@@ -87,7 +88,7 @@ def test_rate_mode_logs_each_message_in_the_seed_format(fake_redis, caplog):
 def test_a_set_stop_flag_ends_the_run():
     stop = StopFlag()
     stop.set()
-    emitter = Emitter(None, "ch", stop)  # never publishes, so needs no client
+    emitter = Emitter(PubSubSink(None, "ch"), stop)  # never publishes, so needs no client
     emitter.run(FakeTransactions(10, random.Random(1)), rate=1, count=None)
     assert emitter.published == 0
 

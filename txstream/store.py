@@ -71,13 +71,17 @@ class Store:
 
     def update_redis(self, new: Sequence[Transaction], dead_letters: Sequence[dict]) -> None:
         """Merge `new` into the latest-5 lists and append the dead letters, in one pipeline."""
-        if not new and not dead_letters:
-            return
         with self.client.pipeline(transaction=False) as pipe:
-            self.recent.add(pipe, new)
-            if dead_letters:
-                pipe.rpush(self.keys.dead, *(json.dumps(d) for d in dead_letters))
+            self.queue_redis_updates(pipe, new, dead_letters)
             pipe.execute()
+
+    def queue_redis_updates(
+        self, pipe: redis.client.Pipeline, new: Sequence[Transaction], dead_letters: Sequence[dict]
+    ) -> None:
+        """Queue on `pipe` the latest-5 merges of `new` and the dead letters."""
+        self.recent.add(pipe, new)
+        if dead_letters:
+            pipe.rpush(self.keys.dead, *(json.dumps(d) for d in dead_letters))
 
     def _commit_with_retry(self, txns: list[Transaction]) -> Committed:
         for attempt in range(1, _CONFLICT_RETRIES + 1):

@@ -1,0 +1,289 @@
+"""How transactions travel through Redis: pub/sub (the design card) or a stream (durable).
+
+Pub/sub is at most once: what is published while no subscriber reads is gone. A Redis
+stream keeps every entry until the consumer group acknowledges it, and the subscriber
+acknowledges only after its database commit, so a crash or an outage loses nothing.
+
+The emitter sends wire lines with a `Sink`; the subscriber reads `Message`s from a
+`Source` and acknowledges them in the same Redis pipeline that updates its lists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis
+
+from txstream.runtime import Backoff
+
+log = logging.getLogger(__name__)
+
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+LINE_FIELD = b"line"  # a stream entry is {"line": "<wire line>"}
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message as received: the raw line and, from a stream, its entry id."""
+
+    raw: bytes
+    entry_id: str | None = None
+    problem: str | None = None  # set when the message is a dead letter before parsing
+
+    @property
+    def missing_id(self) -> str | None:
+        """The txn_id of a 3-field line: fixed by the entry id, so a redelivery matches."""
+        return f"stream-{self.entry_id}" if self.entry_id else None
+
+
+class PubSubSink:
+    """Publishes lines to a pub/sub channel."""
+
+    def __init__(self, client: redis.Redis, channel: str) -> None:
+        self.client = client
+        self.channel = channel
+
+    def send(self, lines: Sequence[str]) -> list[int]:
+        """Publish `lines` in one round trip; how many subscribers received each."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for line in lines:
+                pipe.publish(self.channel, line)
+            return pipe.execute()
+
+
+class StreamSink:
+    """Appends lines to a stream, trimmed to about `maxlen` entries (0: never trimmed)."""
+
+    def __init__(self, client: redis.Redis, stream: str, maxlen: int) -> None:
+        self.client = client
+        self.stream = stream
+        self.maxlen = maxlen or None
+
+    def send(self, lines: Sequence[str]) -> list[int]:
+        """Append `lines` in one round trip; 1 for each (the stream keeps them all)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            for line in lines:
+                pipe.xadd(self.stream, {LINE_FIELD: line}, maxlen=self.maxlen, approximate=True)
+            pipe.execute()
+        return [1] * len(lines)
+
+
+class PubSubSource:
+    """Reads a channel in a thread of its own, into a bounded buffer.
+
+    So a slow database never slows the reading: Redis drops a subscriber that falls
+    32 MB behind. When the buffer is full the reader waits, and Redis buffers. A
+    reconnect (redis-py reconnects on its own) shows up as a second subscribe
+    confirmation; it is logged loudly and counted, since messages may have been lost.
+    """
+
+    def __init__(self, client: redis.Redis, channel: str, buffer_size: int) -> None:
+        self.client = client
+        self.channel = channel
+        self.buffer: queue.Queue[Message] = queue.Queue(maxsize=buffer_size)
+        self.disconnects = 0
+        self._subscribed = threading.Event()
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._read_forever, name="pubsub", daemon=True)
+
+    def start(self) -> None:
+        """Subscribe, and start reading in the background."""
+        self._thread.start()
+        self._subscribed.wait()
+
+    def describe(self) -> str:
+        return f"channel {self.channel!r} (pub/sub)"
+
+    def read(self, max_count: int, timeout: float) -> list[Message]:
+        """Up to `max_count` buffered messages, waiting up to `timeout` s for the first."""
+        try:
+            messages = [self.buffer.get(timeout=max(timeout, 0))]
+        except queue.Empty:
+            return []
+        while len(messages) < max_count:
+            try:
+                messages.append(self.buffer.get_nowait())
+            except queue.Empty:
+                break
+        return messages
+
+    def ack(self, pipe: redis.client.Pipeline, messages: Sequence[Message]) -> None:
+        """Nothing to acknowledge in pub/sub."""
+
+    def stop_reading(self) -> list[Message]:
+        """Stop the reader; the messages it had read (they must still be stored)."""
+        self._stopping.set()
+        left = []
+        while self._thread.is_alive() or not self.buffer.empty():
+            try:
+                left.append(self.buffer.get(timeout=0.05))
+            except queue.Empty:
+                pass
+        return left
+
+    def _read_forever(self) -> None:
+        pubsub = self.client.pubsub()
+        backoff = Backoff()
+        subscriptions = 0
+        try:
+            while not self._stopping.is_set():
+                try:
+                    if not pubsub.subscribed:
+                        pubsub.subscribe(self.channel)
+                    message = pubsub.get_message(timeout=0.2)
+                    backoff = Backoff()
+                except REDIS_ERRORS as exc:
+                    self._lost(exc)
+                    self._stopping.wait(backoff.delay())
+                    continue
+                if message is None:
+                    continue
+                if message["type"] == "subscribe":
+                    subscriptions += 1
+                    if subscriptions > 1:
+                        self._lost("reconnected and subscribed again")
+                    self._subscribed.set()
+                elif message["type"] == "message":
+                    self._put(Message(message["data"]))
+        finally:
+            self._subscribed.set()
+            pubsub.close()
+
+    def _put(self, message: Message) -> None:
+        # Waits while the buffer is full; stop_reading() drains it, so this ends.
+        self.buffer.put(message)
+
+    def _lost(self, why: object) -> None:
+        self.disconnects += 1
+        log.error(
+            "pub/sub connection lost (%s): messages published meanwhile are LOST; "
+            "use TRANSPORT=stream to keep them",
+            why,
+        )
+
+
+class StreamSource:
+    """Reads a stream as one consumer of a consumer group; acks after the commit.
+
+    Entries pending on a consumer that died are taken over with XAUTOCLAIM once idle
+    for `claim_idle_ms`. An entry handed out more than `max_deliveries` times is
+    returned flagged, for the subscriber to dead-letter and acknowledge.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        stream: str,
+        group: str,
+        claim_idle_ms: int,
+        max_deliveries: int,
+    ) -> None:
+        self.client = client
+        self.stream = stream
+        self.group = group
+        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.claim_idle_ms = claim_idle_ms
+        self.max_deliveries = max_deliveries
+        self.disconnects = 0
+        self.claimed = 0
+        self._claim_cursor = "0-0"
+        self._next_claim = 0.0
+
+    def start(self) -> None:
+        """Create the group if missing (a new group reads the stream from its start)."""
+        try:
+            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            log.info("created consumer group %r on stream %r", self.group, self.stream)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def describe(self) -> str:
+        return f"stream {self.stream!r} as {self.consumer!r} in group {self.group!r}"
+
+    def read(self, max_count: int, timeout: float) -> list[Message]:
+        """Entries taken over from dead consumers, or else new ones (blocking up to `timeout`).
+
+        `timeout` must stay below the client's socket timeout, or a quiet stream would
+        look like a dead server (a known redis-py trap); callers pass well under a second.
+        """
+        if time.monotonic() >= self._next_claim:
+            claimed = self._claim(max_count)
+            if claimed:
+                return claimed
+        reply = self.client.xreadgroup(
+            self.group,
+            self.consumer,
+            {self.stream: ">"},
+            count=max_count,
+            block=max(int(timeout * 1000), 1),
+        )
+        return [
+            self._message(entry_id, fields)
+            for _, entries in reply or []
+            for entry_id, fields in entries
+        ]
+
+    def ack(self, pipe: redis.client.Pipeline, messages: Sequence[Message]) -> None:
+        """Queue the acknowledgement of `messages` on `pipe`."""
+        ids = [m.entry_id for m in messages]
+        if ids:
+            pipe.xack(self.stream, self.group, *ids)
+
+    def stop_reading(self) -> list[Message]:
+        """Nothing is read ahead: unread entries stay in the stream."""
+        return []
+
+    def _claim(self, max_count: int) -> list[Message]:
+        cursor, entries, _deleted = self.client.xautoclaim(
+            self.stream,
+            self.group,
+            self.consumer,
+            min_idle_time=self.claim_idle_ms,
+            start_id=self._claim_cursor,
+            count=max_count,
+        )
+        self._claim_cursor = cursor
+        if cursor in (b"0-0", "0-0"):  # scanned every pending entry: pause a while
+            self._next_claim = time.monotonic() + min(1.0, self.claim_idle_ms / 2000)
+        if not entries:
+            return []
+        with self.client.pipeline(transaction=False) as pipe:
+            for entry_id, _ in entries:
+                pipe.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+            pending = [rows[0]["times_delivered"] if rows else 1 for rows in pipe.execute()]
+        self.claimed += len(entries)
+        log.warning(
+            "took over %d entries pending on another consumer for over %d ms",
+            len(entries),
+            self.claim_idle_ms,
+        )
+        return [
+            self._message(entry_id, fields, deliveries)
+            for (entry_id, fields), deliveries in zip(entries, pending, strict=True)
+        ]
+
+    def _message(self, entry_id: bytes, fields: dict, deliveries: int = 1) -> Message:
+        entry = entry_id.decode()
+        if LINE_FIELD not in fields:
+            return Message(_describe_fields(fields), entry, "stream entry has no 'line' field")
+        if deliveries > self.max_deliveries:
+            problem = (
+                f"delivered {deliveries} times without being stored "
+                f"(MAX_DELIVERIES={self.max_deliveries})"
+            )
+            return Message(fields[LINE_FIELD], entry, problem)
+        return Message(fields[LINE_FIELD], entry)
+
+
+def _describe_fields(fields: dict[bytes, bytes]) -> bytes:
+    """The raw form of an entry without a `line` field, kept in its dead letter."""
+    return repr({k.decode("utf-8", "backslashreplace"): v for k, v in fields.items()}).encode()
