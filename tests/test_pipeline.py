@@ -50,13 +50,29 @@ def count_rows(engine) -> int:
         return conn.scalar(select(func.count()).select_from(models.transactions))
 
 
+@pytest.fixture(params=["pubsub", "stream"])
+def transport(request):
+    """Each test taking this runs once per transport."""
+    return request.param
+
+
 @pytest.fixture
-def subscriber_env(channel, key_prefix):
+def send_raw(transport, redis_client, channel, key_prefix):
+    """Send raw bytes the way the emitter would on `transport` (PUBLISH or XADD)."""
+    if transport == "pubsub":
+        return lambda raw: redis_client.publish(channel, raw)
+    return lambda raw: redis_client.xadd(key_prefix + "stream", {"line": raw})
+
+
+@pytest.fixture
+def subscriber_env(channel, key_prefix, transport):
     """The environment of the scripts under test: the test servers, channel and prefix."""
     return {
         "REDIS_URL": TEST_REDIS_URL,
         "DATABASE_URL": TEST_DATABASE_URL,
+        "TRANSPORT": transport,
         "CHANNEL": channel,
+        "STREAM": key_prefix + "stream",  # deleted with the test's other keys
         "KEY_PREFIX": key_prefix,
         "WINDOW_HOURS": "6",
         "BATCH_INTERVAL_MS": "50",
@@ -64,18 +80,14 @@ def subscriber_env(channel, key_prefix):
 
 
 @pytest.fixture
-def start_subscriber(subscriber_env, redis_client, mysql_engine, channel):
-    """Start sub_and_store.py with `extra_env`; return once it has subscribed."""
+def start_subscriber(subscriber_env, redis_client, mysql_engine):
+    """Start sub_and_store.py with `extra_env`; return once it reads (or has subscribed)."""
     started = []
 
     def start(*args: str, **extra_env: str) -> Script:
         script = Script("sub_and_store.py", *args, env={**subscriber_env, **extra_env})
         started.append(script)
-        wait_until(
-            lambda: dict(redis_client.pubsub_numsub(channel)).get(channel.encode()) == 1,
-            20,
-            "the subscriber to subscribe",
-        )
+        script.wait_for_line(r"INFO sub_and_store: reading .*; waiting for transactions")
         return script
 
     yield start
@@ -89,8 +101,8 @@ def subscriber(start_subscriber):
     return start_subscriber("--stats-interval", "0.2")
 
 
-def test_emitter_and_raw_publishes_are_stored_exactly_once(
-    subscriber, subscriber_env, redis_client, mysql_engine, channel, key_prefix
+def test_emitter_and_raw_messages_are_stored_exactly_once(
+    subscriber, subscriber_env, send_raw, redis_client, mysql_engine, key_prefix
 ):
     emitter = Script(
         "emitter_and_pub.py",
@@ -106,11 +118,11 @@ def test_emitter_and_raw_publishes_are_stored_exactly_once(
     assert len(emitted) == 300
     assert "published 300 transactions" in emitter.output
     for line in SEED_LINES:
-        redis_client.publish(channel, line)
+        send_raw(line)
     for _ in range(2):  # the same txn_id twice: stored once
-        redis_client.publish(channel, "5,12.34,1570358300.5,repeated-id")
+        send_raw("5,12.34,1570358300.5,repeated-id")
     for raw in MALFORMED:
-        redis_client.publish(channel, raw)
+        send_raw(raw)
 
     dead_key = Keys(key_prefix).dead
     wait_until(lambda: count_rows(mysql_engine) == 300 + 4 + 1, 30, "all rows stored")
@@ -145,10 +157,10 @@ def test_emitter_and_raw_publishes_are_stored_exactly_once(
 
 
 def test_endpoints_serve_what_the_subscriber_stored(
-    subscriber, redis_client, mysql_engine, channel, key_prefix
+    subscriber, send_raw, redis_client, mysql_engine, key_prefix
 ):
     for line in SEED_LINES:
-        redis_client.publish(channel, line)
+        send_raw(line)
     wait_until(lambda: count_rows(mysql_engine) == 4, 30, "the seed lines stored")
     wait_until(lambda: redis_client.llen(Keys(key_prefix).recent(1)) == 2, 10, "recent list")
     app = create_app(
@@ -185,14 +197,55 @@ def test_endpoints_serve_what_the_subscriber_stored(
     assert b"41603904384.00" in client.get("/").data
 
 
-def test_sigterm_stores_the_pending_batch(start_subscriber, redis_client, mysql_engine, channel):
+def test_sigterm_stores_the_pending_batch(start_subscriber, send_raw, mysql_engine):
     script = start_subscriber(
         "--stats-interval", "0.1", BATCH_INTERVAL_MS="600000", BATCH_SIZE="1000"
     )
     for line in SEED_LINES[:3]:
-        redis_client.publish(channel, line)
+        send_raw(line)
     script.wait_for_line(r"stored=0 duplicates=0 dead=0 received=3")
     assert count_rows(mysql_engine) == 0  # still pending in the batch
     assert script.stop(signal.SIGTERM) == 0, script.output
     assert count_rows(mysql_engine) == 3
     assert "storing the last 3 message(s)" in script.output
+
+
+@pytest.mark.parametrize("transport", ["stream"], indirect=True)
+def test_redelivered_stream_entries_are_not_stored_twice(
+    subscriber, subscriber_env, send_raw, redis_client, mysql_engine, key_prefix
+):
+    emitter = Script(
+        "emitter_and_pub.py", *("--count", "500", "--rate", "0", "--quiet"), env=subscriber_env
+    )
+    assert emitter.wait() == 0, emitter.output
+    send_raw(SEED_LINES[0])  # no txn_id: one is derived from the entry id
+    wait_until(lambda: count_rows(mysql_engine) == 501, 30, "all rows stored")
+    subscriber.wait_for_line(r"stored=501 duplicates=0 ")
+
+    # Hand every entry out again, as after a crash between commit and ack.
+    redis_client.xgroup_setid(subscriber_env["STREAM"], "store", "0")
+    subscriber.wait_for_line(r"stored=501 duplicates=501 ")
+    assert count_rows(mysql_engine) == 501
+    assert_totals_match_raw_rows(mysql_engine, WINDOW_SECONDS)
+    assert_recent_lists_match_db(mysql_engine, redis_client, key_prefix)
+    assert redis_client.xpending(subscriber_env["STREAM"], "store")["pending"] == 0
+
+
+@pytest.mark.parametrize("transport", ["pubsub"], indirect=True)
+def test_a_lost_pubsub_connection_is_logged_counted_and_recovered(
+    subscriber, send_raw, redis_client, mysql_engine
+):
+    name = f"sub_and_store-{subscriber.proc.pid}"
+    pubsub_client = wait_until(
+        lambda: next(
+            (c for c in redis_client.client_list() if c["name"] == name and c["sub"] != "0"),
+            None,
+        ),
+        10,
+        "the subscriber's pub/sub connection",
+    )
+    redis_client.client_kill_filter(_id=pubsub_client["id"])
+    subscriber.wait_for_line(r"ERROR txstream.transport: pub/sub connection lost")
+    subscriber.wait_for_line(r"disconnects=1 ")
+    send_raw(SEED_LINES[0])  # after the reconnect, messages arrive again
+    wait_until(lambda: count_rows(mysql_engine) == 1, 20, "a message after the reconnect")

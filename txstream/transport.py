@@ -142,6 +142,7 @@ class PubSubSource:
                     backoff = Backoff()
                 except REDIS_ERRORS as exc:
                     self._lost(exc)
+                    subscriptions = 0  # the next confirmation is the expected one
                     self._stopping.wait(backoff.delay())
                     continue
                 if message is None:

@@ -1,0 +1,91 @@
+"""The transports on fakeredis: stream sink and source (group, claims, poison), pub/sub."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.processes import wait_until
+from txstream.transport import PubSubSink, PubSubSource, StreamSink, StreamSource
+
+STREAM = "test-stream"
+
+
+@pytest.fixture
+def source(fake_redis):
+    """A stream consumer of group `store` that takes over entries idle for 50 ms."""
+    source = StreamSource(fake_redis, STREAM, "store", claim_idle_ms=50, max_deliveries=3)
+    source.start()
+    return source
+
+
+def read_all(source, timeout=0.01):
+    return source.read(100, timeout)
+
+
+def test_a_new_group_reads_the_stream_from_its_start(fake_redis):
+    StreamSink(fake_redis, STREAM, maxlen=0).send(["1,2.00,1570358269", "2,3.00,1570358270"])
+    source = StreamSource(fake_redis, STREAM, "store", claim_idle_ms=60_000, max_deliveries=3)
+    source.start()
+    source.start()  # the group exists now: no error
+    messages = read_all(source)
+    assert [m.raw for m in messages] == [b"1,2.00,1570358269", b"2,3.00,1570358270"]
+    assert all(m.problem is None for m in messages)
+
+
+def test_a_line_without_txn_id_gets_one_fixed_by_its_entry_id(fake_redis, source):
+    StreamSink(fake_redis, STREAM, maxlen=0).send(["1,2.00,1570358269"])
+    (message,) = read_all(source)
+    assert message.missing_id == f"stream-{message.entry_id}"
+
+
+def test_only_acknowledged_entries_leave_the_pending_list(fake_redis, source):
+    StreamSink(fake_redis, STREAM, maxlen=0).send([f"1,{i}.00,1570358269" for i in range(4)])
+    messages = read_all(source)
+    with fake_redis.pipeline() as pipe:
+        source.ack(pipe, messages[:3])
+        pipe.execute()
+    pending = fake_redis.xpending_range(STREAM, "store", min="-", max="+", count=10)
+    assert [p["message_id"].decode() for p in pending] == [messages[3].entry_id]
+
+
+def test_entries_of_a_stopped_consumer_are_taken_over_once_idle(fake_redis, source):
+    StreamSink(fake_redis, STREAM, maxlen=0).send(["1,2.00,1570358269", "2,3.00,1570358270"])
+    fake_redis.xreadgroup("store", "crashed", {STREAM: ">"}, count=10)  # read, never acked
+    taken = wait_until(lambda: read_all(source), 5, "the idle entries to be taken over")
+    assert [m.raw for m in taken] == [b"1,2.00,1570358269", b"2,3.00,1570358270"]
+    assert source.claimed == 2
+    owners = fake_redis.xpending_range(STREAM, "store", min="-", max="+", count=10)
+    assert {p["consumer"].decode() for p in owners} == {source.consumer}
+
+
+def test_an_entry_delivered_too_often_is_flagged_as_a_dead_letter(fake_redis, source):
+    StreamSink(fake_redis, STREAM, maxlen=0).send(["1,2.00,1570358269"])
+    ((_, ((entry_id, _),)),) = fake_redis.xreadgroup("store", "ghost", {STREAM: ">"})
+    fake_redis.xclaim(STREAM, "store", "ghost", 0, [entry_id], retrycount=10)
+    (message,) = wait_until(lambda: read_all(source), 5, "the entry to be taken over")
+    assert message.problem == "delivered 11 times without being stored (MAX_DELIVERIES=3)"
+    assert message.raw == b"1,2.00,1570358269"
+
+
+def test_an_entry_without_a_line_field_is_flagged_with_its_fields(fake_redis, source):
+    fake_redis.xadd(STREAM, {"amount": "12"})
+    (message,) = read_all(source)
+    assert message.problem == "stream entry has no 'line' field"
+    assert message.raw == b"{'amount': b'12'}"
+
+
+def test_the_stream_is_trimmed_to_about_maxlen(fake_redis):
+    StreamSink(fake_redis, STREAM, maxlen=10).send([f"1,{i}.00,1570358269" for i in range(500)])
+    assert 10 <= fake_redis.xlen(STREAM) < 500
+
+
+def test_pubsub_source_reads_in_the_background_and_returns_the_rest_on_stop(fake_redis):
+    source = PubSubSource(fake_redis, "ch", buffer_size=1000)
+    source.start()
+    try:
+        assert PubSubSink(fake_redis, "ch").send(["a", "b", "c"]) == [1, 1, 1]
+        first = wait_until(lambda: source.read(2, 0.1), 5, "the first messages")
+    finally:
+        rest = source.stop_reading()
+    assert [m.raw for m in first + rest] == [b"a", b"b", b"c"]
+    assert source.disconnects == 0
