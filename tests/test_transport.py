@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import redis
 
 from tests.processes import wait_until
+from tests.servers import TEST_REDIS_URL
 from txstream.transport import PubSubSink, PubSubSource, StreamSink, StreamSource
 
 STREAM = "test-stream"
@@ -89,3 +91,26 @@ def test_pubsub_source_reads_in_the_background_and_returns_the_rest_on_stop(fake
         rest = source.stop_reading()
     assert [m.raw for m in first + rest] == [b"a", b"b", b"c"]
     assert source.disconnects == 0
+
+
+def test_pubsub_source_keeps_reading_while_the_database_is_slow(fake_redis):
+    """Nobody calls read() (the writer is busy): the reader still drains the channel."""
+    source = PubSubSource(fake_redis, "ch", buffer_size=10_000)
+    source.start()
+    try:
+        PubSubSink(fake_redis, "ch").send([f"m{i}" for i in range(5000)])
+        wait_until(lambda: source.buffer.qsize() == 5000, 10, "5000 messages buffered")
+    finally:
+        assert len(source.stop_reading()) == 5000
+
+
+@pytest.mark.services
+def test_a_quiet_stream_does_not_look_like_a_dead_server(redis_client, key_prefix):
+    """BLOCK longer than the socket timeout is a redis-py trap: reads must stay shorter."""
+    client = redis.Redis(
+        connection_pool=redis.ConnectionPool.from_url(TEST_REDIS_URL, socket_timeout=0.3)
+    )
+    source = StreamSource(client, key_prefix + "quiet", "store", 60_000, 3)
+    source.start()
+    assert source.read(10, timeout=2.0) == []  # blocks 0.15 s, not 2 s past the timeout
+    client.close()

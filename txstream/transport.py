@@ -197,6 +197,10 @@ class StreamSource:
         self.claimed = 0
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
+        # A BLOCK as long as the socket timeout makes a quiet stream look like a dead
+        # server (a known redis-py trap): block for half of it at most.
+        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        self._max_block = socket_timeout / 2 if socket_timeout else 1.0
 
     def start(self) -> None:
         """Create the group if missing (a new group reads the stream from its start)."""
@@ -211,11 +215,7 @@ class StreamSource:
         return f"stream {self.stream!r} as {self.consumer!r} in group {self.group!r}"
 
     def read(self, max_count: int, timeout: float) -> list[Message]:
-        """Entries taken over from dead consumers, or else new ones (blocking up to `timeout`).
-
-        `timeout` must stay below the client's socket timeout, or a quiet stream would
-        look like a dead server (a known redis-py trap); callers pass well under a second.
-        """
+        """Entries taken over from dead consumers, or else new ones (blocking up to `timeout`)."""
         if time.monotonic() >= self._next_claim:
             claimed = self._claim(max_count)
             if claimed:
@@ -225,7 +225,7 @@ class StreamSource:
             self.consumer,
             {self.stream: ">"},
             count=max_count,
-            block=max(int(timeout * 1000), 1),
+            block=max(int(min(timeout, self._max_block) * 1000), 1),
         )
         return [
             self._message(entry_id, fields)
