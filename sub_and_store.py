@@ -98,7 +98,7 @@ class Subscriber:
         retry("redis", self.source.start, REDIS_ERRORS, self.stop)
         log.info("reading %s; waiting for transactions", self.source.describe())
         batch = Batch()
-        backoff = Backoff()
+        backoff, down_since = Backoff(), None
         next_report = time.monotonic() + self.stats_interval
         last_report = (time.monotonic(), 0)
         while not self.stop:
@@ -112,10 +112,15 @@ class Subscriber:
                 room = min(room, max_messages - self.counts.received)
             try:
                 messages = self.source.read(room, wait)
-                backoff = Backoff()
             except REDIS_ERRORS as exc:
-                self._redis_unavailable(exc, backoff)
-                messages = []
+                down_since = down_since or time.monotonic()
+                delay = backoff.delay()
+                log.warning("redis unavailable (%s); retrying in %.1f s", exc, delay)
+                self.stop.wait(delay)
+                continue
+            if down_since is not None:
+                log.warning("redis is back after %.1f s", time.monotonic() - down_since)
+                backoff, down_since = Backoff(), None
             for message in messages:
                 batch.add(message)
             self.counts.received += len(messages)
@@ -155,11 +160,6 @@ class Subscriber:
         self.counts.stored += len(committed.new)
         self.counts.duplicates += committed.duplicates
         self.counts.dead += len(dead)
-
-    def _redis_unavailable(self, exc: Exception, backoff: Backoff) -> None:
-        delay = backoff.delay()
-        log.warning("redis unavailable (%s); retrying in %.1f s", exc, delay)
-        self.stop.wait(delay)
 
     def _report(self, last: tuple[float, int]) -> tuple[float, int]:
         now, stored = time.monotonic(), self.counts.stored
