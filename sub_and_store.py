@@ -28,13 +28,12 @@ import models
 from txstream.keys import Keys
 from txstream.runtime import Backoff, GiveUp, StopFlag, retry
 from txstream.store import Store
-from txstream.transport import Message, PubSubSource, StreamSource
+from txstream.transport import REDIS_ERRORS, Message, PubSubSource, StreamSource
 from txstream.wire import MalformedMessage, Transaction, dead_letter, parse, utcnow
 
 log = logging.getLogger("sub_and_store")
 
 DB_ERRORS = (OperationalError, InterfaceError)  # connection lost, server down, deadlock
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
 MAX_WAIT = 0.2  # seconds: how soon a stop request is noticed
 
 
