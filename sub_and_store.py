@@ -71,6 +71,7 @@ class Counts:
     stored: int = 0
     duplicates: int = 0
     dead: int = 0
+    redis_outages: int = 0  # seen while reading (pub/sub counts its own disconnects too)
 
 
 class Subscriber:
@@ -112,7 +113,9 @@ class Subscriber:
             try:
                 messages = self.source.read(room, wait)
             except REDIS_ERRORS as exc:
-                down_since = down_since or time.monotonic()
+                if down_since is None:
+                    down_since = time.monotonic()
+                    self.counts.redis_outages += 1
                 delay = backoff.delay()
                 log.warning("redis unavailable (%s); retrying in %.1f s", exc, delay)
                 self.stop.wait(delay)
@@ -151,7 +154,8 @@ class Subscriber:
 
         def update_redis() -> None:
             with self.store.client.pipeline(transaction=True) as pipe:
-                self.store.queue_redis_updates(pipe, committed.new, dead)
+                latest = committed.new + committed.stored_before
+                self.store.queue_redis_updates(pipe, latest, dead)
                 self.source.ack(pipe, batch.messages)
                 pipe.execute()
 
@@ -170,7 +174,7 @@ class Subscriber:
             c.duplicates,
             c.dead,
             c.received,
-            self.source.disconnects,
+            self.source.disconnects + c.redis_outages,
             rate,
             getattr(self.source, "claimed", 0),
         )

@@ -126,3 +126,48 @@ def app(sqlite_engine, fake_redis):
 def client(app):
     """A test client of `app`."""
     return app.test_client()
+
+
+@pytest.fixture(scope="session")
+def _mariadb_template(tmp_path_factory):
+    """An initialised MariaDB datadir, made once per session and copied by each test."""
+    from tests.private_servers import PrivateMariaDB, ServerMissing
+
+    datadir = tmp_path_factory.mktemp("mariadb-template") / "data"
+    try:
+        PrivateMariaDB.install(datadir)
+    except ServerMissing as exc:
+        service_unavailable("A private MariaDB", exc)
+    return datadir
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A Redis server of this test's own (AOF, fsync always), free to stop, restart or kill."""
+    from tests.private_servers import PrivateRedis, ServerMissing
+
+    try:
+        server = PrivateRedis(tmp_path / "redis")
+    except ServerMissing as exc:
+        service_unavailable("A private Redis", exc)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def private_mariadb(tmp_path, _mariadb_template):
+    """A MariaDB server of this test's own (root, no password), free to stop or restart."""
+    from tests.private_servers import PrivateMariaDB, ServerMissing
+
+    try:
+        server = PrivateMariaDB(tmp_path / "mariadb", template=_mariadb_template)
+    except ServerMissing as exc:
+        service_unavailable("A private MariaDB", exc)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

@@ -119,7 +119,12 @@ def test_txn_ids_are_case_sensitive(store):
     (committed,) = store_batches(store, [tx("a", amount="1"), tx("A", amount="2")])
     assert len(committed.new) == 2
     (committed,) = store_batches(store, [tx("A", amount="3"), tx("a", amount="4")])
-    assert committed == Committed(new=[], duplicates=2, rejected=[])
+    assert (committed.new, committed.duplicates, committed.rejected) == ([], 2, [])
+    # What was stored first, not what came again: that is what goes to the Redis lists.
+    assert sorted((t.txn_id, t.amount) for t in committed.stored_before) == [
+        ("A", Decimal("2.00")),
+        ("a", Decimal("1.00")),
+    ]
     assert [row.txn_id for row in stored_rows(store)] == ["A", "a"]
     assert table_totals(store)[0][2:] == (2, Decimal(3), Decimal(1), Decimal(2))
 

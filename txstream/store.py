@@ -37,6 +37,9 @@ class Committed:
     """What a committed batch changed."""
 
     new: list[Transaction] = field(default_factory=list)  # inserted now
+    # Stored by an earlier batch: a redelivery, maybe after a crash between commit and
+    # the Redis update, so they go to the latest-5 lists again (the merge skips repeats).
+    stored_before: list[Transaction] = field(default_factory=list)
     duplicates: int = 0  # txn_ids stored before, or repeated within the batch
     rejected: list[dict] = field(default_factory=list)  # dead letters from the DB
 
@@ -104,16 +107,20 @@ class Store:
                 committed.rejected.append(dead_letter(format_line(tx), reason, utcnow()))
                 continue
             committed.new += one.new
+            committed.stored_before += one.stored_before
             committed.duplicates += one.duplicates
         return committed
 
     def _insert_new(self, conn: Connection, txns: list[Transaction]) -> Committed:
         if not txns:
             return Committed()
-        ids = [tx.txn_id for tx in txns]
-        stored = set(
-            conn.scalars(select(transactions.c.txn_id).where(transactions.c.txn_id.in_(ids)))
+        t = transactions
+        rows = conn.execute(
+            select(t.c.txn_id, t.c.user_id, t.c.amount, t.c.ts).where(
+                t.c.txn_id.in_([tx.txn_id for tx in txns])
+            )
         )
+        stored = {row.txn_id: Transaction(*row) for row in rows}
         new = [tx for tx in txns if tx.txn_id not in stored]
         if new:
             now = utcnow()
@@ -131,7 +138,7 @@ class Store:
                 ],
             )
             self._add_to_windows(conn, new, now)
-        return Committed(new=new, duplicates=len(stored))
+        return Committed(new, list(stored.values()), duplicates=len(stored))
 
     def _add_to_windows(self, conn: Connection, new: list[Transaction], now) -> None:
         rows = [

@@ -197,6 +197,7 @@ class StreamSource:
         self.claimed = 0
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
+        self._own_pending_first = False
         # A BLOCK as long as the socket timeout makes a quiet stream look like a dead
         # server (a known redis-py trap): block for half of it at most.
         socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
@@ -220,13 +221,25 @@ class StreamSource:
             claimed = self._claim(max_count)
             if claimed:
                 return claimed
-        reply = self.client.xreadgroup(
-            self.group,
-            self.consumer,
-            {self.stream: ">"},
-            count=max_count,
-            block=max(int(min(timeout, self._max_block) * 1000), 1),
-        )
+        try:
+            if self._own_pending_first:
+                # After a lost connection, entries handed to us may never have arrived:
+                # read our own pending list first, instead of waiting CLAIM_IDLE_MS.
+                reply = self.client.xreadgroup(
+                    self.group, self.consumer, {self.stream: "0"}, count=max_count
+                )
+                self._own_pending_first = False
+            else:
+                reply = self.client.xreadgroup(
+                    self.group,
+                    self.consumer,
+                    {self.stream: ">"},
+                    count=max_count,
+                    block=max(int(min(timeout, self._max_block) * 1000), 1),
+                )
+        except REDIS_ERRORS:
+            self._own_pending_first = True
+            raise
         return [
             self._message(entry_id, fields)
             for _, entries in reply or []
