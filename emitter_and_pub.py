@@ -1,4 +1,7 @@
-"""The emitter: publishes fake card transactions to a Redis channel at random intervals.
+"""The emitter: publishes fake card transactions to Redis at random intervals.
+
+To the pub/sub channel, or with `--transport stream` (TRANSPORT=stream) to a stream
+that keeps them until the subscribers have stored them.
 
 Arrivals form a Poisson process (exponential gaps, mean `--rate` per second); a few
 users are far more active than the rest (Zipf-like weights); most amounts are small
@@ -9,6 +12,7 @@ purchases, some are large, a few are refunds (negative). Each message is a wire 
 
     python emitter_and_pub.py --rate 2 --users 100
     python emitter_and_pub.py --count 1000 --rate 0 --seed 7    # a reproducible burst
+    python emitter_and_pub.py --transport stream                 # durable
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
-"""The subscriber: stores every transaction from the Redis channel in MySQL, exactly once.
+"""The subscriber: stores every transaction it reads from Redis in MySQL, exactly once.
 
-For each batch (BATCH_SIZE messages, or BATCH_INTERVAL_MS after the first one):
-the new transactions and their window totals go to MySQL in one transaction, then
-each user's latest-5 list and the dead letters go to Redis. A malformed message is
-logged, counted and kept as a dead letter; it never stops the subscriber.
+It reads the pub/sub channel or, with TRANSPORT=stream, the stream as a consumer of
+the group `store`. For each batch (BATCH_SIZE messages, or BATCH_INTERVAL_MS after
+the first one): the new transactions and their window totals go to MySQL in one
+transaction; then, in one Redis transaction, each user's latest-5 list, the dead
+letters and the stream acknowledgements. A malformed message is logged, counted and
+kept as a dead letter; it never stops the subscriber.
 
-    python sub_and_store.py                # channel `transactions`, settings from env/.env
+    python sub_and_store.py                      # settings from the environment or .env
+    python sub_and_store.py --transport stream   # durable: see README
     python sub_and_store.py --help
 """
 
