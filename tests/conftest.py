@@ -19,7 +19,23 @@ from sqlalchemy.exc import OperationalError
 
 import config
 import models
+from tests.processes import Script
 from tests.servers import TEST_DATABASE_URL, TEST_REDIS_URL, service_unavailable
+
+
+@pytest.fixture
+def run():
+    """Start a script (`run(*args, env=...)`); every one started is stopped at the end."""
+    started: list[Script] = []
+
+    def start(*args: str, env: dict) -> Script:
+        script = Script(*args, env=env)
+        started.append(script)
+        return script
+
+    yield start
+    for script in started:
+        script.kill()
 
 
 @pytest.fixture

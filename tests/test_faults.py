@@ -199,21 +199,6 @@ def stop_all(*scripts: Script) -> None:
 
 
 @pytest.fixture
-def run():
-    """Start a script (`run(*args, env=...)`); every one started is stopped at the end."""
-    started: list[Script] = []
-
-    def start(*args: str, env: dict) -> Script:
-        script = Script(*args, env=env)
-        started.append(script)
-        return script
-
-    yield start
-    for script in started:
-        script.kill()
-
-
-@pytest.fixture
 def join(run):
     """Start a stream subscriber and wait until it reads the group; its consumer name."""
 

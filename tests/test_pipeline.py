@@ -80,19 +80,15 @@ def subscriber_env(channel, key_prefix, transport):
 
 
 @pytest.fixture
-def start_subscriber(subscriber_env, redis_client, mysql_engine):
+def start_subscriber(run, subscriber_env, redis_client, mysql_engine):
     """Start sub_and_store.py with `extra_env`; return once it reads (or has subscribed)."""
-    started = []
 
     def start(*args: str, **extra_env: str) -> Script:
-        script = Script("sub_and_store.py", *args, env={**subscriber_env, **extra_env})
-        started.append(script)
+        script = run("sub_and_store.py", *args, env={**subscriber_env, **extra_env})
         script.wait_for_line(r"INFO sub_and_store: reading .*; waiting for transactions")
         return script
 
-    yield start
-    for script in started:
-        script.kill()
+    return start
 
 
 @pytest.fixture
