@@ -18,30 +18,36 @@ from txstream.wire import Transaction, to_json
 
 RECENT_SIZE = 5
 
-# KEYS[1]: the list. ARGV[1]: how many to keep. ARGV[2..]: new items as JSON.
+# One call merges a whole batch. KEYS: the users' lists. ARGV[1]: how many to keep;
+# then, for each key in turn, the number of its new items and the items (JSON).
 # Items are sorted by their `time` (fixed-width ISO text, so text order is time
 # order) and then `txn_id`; the JSON text is stored as given, never re-encoded.
 _MERGE = """
 local keep = tonumber(ARGV[1])
-local items, seen = {}, {}
-local function add(raw)
-  local item = cjson.decode(raw)
-  if not seen[item.txn_id] then
-    seen[item.txn_id] = true
-    items[#items + 1] = {item.time, item.txn_id, raw}
+local pos = 2
+for k = 1, #KEYS do
+  local count = tonumber(ARGV[pos])
+  local items, seen = {}, {}
+  local function add(raw)
+    local item = cjson.decode(raw)
+    if not seen[item.txn_id] then
+      seen[item.txn_id] = true
+      items[#items + 1] = {item.time, item.txn_id, raw}
+    end
   end
+  for _, raw in ipairs(redis.call('LRANGE', KEYS[k], 0, -1)) do add(raw) end
+  for i = pos + 1, pos + count do add(ARGV[i]) end
+  pos = pos + count + 1
+  table.sort(items, function(a, b)
+    if a[1] ~= b[1] then return a[1] > b[1] end
+    return a[2] > b[2]
+  end)
+  local newest = {}
+  for i = 1, math.min(keep, #items) do newest[i] = items[i][3] end
+  redis.call('DEL', KEYS[k])
+  if #newest > 0 then redis.call('RPUSH', KEYS[k], unpack(newest)) end
 end
-for _, raw in ipairs(redis.call('LRANGE', KEYS[1], 0, -1)) do add(raw) end
-for i = 2, #ARGV do add(ARGV[i]) end
-table.sort(items, function(a, b)
-  if a[1] ~= b[1] then return a[1] > b[1] end
-  return a[2] > b[2]
-end)
-local newest = {}
-for i = 1, math.min(keep, #items) do newest[i] = items[i][3] end
-redis.call('DEL', KEYS[1])
-if #newest > 0 then redis.call('RPUSH', KEYS[1], unpack(newest)) end
-return #newest
+return #KEYS
 """
 
 
@@ -54,12 +60,17 @@ class RecentLists:
         self._merge = client.register_script(_MERGE)
 
     def add(self, pipe: redis.client.Pipeline, txns: Iterable[Transaction]) -> None:
-        """Queue on `pipe` one merge per user of `txns`."""
+        """Queue on `pipe` one merge of `txns` into their users' lists (one script call)."""
         by_user: dict[int, list[str]] = defaultdict(list)
         for tx in txns:
             by_user[tx.user_id].append(json.dumps(to_json(tx), separators=(",", ":")))
-        for user_id, items in by_user.items():
-            self._merge(keys=[self.keys.recent(user_id)], args=[RECENT_SIZE, *items], client=pipe)
+        if not by_user:
+            return
+        args: list[object] = [RECENT_SIZE]
+        for items in by_user.values():
+            args += [len(items), *items]
+        keys = [self.keys.recent(user_id) for user_id in by_user]
+        self._merge(keys=keys, args=args, client=pipe)
 
     def read(self, user_id: int) -> list[dict]:
         """The user's latest transactions, newest first, as the API shows them."""
