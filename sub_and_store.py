@@ -98,7 +98,11 @@ class Subscriber:
     def run(self, max_messages: int | None = None) -> None:
         """Read and store until stopped (or after `max_messages`), then store what is left."""
         interval = self.settings.batch_interval_ms / 1000
-        retry("redis", self.source.start, REDIS_ERRORS, self.stop)
+        try:  # nothing is in hand yet, so a stop request ends the wait at once
+            retry("redis", self.source.start, REDIS_ERRORS, self.stop, grace=0)
+        except GiveUp:
+            log.info("stopped before Redis answered")
+            return
         log.info("reading %s; waiting for transactions", self.source.describe())
         batch = Batch()
         backoff, down_since = Backoff(), None
@@ -267,7 +271,11 @@ def main(argv: list[str] | None = None) -> int:
         client_name=f"sub_and_store-{os.getpid()}",  # who is who in CLIENT LIST
     )
     try:
-        retry("database", lambda: models.create_schema(engine), DB_ERRORS, stop)
+        try:
+            retry("database", lambda: models.create_schema(engine), DB_ERRORS, stop, grace=0)
+        except GiveUp:
+            log.info("stopped before the database answered")
+            return 0
         store = Store(engine, client, Keys(settings.key_prefix), settings.window_seconds)
         subscriber = Subscriber(
             settings, make_source(settings, client), store, stop, args.stats_interval

@@ -90,14 +90,26 @@ class PubSubSource:
         self.channel = channel
         self.buffer: queue.Queue[Message] = queue.Queue(maxsize=buffer_size)
         self.disconnects = 0
-        self._subscribed = threading.Event()
+        self._pubsub: redis.client.PubSub | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._read_forever, name="pubsub", daemon=True)
 
     def start(self) -> None:
-        """Subscribe, and start reading in the background."""
+        """Subscribe (raising while Redis is unreachable), then read in the background."""
+        pubsub = self.client.pubsub()
+        try:
+            pubsub.subscribe(self.channel)
+            deadline = time.monotonic() + 10
+            while (reply := pubsub.get_message(timeout=0.5)) is None or reply[
+                "type"
+            ] != "subscribe":
+                if time.monotonic() > deadline:
+                    raise redis.TimeoutError("no subscribe confirmation within 10 s")
+        except BaseException:
+            pubsub.close()
+            raise
+        self._pubsub = pubsub
         self._thread.start()
-        self._subscribed.wait()
 
     def describe(self) -> str:
         return f"channel {self.channel!r} (pub/sub)"
@@ -130,9 +142,9 @@ class PubSubSource:
         return left
 
     def _read_forever(self) -> None:
-        pubsub = self.client.pubsub()
+        pubsub = self._pubsub
         backoff = Backoff()
-        subscriptions = 0
+        subscriptions = 1  # start() saw the first confirmation
         try:
             while not self._stopping.is_set():
                 try:
@@ -151,11 +163,9 @@ class PubSubSource:
                     subscriptions += 1
                     if subscriptions > 1:
                         self._lost("reconnected and subscribed again")
-                    self._subscribed.set()
                 elif message["type"] == "message":
                     self._put(Message(message["data"]))
         finally:
-            self._subscribed.set()
             pubsub.close()
 
     def _put(self, message: Message) -> None:

@@ -1,0 +1,40 @@
+"""The scripts while Redis does not answer: they retry, say so, and stop cleanly on SIGTERM."""
+
+from __future__ import annotations
+
+import signal
+
+from tests.processes import Script
+
+
+def test_subscriber_waiting_for_redis_stops_at_once_on_sigterm(tmp_path, closed_port):
+    subscriber = Script(
+        "sub_and_store.py",
+        env={
+            "REDIS_URL": f"redis://127.0.0.1:{closed_port}/0",
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}",
+            "TRANSPORT": "pubsub",
+        },
+    )
+    try:
+        subscriber.wait_for_line(r"WARNING txstream.runtime: redis unavailable")
+        assert subscriber.stop(signal.SIGTERM, timeout=5) == 0, subscriber.output
+        assert "stopped before Redis answered" in subscriber.output
+    finally:
+        subscriber.kill()
+
+
+def test_emitter_keeps_what_it_could_not_send_and_says_so(closed_port):
+    emitter = Script(
+        "emitter_and_pub.py",
+        *("--rate", "200", "--quiet", "--transport", "stream"),
+        env={"REDIS_URL": f"redis://127.0.0.1:{closed_port}/0"},
+    )
+    try:
+        kept = emitter.wait_for_line(r"redis unavailable \(.*\); (\d+) transactions kept")
+        assert int(kept.group(1)) >= 1
+        assert emitter.stop(signal.SIGTERM, timeout=15) == 1  # some were never sent
+        summary = emitter.wait_for_line(r"published 0 transactions .* (\d+) not sent")
+        assert int(summary.group(1)) >= int(kept.group(1))
+    finally:
+        emitter.kill()
