@@ -282,7 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         subscriber.run(args.max_messages)
     except GiveUp as exc:
-        log.error("stopped with work not done: %s", exc)
+        c = subscriber.counts
+        unsaved = c.received - c.stored - c.duplicates - c.dead
+        where = "they stay in the stream" if settings.transport == "stream" else "they are LOST"
+        log.error("stopped with %d messages not stored (%s): %s", unsaved, where, exc)
         return 1
     finally:
         client.close()

@@ -245,3 +245,27 @@ def test_a_lost_pubsub_connection_is_logged_counted_and_recovered(
     subscriber.wait_for_line(r"disconnects=1 ")
     send_raw(SEED_LINES[0])  # after the reconnect, messages arrive again
     wait_until(lambda: count_rows(mysql_engine) == 1, 20, "a message after the reconnect")
+
+
+@pytest.fixture
+def read_only_database_url(mysql_engine):
+    """A URL of the test database for a user that may read but not write."""
+    with mysql_engine.begin() as conn:
+        for host in ("127.0.0.1", "localhost"):
+            conn.exec_driver_sql(f"CREATE USER IF NOT EXISTS 'txstream_ro'@'{host}'")
+            conn.exec_driver_sql(
+                f"GRANT SELECT, CREATE ON {mysql_engine.url.database}.* TO 'txstream_ro'@'{host}'"
+            )
+    return mysql_engine.url.set(username="txstream_ro", password=None).render_as_string(False)
+
+
+@pytest.mark.parametrize("transport", ["pubsub"], indirect=True)
+def test_sigterm_while_the_database_fails_says_what_was_not_stored(
+    start_subscriber, send_raw, read_only_database_url
+):
+    script = start_subscriber(DATABASE_URL=read_only_database_url)
+    for line in SEED_LINES[:2]:
+        send_raw(line)
+    script.wait_for_line(r"database unavailable \(.*INSERT command denied")
+    assert script.stop(signal.SIGTERM, timeout=30) == 1
+    script.wait_for_line(r"stopped with 2 messages not stored \(they are LOST\)")
