@@ -106,7 +106,7 @@ def _table_names(engine: Engine) -> set[str]:
 
 
 def _masked_url(engine: Engine) -> str:
-    return config.mask_url(engine.url.render_as_string(hide_password=False))
+    return engine.url.render_as_string(hide_password=True)
 
 
 app = create_app()

@@ -183,7 +183,7 @@ class Subscriber:
             c.received,
             self.source.disconnects + c.redis_outages,
             rate,
-            getattr(self.source, "claimed", 0),
+            self.source.claimed,
         )
         return now, stored
 

@@ -90,6 +90,7 @@ class PubSubSource:
         self.channel = channel
         self.buffer: queue.Queue[Message] = queue.Queue(maxsize=buffer_size)
         self.disconnects = 0
+        self.claimed = 0  # pub/sub has nothing to take over
         self._pubsub: redis.client.PubSub | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._read_forever, name="pubsub", daemon=True)
@@ -203,7 +204,7 @@ class StreamSource:
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
-        self.disconnects = 0
+        self.disconnects = 0  # always 0: the subscriber counts the outages it meets
         self.claimed = 0
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
