@@ -21,6 +21,7 @@ import math
 import os
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import redis
@@ -97,14 +98,23 @@ class Subscriber:
 
     def run(self, max_messages: int | None = None) -> None:
         """Read and store until stopped (or after `max_messages`), then store what is left."""
-        interval = self.settings.batch_interval_ms / 1000
         try:  # nothing is in hand yet, so a stop request ends the wait at once
             retry("redis", self.source.start, REDIS_ERRORS, self.stop, grace=0)
         except GiveUp:
             log.info("stopped before Redis answered")
             return
         log.info("reading %s; waiting for transactions", self.source.describe())
-        batch = Batch()
+        with ThreadPoolExecutor(1, thread_name_prefix="flush") as writer:
+            self._read_and_store(writer, max_messages)
+
+    def _read_and_store(self, writer: ThreadPoolExecutor, max_messages: int | None) -> None:
+        """The main loop: batches are flushed by `writer` while the next one is read.
+
+        At most one batch is being stored while the next fills, and batches are stored in
+        the order they were read, so acknowledgements still follow their commits.
+        """
+        interval = self.settings.batch_interval_ms / 1000
+        batch, flushing = Batch(), None
         backoff, down_since = Backoff(), None
         next_report = time.monotonic() + self.stats_interval
         last_report = (time.monotonic(), 0)
@@ -137,7 +147,7 @@ class Subscriber:
                 len(batch) >= self.settings.batch_size
                 or time.monotonic() - batch.started >= interval
             ):
-                self.flush(batch)
+                flushing = self._hand_over(writer, flushing, batch)
                 batch = Batch()
             if time.monotonic() >= next_report:
                 last_report = self._report(last_report)
@@ -145,10 +155,20 @@ class Subscriber:
         for message in self.source.stop_reading():
             batch.add(message)
             self.counts.received += 1
+        if flushing is not None:
+            flushing.result()
         if batch:
             log.info("stopping: storing the last %d message(s)", len(batch))
             self.flush(batch)
         self._report(last_report)
+
+    def _hand_over(
+        self, writer: ThreadPoolExecutor, flushing: Future | None, batch: Batch
+    ) -> Future:
+        """Wait for the batch being flushed (its errors are raised here), then flush `batch`."""
+        if flushing is not None:
+            flushing.result()
+        return writer.submit(self.flush, batch)
 
     def flush(self, batch: Batch) -> None:
         """Store a batch: MySQL first; then, in one Redis transaction, the lists and the ack.

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import redis
 
 from txstream.keys import Keys
-from txstream.wire import Transaction, to_json
+from txstream.wire import Transaction, to_json_text
 
 RECENT_SIZE = 5
 
@@ -63,7 +63,7 @@ class RecentLists:
         """Queue on `pipe` one merge of `txns` into their users' lists (one script call)."""
         by_user: dict[int, list[str]] = defaultdict(list)
         for tx in txns:
-            by_user[tx.user_id].append(json.dumps(to_json(tx), separators=(",", ":")))
+            by_user[tx.user_id].append(to_json_text(tx))
         if not by_user:
             return
         args: list[object] = [RECENT_SIZE]

@@ -11,10 +11,10 @@ import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import redis
 from sqlalchemy import Connection, Engine, select
-from sqlalchemy.dialects.mysql import insert as mysql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, IntegrityError
 
@@ -22,8 +22,8 @@ from models import transactions, user_window_totals
 from txstream.keys import Keys
 from txstream.money import money_add, money_greatest, money_least
 from txstream.recent import RecentLists
-from txstream.windows import window_totals
-from txstream.wire import Transaction, dead_letter, format_line, utcnow
+from txstream.windows import WindowTotal, window_totals
+from txstream.wire import Transaction, dead_letter, format_line, parse_txn_id, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -114,52 +114,46 @@ class Store:
     def _insert_new(self, conn: Connection, txns: list[Transaction]) -> Committed:
         if not txns:
             return Committed()
+        mysql = conn.dialect.name == "mysql"
+        stored = self._stored_mysql(conn, txns) if mysql else self._stored(conn, txns)
+        new = [tx for tx in txns if tx.txn_id not in stored]
+        if new:
+            now = utcnow()
+            totals = window_totals(new, self.window_seconds)
+            if mysql:
+                self._insert_mysql(conn, new, totals, now)
+            else:
+                self._insert(conn, new, totals, now)
+        return Committed(new, list(stored.values()), duplicates=len(stored))
+
+    @staticmethod
+    def _stored(conn: Connection, txns: list[Transaction]) -> dict[str, Transaction]:
         t = transactions
         rows = conn.execute(
             select(t.c.txn_id, t.c.user_id, t.c.amount, t.c.ts).where(
                 t.c.txn_id.in_([tx.txn_id for tx in txns])
             )
         )
-        stored = {row.txn_id: Transaction(*row) for row in rows}
-        new = [tx for tx in txns if tx.txn_id not in stored]
-        if new:
-            now = utcnow()
-            conn.execute(
-                transactions.insert(),
-                [
-                    {
-                        "txn_id": tx.txn_id,
-                        "user_id": tx.user_id,
-                        "amount": tx.amount,
-                        "ts": tx.ts,
-                        "received_at": now,
-                    }
-                    for tx in new
-                ],
-            )
-            self._add_to_windows(conn, new, now)
-        return Committed(new, list(stored.values()), duplicates=len(stored))
+        return {row.txn_id: Transaction(*row) for row in rows}
 
-    def _add_to_windows(self, conn: Connection, new: list[Transaction], now) -> None:
-        rows = [
-            {
-                "user_id": t.user_id,
-                "window_start": t.window_start,
-                "tx_count": t.tx_count,
-                "amount_sum": t.amount_sum,
-                "amount_min": t.amount_min,
-                "amount_max": t.amount_max,
-                "updated_at": now,
-            }
-            for t in window_totals(new, self.window_seconds)
-        ]
+    @staticmethod
+    def _insert(conn: Connection, new: list[Transaction], totals: list[WindowTotal], now) -> None:
+        conn.execute(
+            transactions.insert(),
+            [
+                {
+                    "txn_id": tx.txn_id,
+                    "user_id": tx.user_id,
+                    "amount": tx.amount,
+                    "ts": tx.ts,
+                    "received_at": now,
+                }
+                for tx in new
+            ],
+        )
         table = user_window_totals
-        if conn.dialect.name == "sqlite":
-            stmt = sqlite_insert(table)
-            incoming = stmt.excluded
-        else:
-            stmt = mysql_insert(table)
-            incoming = stmt.inserted
+        stmt = sqlite_insert(table)
+        incoming = stmt.excluded
         merged = {
             "tx_count": table.c.tx_count + incoming.tx_count,
             "amount_sum": money_add(table.c.amount_sum, incoming.amount_sum),
@@ -167,10 +161,57 @@ class Store:
             "amount_max": money_greatest(table.c.amount_max, incoming.amount_max),
             "updated_at": incoming.updated_at,
         }
-        if conn.dialect.name == "sqlite":
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["user_id", "window_start"], set_=merged
-            )
-        else:
-            stmt = stmt.on_duplicate_key_update(merged)
-        conn.execute(stmt, rows)
+        stmt = stmt.on_conflict_do_update(index_elements=["user_id", "window_start"], set_=merged)
+        conn.execute(stmt, [_window_row(t, now) for t in totals])
+
+    # MySQL, the hot path: each statement's rows are written as SQL literals here, which
+    # costs a sixth of the driver's escaping per value (bench/commit_phases.py). Every
+    # value is a typed, validated one: ints, Decimals, naive datetimes, and txn_ids
+    # that `parse_txn_id` checks again (A-Z a-z 0-9 . _ : - only, nothing to escape).
+    @staticmethod
+    def _stored_mysql(conn: Connection, txns: list[Transaction]) -> dict[str, Transaction]:
+        ids = ",".join(f"'{parse_txn_id(tx.txn_id)}'" for tx in txns)
+        rows = conn.exec_driver_sql(
+            f"SELECT txn_id, user_id, amount, ts FROM transactions WHERE txn_id IN ({ids})"
+        )
+        return {row[0]: Transaction(*row) for row in rows}
+
+    @staticmethod
+    def _insert_mysql(
+        conn: Connection, new: list[Transaction], totals: list[WindowTotal], now: datetime
+    ) -> None:
+        rows = ",".join(
+            f"('{parse_txn_id(t.txn_id)}',{t.user_id:d},{t.amount:f},'{t.ts}','{now}')" for t in new
+        )
+        conn.exec_driver_sql(_MYSQL_INSERT + rows)
+        rows = ",".join(
+            f"({t.user_id:d},'{t.window_start}',{t.tx_count:d},"
+            f"{t.amount_sum:f},{t.amount_min:f},{t.amount_max:f},'{now}')"
+            for t in totals
+        )
+        conn.exec_driver_sql(_MYSQL_ADD_TO_WINDOWS.format(rows=rows))
+
+
+_MYSQL_INSERT = "INSERT INTO transactions (txn_id, user_id, amount, ts, received_at) VALUES "
+_MYSQL_ADD_TO_WINDOWS = (
+    "INSERT INTO user_window_totals "
+    "(user_id, window_start, tx_count, amount_sum, amount_min, amount_max, updated_at) "
+    "VALUES {rows} ON DUPLICATE KEY UPDATE "
+    "tx_count = tx_count + VALUES(tx_count), "
+    "amount_sum = amount_sum + VALUES(amount_sum), "
+    "amount_min = LEAST(amount_min, VALUES(amount_min)), "
+    "amount_max = GREATEST(amount_max, VALUES(amount_max)), "
+    "updated_at = VALUES(updated_at)"
+)
+
+
+def _window_row(total: WindowTotal, now) -> dict:
+    return {
+        "user_id": total.user_id,
+        "window_start": total.window_start,
+        "tx_count": total.tx_count,
+        "amount_sum": total.amount_sum,
+        "amount_min": total.amount_min,
+        "amount_max": total.amount_max,
+        "updated_at": now,
+    }

@@ -95,6 +95,17 @@ def to_json(tx: Transaction) -> dict:
     }
 
 
+def to_json_text(tx: Transaction) -> str:
+    """`to_json(tx)` as compact JSON text, built directly: this runs for every transaction.
+
+    Nothing in it needs escaping: a txn_id is A-Z a-z 0-9 . _ : - only (`parse_txn_id`).
+    """
+    return (
+        f'{{"txn_id":"{parse_txn_id(tx.txn_id)}","user_id":{tx.user_id:d},'
+        f'"amount":"{format_amount(tx.amount)}","ts":{tx.epoch!r},"time":"{format_time(tx.ts)}"}}'
+    )
+
+
 def dead_letter(raw: bytes | str, reason: str, at: datetime) -> dict:
     """The dead-letter record of a rejected message; non-UTF-8 bytes are kept escaped."""
     if isinstance(raw, bytes):
@@ -114,7 +125,7 @@ def format_time(ts: datetime) -> str:
     """
     if ts.tzinfo is not None:
         ts = ts.astimezone(UTC).replace(tzinfo=None)
-    return ts.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return ts.isoformat(timespec="microseconds") + "Z"
 
 
 def format_epoch(ts: datetime) -> str:
