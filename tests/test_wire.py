@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
@@ -16,6 +18,7 @@ from txstream.wire import (
     format_line,
     parse,
     to_json,
+    to_json_text,
 )
 
 # The seed's lines, exactly as its emitter printed them.
@@ -222,3 +225,21 @@ def test_dead_letter_keeps_text_as_is():
 )
 def test_dead_letter_at_is_iso_utc(at):
     assert dead_letter("x", "why", at)["at"] == "2019-10-06T10:00:00.000000Z"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [*(seed[0] for seed in SEED), "1,-0.01,1,a.b:c-d_e", "9223372036854775807,1,1570358269.5,x",
+     "7,999999999999999999.99,253402300799.999999,y", "2,-5,1570358269.000001,z"],
+)  # fmt: skip
+def test_to_json_text_is_the_compact_json_of_to_json(line):
+    tx = parse(line, missing_id="m")
+    expected = json.dumps(to_json(tx), separators=(",", ":"))
+    assert to_json_text(tx) == expected
+    assert json.loads(to_json_text(tx)) == to_json(tx)
+
+
+def test_to_json_text_refuses_a_txn_id_that_would_need_escaping():
+    tx = parse("1,1,1", missing_id="x")
+    with pytest.raises(MalformedMessage):
+        to_json_text(dataclasses.replace(tx, txn_id='x","user_id":2'))
