@@ -23,7 +23,7 @@ import math
 import random
 import sys
 import time
-import uuid
+from bisect import bisect
 from collections import deque
 from decimal import Decimal
 from itertools import accumulate, islice
@@ -48,11 +48,14 @@ class FakeTransactions:
         self.users = list(range(1, users + 1))
         # User k is about 1/k as active as user 1: a few heavy users, a long tail.
         self.cum_weights = list(accumulate(1 / k**1.1 for k in self.users))
+        self.total_weight = self.cum_weights[-1]
 
     def next(self) -> Transaction:
         """A new transaction, timestamped now."""
         rng = self.rng
-        user_id = rng.choices(self.users, cum_weights=self.cum_weights)[0]
+        # rng.choices(self.users, cum_weights=...)[0], without its per-call set-up
+        pick = bisect(self.cum_weights, rng.random() * self.total_weight, 0, len(self.users) - 1)
+        user_id = self.users[pick]
         kind = rng.random()
         if kind < 0.05:  # refund
             amount = -rng.lognormvariate(math.log(40), 0.8)
@@ -62,11 +65,18 @@ class FakeTransactions:
             amount = rng.lognormvariate(math.log(1500), 0.7)
         cents = max(1, round(abs(amount) * 100)) * (-1 if amount < 0 else 1)
         return Transaction(
-            txn_id=str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+            txn_id=uuid4_text(rng.getrandbits(128)),
             user_id=user_id,
             amount=Decimal(cents).scaleb(-2),
             ts=utcnow(),
         )
+
+
+def uuid4_text(bits: int) -> str:
+    """`str(uuid.UUID(int=bits, version=4))`, at a third of the cost: one per transaction."""
+    bits = bits & ~(0xC000 << 48 | 0xF000 << 64) | 0x8000 << 48 | 0x4000 << 64
+    h = f"{bits:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class Emitter:

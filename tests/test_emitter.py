@@ -5,9 +5,12 @@ from __future__ import annotations
 import logging
 import random
 import statistics
+import uuid
 from collections import Counter
 
-from emitter_and_pub import Emitter, FakeTransactions
+import pytest
+
+from emitter_and_pub import Emitter, FakeTransactions, uuid4_text
 from tests.processes import Script, wait_until
 from txstream.runtime import StopFlag
 from txstream.transport import PubSubSink
@@ -104,3 +107,8 @@ def test_bad_flags_get_a_clear_error():
     script = Script("emitter_and_pub.py", "--count", "0", env={})
     assert script.wait() == 2
     assert "--count: must be a whole number > 0" in script.output
+
+
+@pytest.mark.parametrize("bits", [0, 2**128 - 1, 0x0123456789ABCDEF0123456789ABCDEF, 12345])
+def test_uuid4_text_is_the_text_of_a_version_4_uuid(bits):
+    assert uuid4_text(bits) == str(uuid.UUID(int=bits, version=4))

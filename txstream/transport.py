@@ -44,6 +44,27 @@ class Message:
         return f"stream-{self.entry_id}" if self.entry_id else None
 
 
+# The sinks send a whole chunk of lines as one script call: one command and one reply
+# instead of one per line, which more than doubled the emitter's burst (see
+# docs/BENCHMARKS.md). Lines are published or appended in order, as given.
+_PUBLISH_ALL = """
+local receivers = {}
+for i = 2, #ARGV do receivers[i - 1] = redis.call('PUBLISH', ARGV[1], ARGV[i]) end
+return receivers
+"""
+_XADD_ALL = """  -- each entry is {line = <wire line>}: LINE_FIELD
+local trim = tonumber(ARGV[1]) > 0
+for i = 2, #ARGV do
+  if trim then
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'line', ARGV[i])
+  else
+    redis.call('XADD', KEYS[1], '*', 'line', ARGV[i])
+  end
+end
+return #ARGV - 1
+"""
+
+
 class PubSubSink:
     """Publishes lines to a pub/sub channel."""
 
@@ -53,10 +74,9 @@ class PubSubSink:
 
     def send(self, lines: Sequence[str]) -> list[int]:
         """Publish `lines` in one round trip; how many subscribers received each."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for line in lines:
-                pipe.publish(self.channel, line)
-            return pipe.execute()
+        if not lines:
+            return []
+        return self.client.eval(_PUBLISH_ALL, 0, self.channel, *lines)
 
 
 class StreamSink:
@@ -65,15 +85,14 @@ class StreamSink:
     def __init__(self, client: redis.Redis, stream: str, maxlen: int) -> None:
         self.client = client
         self.stream = stream
-        self.maxlen = maxlen or None
+        self.maxlen = maxlen
 
     def send(self, lines: Sequence[str]) -> list[int]:
         """Append `lines` in one round trip; 1 for each (the stream keeps them all)."""
-        with self.client.pipeline(transaction=False) as pipe:
-            for line in lines:
-                pipe.xadd(self.stream, {LINE_FIELD: line}, maxlen=self.maxlen, approximate=True)
-            pipe.execute()
-        return [1] * len(lines)
+        if not lines:
+            return []
+        added = self.client.eval(_XADD_ALL, 1, self.stream, self.maxlen, *lines)
+        return [1] * added
 
 
 class PubSubSource:

@@ -8,6 +8,7 @@ the tests and the benchmarks all use `parse` and `format_line` from here.
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -148,7 +149,7 @@ def from_epoch(seconds: Decimal | int | float) -> datetime:
 
 def utcnow() -> datetime:
     """The current time, naive UTC, as txstream stores times."""
-    return datetime.now(UTC).replace(tzinfo=None)
+    return EPOCH + timedelta(microseconds=time.time_ns() // 1000)  # a third faster than now(UTC)
 
 
 def parse_user_id(text: str) -> int:
