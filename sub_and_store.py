@@ -31,7 +31,7 @@ import config
 import models
 from txstream.keys import Keys
 from txstream.runtime import Backoff, GiveUp, StopFlag, retry
-from txstream.store import Store
+from txstream.store import Committed, Store
 from txstream.transport import REDIS_ERRORS, Message, PubSubSource, StreamSource
 from txstream.wire import MalformedMessage, Transaction, dead_letter, parse, utcnow
 
@@ -95,6 +95,8 @@ class Subscriber:
         self.stop = stop
         self.stats_interval = stats_interval
         self.counts = Counts()
+        self._db_stage = ThreadPoolExecutor(1, thread_name_prefix="db")
+        self._redis_stage = ThreadPoolExecutor(1, thread_name_prefix="redis")
 
     def run(self, max_messages: int | None = None) -> None:
         """Read and store until stopped (or after `max_messages`), then store what is left."""
@@ -104,14 +106,18 @@ class Subscriber:
             log.info("stopped before Redis answered")
             return
         log.info("reading %s; waiting for transactions", self.source.describe())
-        with ThreadPoolExecutor(1, thread_name_prefix="flush") as writer:
-            self._read_and_store(writer, max_messages)
+        try:
+            self._read_and_store(max_messages)
+        finally:
+            self._db_stage.shutdown()
+            self._redis_stage.shutdown()
 
-    def _read_and_store(self, writer: ThreadPoolExecutor, max_messages: int | None) -> None:
-        """The main loop: batches are flushed by `writer` while the next one is read.
+    def _read_and_store(self, max_messages: int | None) -> None:
+        """The main loop: while one batch fills, the one before is committed to the database
+        and the one before that is written to Redis, each stage in a thread of its own.
 
-        At most one batch is being stored while the next fills, and batches are stored in
-        the order they were read, so acknowledgements still follow their commits.
+        A stage takes batches in the order they were read, so every acknowledgement still
+        follows its batch's commit; at most three batches are in hand.
         """
         interval = self.settings.batch_interval_ms / 1000
         batch, flushing = Batch(), None
@@ -147,7 +153,7 @@ class Subscriber:
                 len(batch) >= self.settings.batch_size
                 or time.monotonic() - batch.started >= interval
             ):
-                flushing = self._hand_over(writer, flushing, batch)
+                flushing = self._hand_over(flushing, batch)
                 batch = Batch()
             if time.monotonic() >= next_report:
                 last_report = self._report(last_report)
@@ -156,19 +162,23 @@ class Subscriber:
             batch.add(message)
             self.counts.received += 1
         if flushing is not None:
-            flushing.result()
+            flushing.result().result()  # committed, then written to Redis
         if batch:
             log.info("stopping: storing the last %d message(s)", len(batch))
             self.flush(batch)
         self._report(last_report)
 
-    def _hand_over(
-        self, writer: ThreadPoolExecutor, flushing: Future | None, batch: Batch
-    ) -> Future:
-        """Wait for the batch being flushed (its errors are raised here), then flush `batch`."""
-        if flushing is not None:
-            flushing.result()
-        return writer.submit(self.flush, batch)
+    def _hand_over(self, flushing: Future | None, batch: Batch) -> Future:
+        """Wait for the batch in the database stage (raising its errors); pass `batch` on."""
+        redis_stage = flushing.result() if flushing is not None else None
+        return self._db_stage.submit(self._commit_then_pass_on, batch, redis_stage)
+
+    def _commit_then_pass_on(self, batch: Batch, redis_stage: Future | None) -> Future:
+        """The database stage: commit `batch`, then queue its Redis writes behind the last."""
+        committed = self._commit(batch)
+        if redis_stage is not None:
+            redis_stage.result()
+        return self._redis_stage.submit(self._update_redis, batch, committed)
 
     def flush(self, batch: Batch) -> None:
         """Store a batch: MySQL first; then, in one Redis transaction, the lists and the ack.
@@ -176,7 +186,12 @@ class Subscriber:
         Each step is retried while its server is down. Nothing is acknowledged before
         the commit, so a crash here means redelivery, and the txn_ids make that harmless.
         """
-        committed = retry("database", lambda: self.store.commit(batch.txns), DB_ERRORS, self.stop)
+        self._update_redis(batch, self._commit(batch))
+
+    def _commit(self, batch: Batch) -> Committed:
+        return retry("database", lambda: self.store.commit(batch.txns), DB_ERRORS, self.stop)
+
+    def _update_redis(self, batch: Batch, committed: Committed) -> None:
         dead = batch.dead + committed.rejected
 
         def update_redis() -> None:

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import redis
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -53,11 +53,16 @@ def stored(engine) -> tuple[int, int]:
         return rows, int(counted)
 
 
+def empty_tables(engine) -> None:
+    """Every run starts from empty tables: TRUNCATE, so no purge of deleted rows runs on."""
+    with engine.begin() as conn:
+        for table in (models.transactions, models.user_window_totals):
+            conn.execute(text(f"TRUNCATE TABLE {table.name}"))
+
+
 def end_to_end(engine, client, count: int, users: int, consumers: list[list[str]], env: dict):
     """Emit `count` transactions in a burst; the tx/s until the consumers stored them all."""
-    with engine.begin() as conn:
-        conn.execute(delete(models.transactions))
-        conn.execute(delete(models.user_window_totals))
+    empty_tables(engine)
     client.flushdb()
     env = {
         "REDIS_URL": REDIS_URL,
@@ -125,8 +130,7 @@ def raw_ceiling(engine, client, count: int, users: int) -> float:
     rows = [
         (t.txn_id, t.user_id, t.amount, t.ts, now) for t in (source.next() for _ in range(count))
     ]
-    with engine.begin() as conn:
-        conn.execute(delete(models.transactions))
+    empty_tables(engine)
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
@@ -158,6 +162,9 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=50_000)
     parser.add_argument("--users", type=int, default=500)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument(
+        "--modes", default="abcd", help="which modes to run, by letter (default: %(default)s)"
+    )
     args = parser.parse_args()
     engine = models.make_engine(DATABASE_URL)
     models.create_schema(engine)
@@ -166,6 +173,8 @@ def main() -> None:
     print(f"# {platform.node()}: {os.cpu_count()} cores, Python {platform.python_version()}")
     results = {}
     for name, run in MODES.items():
+        if name[1] not in args.modes:
+            continue
         results[name] = [run(engine, client, args.count, args.users) for _ in range(args.runs)]
     naive_rate = statistics.median(results["(a) naive: INSERT+COMMIT per message"])
     ceiling = statistics.median(results["(d) raw ceiling: batched INSERT, no Redis"])

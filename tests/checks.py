@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from sqlalchemy import select
 
 import models
 from txstream.keys import Keys
-from txstream.recent import RECENT_SIZE
+from txstream.recent import RECENT_SIZE, RecentLists
 from txstream.windows import window_totals
 from txstream.wire import Transaction, to_json
 
@@ -46,5 +44,5 @@ def assert_recent_lists_match_db(engine, client, prefix: str) -> None:
         by_user.setdefault(tx.user_id, []).append(tx)
     keys = Keys(prefix)
     for user_id, txns in by_user.items():
-        listed = [json.loads(item) for item in client.lrange(keys.recent(user_id), 0, -1)]
+        listed = RecentLists(client, keys).read(user_id)
         assert listed == [to_json(tx) for tx in txns[:RECENT_SIZE]], f"user {user_id}"

@@ -38,6 +38,7 @@ from tests.checks import (
 from tests.processes import Script, wait_until
 from tests.servers import TEST_DATABASE_URL, TEST_REDIS_URL
 from txstream.keys import Keys
+from txstream.recent import RecentLists
 from txstream.windows import window_totals
 from txstream.wire import Transaction, format_line, parse, utcnow
 
@@ -448,8 +449,5 @@ def test_late_and_shuffled_transactions_land_in_their_own_windows(
     assert last_progress(first, "stored") > 0 and last_progress(second, "stored") > 0
     assert len({tx.window_start for tx in window_totals(txns, WINDOW_SECONDS)}) > 10
     assert_recent_lists_match_db(mysql_engine, redis_client, key_prefix)
-    newest = [
-        json.loads(item)["txn_id"]
-        for item in redis_client.lrange(Keys(key_prefix).recent(1), 0, -1)
-    ]
+    newest = [item["txn_id"] for item in RecentLists(redis_client, Keys(key_prefix)).read(1)]
     assert newest == ["tie-g", "tie-f", "tie-e", "tie-d", "tie-c"]

@@ -158,7 +158,7 @@ def test_endpoints_serve_what_the_subscriber_stored(
     for line in SEED_LINES:
         send_raw(line)
     wait_until(lambda: count_rows(mysql_engine) == 4, 30, "the seed lines stored")
-    wait_until(lambda: redis_client.llen(Keys(key_prefix).recent(1)) == 2, 10, "recent list")
+    wait_until(lambda: redis_client.zcard(Keys(key_prefix).recent(1)) == 2, 10, "recent list")
     app = create_app(
         {
             "TESTING": True,

@@ -79,7 +79,7 @@ def assert_totals_match_rows(store: Store) -> None:
 
 
 def recent(store: Store, user_id: int) -> list[dict]:
-    return [json.loads(item) for item in store.client.lrange(store.keys.recent(user_id), 0, -1)]
+    return store.recent.read(user_id)
 
 
 def test_commit_reports_what_it_stored(store):

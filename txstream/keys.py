@@ -10,8 +10,8 @@ class Keys:
         self.prefix = prefix
 
     def recent(self, user_id: int) -> str:
-        """The list of a user's latest transactions, newest first."""
-        return f"{self.prefix}recent:{user_id}"
+        """The sorted set of a user's latest transactions (txstream.recent)."""
+        return f"{self.prefix}latest:{user_id}"
 
     @property
     def dead(self) -> str:
