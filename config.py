@@ -40,7 +40,7 @@ class Settings:
     channel: str = "transactions"  # Redis pub/sub channel
     key_prefix: str = "txstream:"  # prefix of every Redis key txstream writes
     window_hours: Decimal = Decimal(6)  # length of the aggregate windows, hours
-    batch_size: int = 500  # messages per database transaction, at most
+    batch_size: int = 2000  # messages per database transaction, at most (docs/BENCHMARKS.md)
     batch_interval_ms: int = 100  # flush a partial batch after this long, ms
     log_level: str = "INFO"
     transport: str = "pubsub"  # "pubsub" (the design card) or "stream" (durable)

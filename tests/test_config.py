@@ -17,7 +17,7 @@ def test_defaults():
         channel="transactions",
         key_prefix="txstream:",
         window_hours=Decimal(6),
-        batch_size=500,
+        batch_size=2000,
         batch_interval_ms=100,
         log_level="INFO",
     )

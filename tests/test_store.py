@@ -17,7 +17,7 @@ from models import transactions, user_window_totals
 from txstream.keys import Keys
 from txstream.store import Committed, Store
 from txstream.windows import window_totals
-from txstream.wire import Transaction, dead_letter, to_json
+from txstream.wire import Transaction, dead_letter, format_line, to_json
 
 WINDOW = 6 * 3600
 T0 = datetime(2019, 10, 6, 10, 37, 49, 483609)  # the seed's first transaction
@@ -238,3 +238,28 @@ def test_an_empty_batch_changes_nothing(store):
     with store.engine.connect() as conn:
         assert conn.scalar(select(func.count()).select_from(transactions)) == 0
     assert store.client.keys(store.keys.prefix + "*") == []
+
+
+@pytest.mark.services
+def test_a_value_mariadb_would_clip_is_a_dead_letter_not_a_stored_row(mysql_engine, redis_client):
+    """The batch's INSERT IGNORE would store a clipped amount with a warning: never kept."""
+    store = Store(mysql_engine, redis_client, Keys("test-clip:"), WINDOW)
+    too_big = tx("too-big", amount=Decimal("1e25"))  # parse() never makes one; DECIMAL(20,2)
+    committed = store.commit([tx("fine"), too_big])
+    assert committed.new == [tx("fine")]
+    assert [d["raw"] for d in committed.rejected] == [format_line(too_big)]
+    assert "rejected by the database" in committed.rejected[0]["reason"]
+    assert [row.txn_id for row in stored_rows(store)] == ["fine"]
+    assert_totals_match_rows(store)
+
+
+@pytest.mark.services
+def test_a_redelivered_batch_inserts_only_its_new_rows(mysql_engine, redis_client):
+    """Half stored before: the batch's first insert is undone, the rest goes in once."""
+    store = Store(mysql_engine, redis_client, Keys("test-redelivery:"), WINDOW)
+    first = [tx(f"r{i}", amount=f"{i}.00") for i in range(4)]
+    store.commit(first[:2])
+    committed = store.commit(first)
+    assert (committed.new, committed.stored_before) == (first[2:], first[:2])
+    assert [row.txn_id for row in stored_rows(store)] == ["r0", "r1", "r2", "r3"]
+    assert_totals_match_rows(store)

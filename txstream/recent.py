@@ -10,6 +10,7 @@ member, whose text begins with the txn_id: so by (time, txn_id), newest first.
 
 from __future__ import annotations
 
+import heapq
 import json
 from collections import defaultdict
 from collections.abc import Iterable
@@ -29,6 +30,10 @@ def score(tx: Transaction) -> int:
     return (tx.ts - EPOCH) // _MICROSECOND
 
 
+def _recency(tx: Transaction) -> tuple:
+    return tx.ts, tx.txn_id  # the order of the sorted set: score, then member text
+
+
 class RecentLists:
     """Reads and updates the per-user latest-transactions sets."""
 
@@ -38,12 +43,16 @@ class RecentLists:
 
     def add(self, pipe: redis.client.Pipeline, txns: Iterable[Transaction]) -> None:
         """Queue on `pipe`, for each user in `txns`, the ZADD of theirs and the trim."""
-        by_user: dict[int, dict[str, int]] = defaultdict(dict)
+        by_user: dict[int, list[Transaction]] = defaultdict(list)
         for tx in txns:
-            by_user[tx.user_id][to_json_text(tx)] = score(tx)
-        for user_id, items in by_user.items():
+            by_user[tx.user_id].append(tx)
+        for user_id, theirs in by_user.items():
+            # Only a batch's newest few per user can be among the latest: a busy user
+            # has hundreds in a batch, and only these are encoded and sent.
+            if len(theirs) > RECENT_SIZE:
+                theirs = heapq.nlargest(RECENT_SIZE, theirs, key=_recency)
             key = self.keys.recent(user_id)
-            pipe.zadd(key, items)
+            pipe.zadd(key, {to_json_text(tx): score(tx) for tx in theirs})
             pipe.zremrangebyrank(key, 0, -RECENT_SIZE - 1)  # all but the newest
 
     def read(self, user_id: int) -> list[dict]:

@@ -114,16 +114,12 @@ class Store:
     def _insert_new(self, conn: Connection, txns: list[Transaction]) -> Committed:
         if not txns:
             return Committed()
-        mysql = conn.dialect.name == "mysql"
-        stored = self._stored_mysql(conn, txns) if mysql else self._stored(conn, txns)
+        if conn.dialect.name == "mysql":
+            return self._insert_new_mysql(conn, txns)
+        stored = self._stored(conn, txns)
         new = [tx for tx in txns if tx.txn_id not in stored]
         if new:
-            now = utcnow()
-            totals = window_totals(new, self.window_seconds)
-            if mysql:
-                self._insert_mysql(conn, new, totals, now)
-            else:
-                self._insert(conn, new, totals, now)
+            self._insert(conn, new, window_totals(new, self.window_seconds), utcnow())
         return Committed(new, list(stored.values()), duplicates=len(stored))
 
     @staticmethod
@@ -176,23 +172,44 @@ class Store:
         )
         return {row[0]: Transaction(*row) for row in rows}
 
-    @staticmethod
-    def _insert_mysql(
-        conn: Connection, new: list[Transaction], totals: list[WindowTotal], now: datetime
-    ) -> None:
-        rows = ",".join(
-            f"('{parse_txn_id(t.txn_id)}',{t.user_id:d},{t.amount:f},'{t.ts}','{now}')" for t in new
-        )
-        conn.exec_driver_sql(_MYSQL_INSERT + rows)
-        rows = ",".join(
-            f"({t.user_id:d},'{t.window_start}',{t.tx_count:d},"
-            f"{t.amount_sum:f},{t.amount_min:f},{t.amount_max:f},'{now}')"
-            for t in totals
-        )
-        conn.exec_driver_sql(_MYSQL_ADD_TO_WINDOWS.format(rows=rows))
+    def _insert_new_mysql(self, conn: Connection, txns: list[Transaction]) -> Committed:
+        """Usually one INSERT IGNORE of the whole batch, kept when it inserted every row
+        without a warning: no txn_id was stored before, and no value was clipped. Else
+        (a redelivery, a bad value) it is undone, and only the new rows are inserted,
+        by a plain INSERT that raises on a bad value.
+        """
+        now = utcnow()
+        attempt = conn.begin_nested()  # a savepoint
+        inserted = conn.exec_driver_sql(_MYSQL_INSERT_IGNORE + _row_literals(txns, now)).rowcount
+        if inserted == len(txns) and conn.exec_driver_sql(_MYSQL_WARNINGS).scalar() == 0:
+            attempt.commit()
+            stored, new = {}, txns
+        else:
+            attempt.rollback()
+            stored = self._stored_mysql(conn, txns)
+            new = [tx for tx in txns if tx.txn_id not in stored]
+            if new:
+                conn.exec_driver_sql(_MYSQL_INSERT + _row_literals(new, now))
+        if new:
+            rows = ",".join(
+                f"({t.user_id:d},'{t.window_start}',{t.tx_count:d},"
+                f"{t.amount_sum:f},{t.amount_min:f},{t.amount_max:f},'{now}')"
+                for t in window_totals(new, self.window_seconds)
+            )
+            conn.exec_driver_sql(_MYSQL_ADD_TO_WINDOWS.format(rows=rows))
+        return Committed(new, list(stored.values()), duplicates=len(stored))
+
+
+def _row_literals(txns: list[Transaction], now: datetime) -> str:
+    """The VALUES rows of `txns` for INSERT INTO transactions (see above for why literals)."""
+    return ",".join(
+        f"('{parse_txn_id(t.txn_id)}',{t.user_id:d},{t.amount:f},'{t.ts}','{now}')" for t in txns
+    )
 
 
 _MYSQL_INSERT = "INSERT INTO transactions (txn_id, user_id, amount, ts, received_at) VALUES "
+_MYSQL_INSERT_IGNORE = _MYSQL_INSERT.replace("INSERT", "INSERT IGNORE", 1)
+_MYSQL_WARNINGS = "SELECT @@warning_count"  # of the statement before
 _MYSQL_ADD_TO_WINDOWS = (
     "INSERT INTO user_window_totals "
     "(user_id, window_start, tx_count, amount_sum, amount_min, amount_max, updated_at) "

@@ -184,7 +184,7 @@ def _parse_timestamp(text: str) -> datetime:
         raise MalformedMessage(f"timestamp must be > 0, got {text!r}")
     if seconds >= MAX_TIMESTAMP:
         raise MalformedMessage(f"timestamp out of range (before year 10000), got {text!r}")
-    return from_epoch(seconds)
+    return EPOCH + timedelta(microseconds=int(seconds.scaleb(6)))  # exact: quantized above
 
 
 def parse_txn_id(text: str) -> str:
