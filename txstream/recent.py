@@ -22,6 +22,22 @@ from txstream.keys import Keys
 from txstream.wire import EPOCH, Transaction, to_json_text
 
 RECENT_SIZE = 5
+
+# One call per batch does every user's ZADD and trim: one command to encode and one
+# reply to read instead of two per user (the subscriber's Redis stage is busy Python).
+# KEYS: the users' sets. ARGV[1]: how many to keep; then, for each key in turn, its
+# number of items and the items as score, member pairs.
+_ADD = """
+local keep = tonumber(ARGV[1])
+local pos = 2
+for k = 1, #KEYS do
+  local n = tonumber(ARGV[pos])
+  redis.call('ZADD', KEYS[k], unpack(ARGV, pos + 1, pos + 2 * n))
+  redis.call('ZREMRANGEBYRANK', KEYS[k], 0, -keep - 1)
+  pos = pos + 2 * n + 1
+end
+return #KEYS
+"""
 _MICROSECOND = timedelta(microseconds=1)
 
 
@@ -40,20 +56,26 @@ class RecentLists:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self.client = client
         self.keys = keys
+        self._add = client.register_script(_ADD)
 
     def add(self, pipe: redis.client.Pipeline, txns: Iterable[Transaction]) -> None:
-        """Queue on `pipe`, for each user in `txns`, the ZADD of theirs and the trim."""
+        """Queue on `pipe` one script call that adds `txns` to their users' sets."""
         by_user: dict[int, list[Transaction]] = defaultdict(list)
         for tx in txns:
             by_user[tx.user_id].append(tx)
-        for user_id, theirs in by_user.items():
+        if not by_user:
+            return
+        args: list[object] = [RECENT_SIZE]
+        for theirs in by_user.values():
             # Only a batch's newest few per user can be among the latest: a busy user
             # has hundreds in a batch, and only these are encoded and sent.
             if len(theirs) > RECENT_SIZE:
                 theirs = heapq.nlargest(RECENT_SIZE, theirs, key=_recency)
-            key = self.keys.recent(user_id)
-            pipe.zadd(key, {to_json_text(tx): score(tx) for tx in theirs})
-            pipe.zremrangebyrank(key, 0, -RECENT_SIZE - 1)  # all but the newest
+            args.append(len(theirs))
+            for tx in theirs:
+                args += (score(tx), to_json_text(tx))
+        keys = [self.keys.recent(user_id) for user_id in by_user]
+        self._add(keys=keys, args=args, client=pipe)
 
     def read(self, user_id: int) -> list[dict]:
         """The user's latest transactions, newest first, as the API shows them."""

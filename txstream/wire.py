@@ -22,7 +22,7 @@ CENT = Decimal("0.01")
 MONEY_CONTEXT = Context(prec=40, traps=[InvalidOperation, Inexact])
 MICROSECOND = Decimal("0.000001")
 EPOCH = datetime(1970, 1, 1)
-MAX_TIMESTAMP = Decimal(253402300800)  # 10000-01-01: beyond DATETIME's range
+MAX_TIMESTAMP = 253402300800  # 10000-01-01: beyond DATETIME's range
 
 # [0-9], not \d: \d also matches non-ASCII digits such as '٣'.
 _USER_ID = re.compile(r"[0-9]{1,19}")
@@ -179,12 +179,15 @@ def _parse_timestamp(text: str) -> datetime:
     whole, _, fraction = text.lstrip("+-").partition(".")
     if len(whole) > 12 or len(fraction) > 9:  # 12 digits reach past year 9999
         raise MalformedMessage(f"timestamp out of range or too precise, got {text[:40]!r}")
-    seconds = Decimal(text).quantize(MICROSECOND)
-    if seconds <= 0:
+    if len(fraction) <= 6 and text[0] != "-":  # the usual case, in whole numbers
+        micros = int(whole) * 1_000_000 + int(fraction.ljust(6, "0"))
+    else:  # rounded to the microsecond, half to even
+        micros = int(Decimal(text).quantize(MICROSECOND).scaleb(6))
+    if micros <= 0:
         raise MalformedMessage(f"timestamp must be > 0, got {text!r}")
-    if seconds >= MAX_TIMESTAMP:
+    if micros >= MAX_TIMESTAMP * 1_000_000:
         raise MalformedMessage(f"timestamp out of range (before year 10000), got {text!r}")
-    return EPOCH + timedelta(microseconds=int(seconds.scaleb(6)))  # exact: quantized above
+    return EPOCH + timedelta(microseconds=micros)
 
 
 def parse_txn_id(text: str) -> str:
