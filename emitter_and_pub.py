@@ -37,7 +37,7 @@ from txstream.wire import Transaction, format_line, utcnow
 
 log = logging.getLogger("pub_transactions")
 
-BURST_CHUNK = 1000  # messages per pipeline round trip with --rate 0
+BURST_CHUNK = 1000  # messages per round trip (one script call) with --rate 0
 
 
 class FakeTransactions:
@@ -113,7 +113,7 @@ class Emitter:
     ) -> None:
         """Send until `count` transactions are out (or forever), or until stopped.
 
-        With `rate` 0 there are no pauses: messages go out in pipelined chunks.
+        With `rate` 0 there are no pauses: messages go out in chunks of BURST_CHUNK, one round trip each.
         `gaps` draws the waits; apart from `source`, so a seed fixes the content alone.
         """
         gaps = gaps or random.Random()

@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
 import models  # noqa: E402
 from emitter_and_pub import FakeTransactions  # noqa: E402
-from tests.processes import Script, wait_until  # noqa: E402
+from tests.processes import Script  # noqa: E402
 from txstream.wire import format_line, utcnow  # noqa: E402
 
 DATABASE_URL = os.environ.get(
@@ -80,6 +80,18 @@ def peak_rss_mb(script: Script) -> float:
     raise RuntimeError("no VmHWM in /proc/PID/status")
 
 
+def wait_for_rows(engine, count: int, stall: float = 30) -> None:
+    """Wait until `count` rows are stored; stop when none came for `stall` s: they are lost."""
+    rows, last_change = stored(engine)[0], time.monotonic()
+    while rows < count:
+        time.sleep(0.02)
+        now_stored = stored(engine)[0]
+        if now_stored != rows:
+            rows, last_change = now_stored, time.monotonic()
+        elif time.monotonic() - last_change > stall:
+            raise SystemExit(f"LOST: {count - rows} of {count} never stored ({stall} s idle)")
+
+
 def end_to_end(engine, client, count: int, users: int, consumers: list[list[str]], env: dict):
     """Emit `count` transactions in a burst; the tx/s until the consumers stored them all."""
     empty_tables(engine)
@@ -105,7 +117,7 @@ def end_to_end(engine, client, count: int, users: int, consumers: list[list[str]
             env={**env, "LOG_LEVEL": "WARNING"},
         )
         assert emitter.wait(600) == 0, emitter.output
-        wait_until(lambda: stored(engine)[0] >= count, 1800, f"{count} rows")
+        wait_for_rows(engine, count)
         elapsed = time.monotonic() - started
         rss = max(peak_rss_mb(proc) for proc in procs)
     finally:
