@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 READY  := $(VENV)/.installed
 
-.PHONY: demo test install lint format init-db clean
+.PHONY: demo test install lint format init-db serve clean
 
 demo: $(READY)            ## emitter + subscriber + web app; embedded Redis/SQLite unless configured
 	$(BIN)/python -m txstream.demo
@@ -24,6 +24,9 @@ format: $(READY)
 
 init-db: $(READY)         ## create the database and tables named by DATABASE_URL
 	$(BIN)/flask --app app init-db
+
+serve: $(READY)           ## the web app under gunicorn (WEB_BIND, WEB_WORKERS, WEB_THREADS)
+	$(BIN)/python -m gunicorn --config gunicorn.conf.py app:app
 
 $(READY): requirements.txt
 	$(PYTHON) -m venv $(VENV)

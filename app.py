@@ -50,7 +50,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     else:
         app.config.update(test_config)
     if app.config["ENGINE"] is None:
-        app.config["ENGINE"] = models.make_engine(app.config["DATABASE_URL"])
+        app.config["ENGINE"] = models.make_engine(app.config["DATABASE_URL"], reads_only=True)
     if app.config["REDIS"] is None:
         app.config["REDIS"] = redis.Redis.from_url(
             app.config["REDIS_URL"], socket_connect_timeout=2, socket_timeout=5

@@ -113,7 +113,7 @@ class Emitter:
     ) -> None:
         """Send until `count` transactions are out (or forever), or until stopped.
 
-        With `rate` 0 there are no pauses: messages go out in chunks of BURST_CHUNK, one round trip each.
+        With `rate` 0 there are no pauses: chunks of BURST_CHUNK, one round trip each.
         `gaps` draws the waits; apart from `source`, so a seed fixes the content alone.
         """
         gaps = gaps or random.Random()

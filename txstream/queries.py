@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Connection, Select, and_, func, or_, select
+from sqlalchemy import Connection, Integer, Select, and_, bindparam, func, or_, select
 
 from models import transactions, user_window_totals
 from txstream.money import money_sum
@@ -52,14 +53,18 @@ class WindowRow:
     updated_at: datetime
 
 
+# Each statement is built once, with bound parameters: building and hashing a new
+# statement on every request cost more than MariaDB's work (docs/BENCHMARKS.md).
+_t = transactions
+_USER_SUM = select(func.count(), money_sum(_t.c.amount)).where(
+    _t.c.user_id == bindparam("user_id"), _t.c.ts > bindparam("start"), _t.c.ts <= bindparam("end")
+)
+
+
 def user_sum(conn: Connection, user_id: int, start: datetime, end: datetime) -> tuple[int, Decimal]:
     """Count and exact sum of the user's transactions with `start < ts <= end`."""
-    t = transactions
-    count, total = conn.execute(
-        select(func.count(), money_sum(t.c.amount)).where(
-            t.c.user_id == user_id, t.c.ts > start, t.c.ts <= end
-        )
-    ).one()
+    params = {"user_id": user_id, "start": start, "end": end}
+    count, total = conn.execute(_USER_SUM, params).one()
     return count, Decimal("0.00") if total is None else total
 
 
@@ -70,8 +75,12 @@ def transactions_page(
 
     `user_id` None means all users. The cursor is None on the last page.
     """
-    query = page_query(limit + 1, user_id, before)  # one more: is there a next page?
-    rows = [Transaction(*row) for row in conn.execute(query)]
+    # One more than asked: is there a next page?
+    statement = _page_statement(user_id is not None, before is not None)
+    rows = [
+        Transaction(*row)
+        for row in conn.execute(statement, _page_params(limit + 1, user_id, before))
+    ]
     if len(rows) <= limit:
         return rows, None
     last = rows[limit - 1]
@@ -79,38 +88,57 @@ def transactions_page(
 
 
 def page_query(limit: int, user_id: int | None = None, before: Position | None = None) -> Select:
-    """The SELECT of `limit` transactions, newest first, after `before`."""
+    """The SELECT of `limit` transactions, newest first, after `before`, values bound."""
+    statement = _page_statement(user_id is not None, before is not None)
+    return statement.params(_page_params(limit, user_id, before))
+
+
+@functools.cache
+def _page_statement(of_one_user: bool, after_a_position: bool) -> Select:
     t = transactions
     query = select(t.c.txn_id, t.c.user_id, t.c.amount, t.c.ts)
-    if user_id is not None:
-        query = query.where(t.c.user_id == user_id)
-    if before is not None:
+    if of_one_user:
+        query = query.where(t.c.user_id == bindparam("user_id"))
+    if after_a_position:
+        ts, txn_id = bindparam("before_ts"), bindparam("before_txn_id")
         query = query.where(
             # `ts <= :ts` repeats what the OR implies, so MySQL can scan an index range.
-            t.c.ts <= before.ts,
-            or_(t.c.ts < before.ts, and_(t.c.ts == before.ts, t.c.txn_id < before.txn_id)),
+            t.c.ts <= ts,
+            or_(t.c.ts < ts, and_(t.c.ts == ts, t.c.txn_id < txn_id)),
         )
-    return query.order_by(t.c.ts.desc(), t.c.txn_id.desc()).limit(limit)
+    return query.order_by(t.c.ts.desc(), t.c.txn_id.desc()).limit(bindparam("limit", type_=Integer))
+
+
+def _page_params(limit: int, user_id: int | None, before: Position | None) -> dict:
+    params: dict = {"limit": limit}
+    if user_id is not None:
+        params["user_id"] = user_id
+    if before is not None:
+        params["before_ts"], params["before_txn_id"] = before.ts, before.txn_id
+    return params
+
+
+_w = user_window_totals
+_USER_WINDOWS = (
+    select(
+        _w.c.user_id,
+        _w.c.window_start,
+        _w.c.tx_count,
+        _w.c.amount_sum,
+        _w.c.amount_min,
+        _w.c.amount_max,
+        _w.c.updated_at,
+    )
+    .where(_w.c.user_id == bindparam("user_id"))
+    .order_by(_w.c.window_start.desc())
+    .limit(bindparam("limit", type_=Integer))
+)
 
 
 def user_windows(conn: Connection, user_id: int, limit: int) -> list[WindowRow]:
     """The user's latest `limit` window totals, newest window first."""
-    w = user_window_totals
-    query = (
-        select(
-            w.c.user_id,
-            w.c.window_start,
-            w.c.tx_count,
-            w.c.amount_sum,
-            w.c.amount_min,
-            w.c.amount_max,
-            w.c.updated_at,
-        )
-        .where(w.c.user_id == user_id)
-        .order_by(w.c.window_start.desc())
-        .limit(limit)
-    )
-    return [WindowRow(*row) for row in conn.execute(query)]
+    rows = conn.execute(_USER_WINDOWS, {"user_id": user_id, "limit": limit})
+    return [WindowRow(*row) for row in rows]
 
 
 def ping(conn: Connection) -> None:
