@@ -451,3 +451,22 @@ def test_late_and_shuffled_transactions_land_in_their_own_windows(
     assert_recent_lists_match_db(mysql_engine, redis_client, key_prefix)
     newest = [item["txn_id"] for item in RecentLists(redis_client, Keys(key_prefix)).read(1)]
     assert newest == ["tie-g", "tie-f", "tie-e", "tie-d", "tie-c"]
+
+
+def test_the_web_app_reads_again_after_a_database_restart(private_mariadb, fake_redis):
+    """Its engine does not ping connections before use: the first read on a connection
+    the restart killed must be repeated on a new one, not fail the request."""
+    from app import create_app
+
+    app = create_app({"TESTING": True, "DATABASE_URL": private_mariadb.url, "REDIS": fake_redis})
+    engine = app.config["ENGINE"]
+    try:
+        models.create_schema(engine)
+        client = app.test_client()
+        assert client.get("/api/users/1/sum").status_code == 200  # a pooled connection now
+        private_mariadb.restart()
+        for path in ("/api/users/1/sum", "/api/users/1/transactions", "/users/1", "/healthz"):
+            assert client.get(path).status_code == 200, path
+            private_mariadb.restart()
+    finally:
+        engine.dispose()

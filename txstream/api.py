@@ -60,8 +60,9 @@ def user_sum(user_id: str):
     hours = parse_hours(request.args.get("hours"), current_app.config["WINDOW_HOURS"])
     end = current_app.config["CLOCK"]()
     start = end - span(hours)
-    with current_app.config["ENGINE"].connect() as conn:
-        count, total = queries.user_sum(conn, uid, start, end)
+    count, total = queries.read(
+        current_app.config["ENGINE"], lambda conn: queries.user_sum(conn, uid, start, end)
+    )
     return {
         "user_id": uid,
         "hours": _json_number(hours),
@@ -98,8 +99,9 @@ def user_windows(user_id: str):
     uid = parse_user_id(user_id)
     limit = parse_limit(request.args.get("limit"))
     length = span(current_app.config["WINDOW_HOURS"])
-    with current_app.config["ENGINE"].connect() as conn:
-        rows = queries.user_windows(conn, uid, limit)
+    rows = queries.read(
+        current_app.config["ENGINE"], lambda conn: queries.user_windows(conn, uid, limit)
+    )
     items = [
         {
             "user_id": row.user_id,
@@ -127,8 +129,10 @@ def healthz():
 def _page(user_id: int | None) -> dict:
     limit = parse_limit(request.args.get("limit"))
     before = parse_before(request.args.get("before"))
-    with current_app.config["ENGINE"].connect() as conn:
-        txns, cursor = queries.transactions_page(conn, limit, user_id=user_id, before=before)
+    txns, cursor = queries.read(
+        current_app.config["ENGINE"],
+        lambda conn: queries.transactions_page(conn, limit, user_id=user_id, before=before),
+    )
     return {"items": [to_json(tx) for tx in txns], "next": cursor}
 
 
@@ -143,8 +147,7 @@ def _redis_status() -> str:
 
 def _database_status() -> str:
     try:
-        with current_app.config["ENGINE"].connect() as conn:
-            queries.ping(conn)
+        queries.read(current_app.config["ENGINE"], queries.ping)
     except SQLAlchemyError as exc:
         log.error("health check: the database is down: %s", exc)
         return "down"

@@ -44,8 +44,10 @@ def invalid_parameter(exc: InvalidParameter):
 def index():
     """The latest transactions of all users."""
     before = parse_before(request.args.get("before"))
-    with current_app.config["ENGINE"].connect() as conn:
-        txns, cursor = queries.transactions_page(conn, PAGE_SIZE, before=before)
+    txns, cursor = queries.read(
+        current_app.config["ENGINE"],
+        lambda conn: queries.transactions_page(conn, PAGE_SIZE, before=before),
+    )
     return render_template("index.html", txns=txns, cursor=cursor, paged=before is not None)
 
 
@@ -70,10 +72,15 @@ def user(user_id: str):
     except redis.RedisError:
         log.exception("user page: Redis is not answering; showing the page without it")
         latest = None  # the rest of the page comes from the database
-    with current_app.config["ENGINE"].connect() as conn:
-        count, total = queries.user_sum(conn, uid, start, end)
-        txns, cursor = queries.transactions_page(conn, PAGE_SIZE, user_id=uid, before=before)
-        windows = queries.user_windows(conn, uid, WINDOWS_SHOWN)
+
+    def read_all(conn):
+        return (
+            queries.user_sum(conn, uid, start, end),
+            queries.transactions_page(conn, PAGE_SIZE, user_id=uid, before=before),
+            queries.user_windows(conn, uid, WINDOWS_SHOWN),
+        )
+
+    (count, total), (txns, cursor), windows = queries.read(current_app.config["ENGINE"], read_all)
     return render_template(
         "user.html",
         user_id=uid,

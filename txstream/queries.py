@@ -10,16 +10,23 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import TypeVar
 
-from sqlalchemy import Connection, Integer, Select, and_, bindparam, func, or_, select
+from sqlalchemy import Connection, Engine, Integer, Select, and_, bindparam, func, or_, select
+from sqlalchemy.exc import DBAPIError
 
 from models import transactions, user_window_totals
 from txstream.money import money_sum
 from txstream.wire import EPOCH, MAX_TIMESTAMP, MalformedMessage, Transaction, parse_txn_id
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_CURSOR_CHARS = 200
 _MICROSECOND = timedelta(microseconds=1)
@@ -139,6 +146,24 @@ def user_windows(conn: Connection, user_id: int, limit: int) -> list[WindowRow]:
     """The user's latest `limit` window totals, newest window first."""
     rows = conn.execute(_USER_WINDOWS, {"user_id": user_id, "limit": limit})
     return [WindowRow(*row) for row in rows]
+
+
+def read(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """`work(conn)` on a pooled connection; once more on a new one if that one was dead.
+
+    The web app's engine does not ping each connection before use (a round trip per
+    request). After a database restart the first use of an old connection fails, and
+    SQLAlchemy then discards the whole pool; reads are safe to repeat.
+    """
+    try:
+        with engine.connect() as conn:
+            return work(conn)
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        log.warning("database connection lost (%s); reading again on a new one", exc.orig)
+    with engine.connect() as conn:
+        return work(conn)
 
 
 def ping(conn: Connection) -> None:
