@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 READY  := $(VENV)/.installed
 
-.PHONY: demo test install lint format init-db serve clean
+.PHONY: demo test install lint format init-db serve bench-ingest bench-api clean
 
 demo: $(READY)            ## emitter + subscriber + web app; embedded Redis/SQLite unless configured
 	$(BIN)/python -m txstream.demo
@@ -27,6 +27,14 @@ init-db: $(READY)         ## create the database and tables named by DATABASE_UR
 
 serve: $(READY)           ## the web app under gunicorn (WEB_BIND, WEB_WORKERS, WEB_THREADS)
 	$(BIN)/python -m gunicorn --config gunicorn.conf.py app:app
+
+bench-ingest: $(READY)    ## ingest tx/s per mode (needs Redis, MariaDB); writes docs/ingest.png
+	$(BIN)/pip install --quiet -r bench/requirements.txt
+	$(BIN)/python bench/ingest.py
+
+bench-api: $(READY)       ## API requests/s and p50/p99 at 10M rows under gunicorn (needs wrk)
+	@command -v wrk >/dev/null || { echo "bench-api needs wrk: apt-get install wrk"; exit 1; }
+	$(BIN)/python bench/api.py
 
 $(READY): requirements.txt
 	$(PYTHON) -m venv $(VENV)

@@ -4,7 +4,7 @@ Stores 50,000 fake transactions (10,000 users) through `Store.commit` in batches
 up, per kind of statement, the time inside the driver (escaping, sending, the server),
 and what is left: SQLAlchemy and Python around it. For the hot-spot work of issue #4.
 
-    .venv/bin/python bench/commit_phases.py [--count 50000] [--batch 500]
+    .venv/bin/python bench/commit_phases.py [--count 50000] [--batch 2000]
 
 Uses the database `txstream_bench_phases` (dropped first) and Redis db 14.
 """
@@ -23,6 +23,7 @@ from sqlalchemy import event, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import config  # noqa: E402
 import models  # noqa: E402
 from emitter_and_pub import FakeTransactions  # noqa: E402
 from txstream.keys import Keys  # noqa: E402
@@ -34,7 +35,7 @@ SERVER_URL = "mysql+pymysql://root@127.0.0.1:3306/"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=50_000)
-    parser.add_argument("--batch", type=int, default=500)
+    parser.add_argument("--batch", type=int, default=config.Settings.batch_size)
     args = parser.parse_args()
     server = models.make_engine(SERVER_URL)
     with server.begin() as conn:

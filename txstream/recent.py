@@ -3,9 +3,9 @@
 Transactions can arrive late, out of order or twice (a redelivery), and two subscribers
 can write the same user at once, so a plain LPUSH would be wrong. Each user has a sorted
 set: the member is the transaction's JSON text, the score its time in microseconds. ZADD
-puts a late transaction in its place and ignores a repeat (same text); trimming to the
-newest RECENT_SIZE follows in the same transaction. Equal times are ordered by the
-member, whose text begins with the txn_id: so by (time, txn_id), newest first.
+puts a late transaction in its place and ignores a repeat (same text); the trim to the
+newest RECENT_SIZE runs in the same script call, atomically. Equal times are ordered by
+the member, whose text begins with the txn_id: so by (time, txn_id), newest first.
 """
 
 from __future__ import annotations
