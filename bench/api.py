@@ -1,7 +1,7 @@
 """API latency and throughput on a bulk-seeded MariaDB and Redis, served by gunicorn, under wrk.
 
 Seeds `--rows` transactions of `--users` users (uniformly) over the last `--days` days, with
-their window totals and latest-5 lists, unless that seed is there already and less than a day
+their window totals and latest-5 sets, unless that seed is there already and less than a day
 old (`--reseed` forces it). Then starts the web app as `make serve` does, runs wrk on each
 endpoint at each concurrency, and prints a Markdown table for docs/BENCHMARKS.md.
 
@@ -87,7 +87,7 @@ NEWEST_SQL = text("""
 
 
 def seed(engine, client: redis.Redis, args) -> None:
-    """Make the database and the latest-5 lists anew; print how fast."""
+    """Make the database and the latest-5 sets anew; print how fast."""
     server = create_engine(engine.url.set(database=""))
     with server.begin() as conn:
         if not conn.execute(text("SELECT @@local_infile")).scalar():
@@ -172,7 +172,7 @@ def fill_windows(engine, args) -> None:
 
 
 def fill_recent(engine, client: redis.Redis, args) -> None:
-    """Replace each user's latest-5 list by their newest rows, merged by txstream's script."""
+    """Replace each user's latest-5 set by their newest rows, merged by txstream's script."""
     recent = RecentLists(client, KEYS)
     with engine.connect() as conn:
         for lo, hi in user_ranges(args):
@@ -210,7 +210,7 @@ def describe(args) -> str:
 
 
 def seeded(engine, client: redis.Redis, args) -> bool:
-    """Whether that seed is there, less than a day old. Refills the latest-5 lists if lost."""
+    """Whether that seed is there, less than a day old. Refills the latest-5 sets if lost."""
     try:
         with engine.connect() as conn:
             found = conn.execute(select(SEEDS)).first()
@@ -222,7 +222,7 @@ def seeded(engine, client: redis.Redis, args) -> bool:
         return False
     print(f"using the seed of {found.at:%Y-%m-%d %H:%M} UTC (--reseed makes a new one)")
     if not client.exists(KEYS.recent(newest)):
-        print("the latest-5 lists are gone (Redis restarted?): filling them again")
+        print("the latest-5 sets are gone (Redis restarted?): filling them again")
         fill_recent(engine, client, args)
     return True
 

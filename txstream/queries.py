@@ -82,12 +82,9 @@ def transactions_page(
 
     `user_id` None means all users. The cursor is None on the last page.
     """
-    # One more than asked: is there a next page?
     statement = _page_statement(user_id is not None, before is not None)
-    rows = [
-        Transaction(*row)
-        for row in conn.execute(statement, _page_params(limit + 1, user_id, before))
-    ]
+    params = _page_params(limit + 1, user_id, before)  # one more: is there a next page?
+    rows = [Transaction(*row) for row in conn.execute(statement, params)]
     if len(rows) <= limit:
         return rows, None
     last = rows[limit - 1]
