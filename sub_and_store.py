@@ -72,9 +72,9 @@ class Counts:
     """What the subscriber has done so far."""
 
     received: int = 0
-    stored: int = 0
+    stored: int = 0  # counted at the commit, as are duplicates
     duplicates: int = 0
-    dead: int = 0
+    dead: int = 0  # counted once written to Redis
     redis_outages: int = 0  # seen while reading (pub/sub counts its own disconnects too)
 
 
@@ -189,7 +189,10 @@ class Subscriber:
         self._update_redis(batch, self._commit(batch))
 
     def _commit(self, batch: Batch) -> Committed:
-        return retry("database", lambda: self.store.commit(batch.txns), DB_ERRORS, self.stop)
+        committed = retry("database", lambda: self.store.commit(batch.txns), DB_ERRORS, self.stop)
+        self.counts.stored += len(committed.new)  # in MySQL now, whatever Redis does next
+        self.counts.duplicates += committed.duplicates
+        return committed
 
     def _update_redis(self, batch: Batch, committed: Committed) -> None:
         dead = batch.dead + committed.rejected
@@ -202,8 +205,6 @@ class Subscriber:
                 pipe.execute()
 
         retry("redis", update_redis, REDIS_ERRORS, self.stop)
-        self.counts.stored += len(committed.new)
-        self.counts.duplicates += committed.duplicates
         self.counts.dead += len(dead)
 
     def _report(self, last: tuple[float, int]) -> tuple[float, int]:
