@@ -9,7 +9,6 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
-from tests.servers import TEST_DATABASE_URL
 from tests.test_api import (  # noqa: F401 - collected and run here
     test_healthz_503_names_what_is_down,
     test_healthz_ok,
@@ -45,24 +44,3 @@ def test_pages_read_an_index_range(app, user_id):
     assert plan["key"] == ("ix_transactions_ts" if user_id is None else "ix_transactions_user_ts")
     assert plan["type"] == "range"
     assert "filesort" not in (plan["Extra"] or "")
-
-
-def test_the_app_own_engine_sees_each_new_commit(app, mysql_engine):
-    """The app builds its own engine (autocommit, no ROLLBACK per request): it works on
-    MariaDB, and each request sees what was committed before it."""
-    from app import create_app
-
-    own = create_app({**app.config, "ENGINE": None, "DATABASE_URL": TEST_DATABASE_URL})
-    client = own.test_client()
-    now = app.config["CLOCK"]()
-    for expected in range(1, 4):
-        with mysql_engine.begin() as conn:
-            conn.execute(
-                text(
-                    "INSERT INTO transactions (txn_id, user_id, amount, ts, received_at) "
-                    "VALUES (:id, 1, 1.00, :ts, :ts)"
-                ),
-                {"id": f"fresh-{expected}", "ts": now},
-            )
-        assert client.get("/api/users/1/sum?hours=1").get_json()["count"] == expected
-    own.config["ENGINE"].dispose()

@@ -242,7 +242,8 @@ def test_an_empty_batch_changes_nothing(store):
 
 @pytest.mark.services
 def test_a_value_mariadb_would_clip_is_a_dead_letter_not_a_stored_row(mysql_engine, redis_client):
-    """The batch's INSERT IGNORE would store a clipped amount with a warning: never kept."""
+    """MariaDB would clip it (INSERT IGNORE, with a warning) or refuse it (the window
+    upsert): either way the batch is undone and only that row becomes a dead letter."""
     store = Store(mysql_engine, redis_client, Keys("test-clip:"), WINDOW)
     too_big = tx("too-big", amount=Decimal("1e25"))  # parse() never makes one; DECIMAL(20,2)
     committed = store.commit([tx("fine"), too_big])
