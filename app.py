@@ -19,7 +19,7 @@ from werkzeug.exceptions import HTTPException
 import config
 import models
 from txstream import api, pages
-from txstream.wire import utcnow
+from txstream.times import utcnow
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +33,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     """
     settings = config.load()
     app = Flask(__name__)
+    # Keys in the order txstream writes them: a recent list's items are byte for byte what
+    # the API returns for them (txstream.transaction).
+    app.json.sort_keys = False
     app.config.from_mapping(
         DATABASE_URL=settings.database_url,
         REDIS_URL=settings.redis_url,

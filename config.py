@@ -16,6 +16,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import load_dotenv
 
+from txstream.keys import Keys
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "mysql+pymysql://root@127.0.0.1:3306/txstream"
 
@@ -50,6 +52,11 @@ class Settings:
     claim_idle_ms: int = 30_000  # take over entries pending this long on another consumer
     max_deliveries: int = 5  # an entry delivered more often is a dead letter
     pubsub_buffer: int = 100_000  # messages read ahead of the database, at most
+
+    @property
+    def keys(self) -> Keys:
+        """Every Redis name of these settings."""
+        return Keys(self.key_prefix, self.stream, self.channel)
 
     @property
     def window_seconds(self) -> int:

@@ -31,9 +31,11 @@ from itertools import accumulate, islice
 import redis
 
 import config
-from txstream.runtime import Backoff, GiveUp, StopFlag, retry
-from txstream.transport import REDIS_ERRORS, PubSubSink, StreamSink
-from txstream.wire import Transaction, format_line, utcnow
+from txstream.runtime import GiveUp, Outage, StopFlag, retry
+from txstream.times import utcnow
+from txstream.transaction import Transaction
+from txstream.transport import REDIS_ERRORS, Sink, is_redis_outage, make_sink
+from txstream.wire import format_line
 
 log = logging.getLogger("pub_transactions")
 
@@ -89,7 +91,7 @@ class Emitter:
 
     def __init__(
         self,
-        sink: PubSubSink | StreamSink,
+        sink: Sink,
         stop: StopFlag,
         quiet: bool = False,
         max_pending: int = 100_000,
@@ -103,6 +105,7 @@ class Emitter:
         self.published = 0
         self.dropped = 0
         self.no_listener = 0  # pub/sub only: messages no subscriber received
+        self.redis = Outage("redis")
 
     def run(
         self,
@@ -118,7 +121,7 @@ class Emitter:
         """
         gaps = gaps or random.Random()
         due = time.monotonic()
-        backoff, retry_at, failing_since = Backoff(), 0.0, None
+        retry_at = 0.0
         while not self.stop:
             more = count is None or self.generated < count
             if not more and not self.pending:
@@ -135,24 +138,16 @@ class Emitter:
                 try:
                     self._send_some()
                 except REDIS_ERRORS as exc:
-                    delay = backoff.delay()
-                    retry_at, failing_since = now + delay, failing_since or now
-                    log.warning(
-                        "redis unavailable (%s); %d transactions kept, retrying in %.1f s",
-                        exc,
-                        len(self.pending),
-                        delay,
-                    )
+                    kept = f"; {len(self.pending)} transactions kept"
+                    retry_at = now + self.redis.failed(exc, kept)
                     continue
-                if failing_since is not None:
-                    log.warning("redis is back after %.1f s", time.monotonic() - failing_since)
-                    backoff, failing_since = Backoff(), None
+                self.redis.ok()
             if rate and not self.pending:
                 self.stop.wait(min(due - time.monotonic(), 0.2))
             elif self.pending and retry_at > time.monotonic():
                 self.stop.wait(min(retry_at - time.monotonic(), 0.2))
         if self.pending:  # stopped: a last try, for a few seconds, to send what is kept
-            retry("redis", self._send_all, REDIS_ERRORS, self.stop, grace=5)
+            retry(self.redis, self._send_all, is_redis_outage, self.stop, grace=5)
 
     def _generate(self, source: FakeTransactions, n: int) -> None:
         for _ in range(n):
@@ -244,12 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = config.with_transport_flags(settings, args)
     config.configure_logging(settings.log_level)
     client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
-    if settings.transport == "stream":
-        sink = StreamSink(client, settings.stream, settings.stream_maxlen)
-        target = f"stream {settings.stream!r}"
-    else:
-        sink = PubSubSink(client, settings.channel)
-        target = f"channel {settings.channel!r}"
+    sink = make_sink(settings, client)
+    target = sink.describe()
     log.info(
         "publishing to %s on %s: rate=%s tx/s, users=%d, count=%s, seed=%s",
         target,

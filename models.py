@@ -18,23 +18,23 @@ from sqlalchemy import (
     String,
     UniqueConstraint,
     create_engine,
-    event,
     make_url,
     text,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from txstream.money import Money, install_sqlite_functions
+from txstream.dialect import MYSQL_NAMES, SQLITE, Money, configure_sqlite, family
 
-_MYSQL = ("mysql", "mariadb")
 # BIGINT AUTO_INCREMENT on MySQL; SQLite only auto-increments INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 # DATETIME(6): microseconds. On SQLite a fixed-width text that sorts in time order.
-Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), *_MYSQL)
+Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), *MYSQL_NAMES)
 # Case-sensitive, byte-ordered ids, so "a" and "A" are two transactions and ties
 # on `ts` break in the same order in MySQL, SQLite, Python and Redis.
-TxnId = String(64).with_variant(mysql.VARCHAR(64, charset="ascii", collation="ascii_bin"), *_MYSQL)
+TxnId = String(64).with_variant(
+    mysql.VARCHAR(64, charset="ascii", collation="ascii_bin"), *MYSQL_NAMES
+)
 _TABLE_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 
 
@@ -92,10 +92,9 @@ def make_engine(url: str, reads_only: bool = False) -> Engine:
     the pool, and connections are not pinged before use; a dead one is replaced after
     its first failure (`txstream.queries.read`). Two round trips less per request.
     """
-    if make_url(url).get_backend_name() == "sqlite":
+    if family(make_url(url).get_backend_name()) == SQLITE:
         engine = create_engine(url, connect_args={"timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        install_sqlite_functions(engine)
+        configure_sqlite(engine)
         return engine
     reads = (
         {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True} if reads_only else {}
@@ -112,7 +111,7 @@ def make_engine(url: str, reads_only: bool = False) -> Engine:
 def create_schema(engine: Engine) -> None:
     """Create the database (MySQL) and the tables if they are missing."""
     url = engine.url
-    if url.get_backend_name() != "sqlite" and url.database:
+    if family(url.get_backend_name()) != SQLITE and url.database:
         server = create_engine(url.set(database=""), connect_args={"connect_timeout": 5})
         name = server.dialect.identifier_preparer.quote(url.database)
         try:
@@ -121,11 +120,3 @@ def create_schema(engine: Engine) -> None:
         finally:
             server.dispose()
     Base.metadata.create_all(engine)
-
-
-def _sqlite_pragmas(dbapi_connection, _record) -> None:
-    # WAL lets the web app read while the subscriber writes (the demo's three processes).
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()

@@ -3,9 +3,11 @@
 It reads the pub/sub channel or, with TRANSPORT=stream, the stream as a consumer of
 the group `store`. For each batch (BATCH_SIZE messages, or BATCH_INTERVAL_MS after
 the first one): the new transactions and their window totals go to MySQL in one
-transaction; then, in one Redis transaction, each user's latest-5 list, the dead
-letters and the stream acknowledgements. A malformed message is logged, counted and
-kept as a dead letter; it never stops the subscriber.
+transaction; then, in one Redis transaction, each user's recent list, the dead
+letters and the stream acknowledgements (txstream.store). A malformed message is
+logged, counted and kept as a dead letter. A batch the database refuses for another
+reason than an outage is logged with its traceback and stays in the stream (pub/sub:
+becomes dead letters); nothing stops the subscriber but a signal.
 
     python sub_and_store.py                      # settings from the environment or .env
     python sub_and_store.py --transport stream   # durable: see README
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -25,19 +28,19 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import redis
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 import config
 import models
-from txstream.keys import Keys
-from txstream.runtime import Backoff, GiveUp, StopFlag, retry
-from txstream.store import Committed, Store
-from txstream.transport import REDIS_ERRORS, Message, PubSubSource, StreamSource
-from txstream.wire import MalformedMessage, Transaction, dead_letter, parse, utcnow
+from txstream.dialect import UnsupportedDatabase, is_transient
+from txstream.recent import RecentLists
+from txstream.runtime import GiveUp, Outage, StopFlag, retry, short_error, with_traceback
+from txstream.store import Committed, Store, dead_letter
+from txstream.transaction import Transaction
+from txstream.transport import Message, Source, is_redis_outage, make_source
+from txstream.wire import MalformedMessage, parse
 
 log = logging.getLogger("sub_and_store")
 
-DB_ERRORS = (OperationalError, InterfaceError)  # connection lost, server down, deadlock
 MAX_WAIT = 0.2  # seconds: how soon a stop request is noticed
 
 
@@ -47,6 +50,7 @@ class Batch:
 
     messages: list[Message] = field(default_factory=list)  # all of them, to acknowledge
     txns: list[Transaction] = field(default_factory=list)
+    parsed: list[Message] = field(default_factory=list)  # the messages of `txns`
     dead: list[dict] = field(default_factory=list)
     started: float = 0.0  # monotonic time of the first message
 
@@ -62,9 +66,15 @@ class Batch:
             if message.problem:
                 raise MalformedMessage(message.problem)
             self.txns.append(parse(message.raw, message.missing_id))
+            self.parsed.append(message)
         except MalformedMessage as exc:
             log.warning("dead letter (%s): %r", exc, message.raw[:200])
-            self.dead.append(dead_letter(message.raw, str(exc), utcnow()))
+            self.dead.append(dead_letter(message.raw, str(exc)))
+
+    @property
+    def entry_ids(self) -> list[str]:
+        """The stream entry ids of its messages (none from pub/sub)."""
+        return [m.entry_id for m in self.messages if m.entry_id]
 
 
 @dataclass
@@ -75,7 +85,7 @@ class Counts:
     stored: int = 0  # counted at the commit, as are duplicates
     duplicates: int = 0
     dead: int = 0  # counted once written to Redis
-    redis_outages: int = 0  # seen while reading (pub/sub counts its own disconnects too)
+    pending: int = 0  # in batches that failed: left in the stream, to be delivered again
 
 
 class Subscriber:
@@ -84,7 +94,7 @@ class Subscriber:
     def __init__(
         self,
         settings: config.Settings,
-        source: PubSubSource | StreamSource,
+        source: Source,
         store: Store,
         stop: StopFlag,
         stats_interval: float = 5.0,
@@ -95,13 +105,17 @@ class Subscriber:
         self.stop = stop
         self.stats_interval = stats_interval
         self.counts = Counts()
+        self.redis = Outage("redis")
+        self.database = Outage("database")
         self._db_stage = ThreadPoolExecutor(1, thread_name_prefix="db")
         self._redis_stage = ThreadPoolExecutor(1, thread_name_prefix="redis")
 
     def run(self, max_messages: int | None = None) -> None:
         """Read and store until stopped (or after `max_messages`), then store what is left."""
+        recent = RecentLists(self.store.client, self.store.keys)
         try:  # nothing is in hand yet, so a stop request ends the wait at once
-            retry("redis", self.source.start, REDIS_ERRORS, self.stop, grace=0)
+            retry(self.redis, self.source.start, is_redis_outage, self.stop, grace=0)
+            retry(self.redis, recent.migrate, is_redis_outage, self.stop, grace=0)
         except GiveUp:
             log.info("stopped before Redis answered")
             return
@@ -121,7 +135,6 @@ class Subscriber:
         """
         interval = self.settings.batch_interval_ms / 1000
         batch, flushing = Batch(), None
-        backoff, down_since = Backoff(), None
         next_report = time.monotonic() + self.stats_interval
         last_report = (time.monotonic(), 0)
         while not self.stop:
@@ -135,17 +148,12 @@ class Subscriber:
                 room = min(room, max_messages - self.counts.received)
             try:
                 messages = self.source.read(room, wait)
-            except REDIS_ERRORS as exc:
-                if down_since is None:
-                    down_since = time.monotonic()
-                    self.counts.redis_outages += 1
-                delay = backoff.delay()
-                log.warning("redis unavailable (%s); retrying in %.1f s", exc, delay)
-                self.stop.wait(delay)
+            except Exception as exc:  # the top of the loop: whatever it is, back off
+                if not is_redis_outage(exc):
+                    log.error("reading failed: %s", with_traceback(exc))
+                self.stop.wait(self.redis.failed(exc))
                 continue
-            if down_since is not None:
-                log.warning("redis is back after %.1f s", time.monotonic() - down_since)
-                backoff, down_since = Backoff(), None
+            self.redis.ok()
             for message in messages:
                 batch.add(message)
             self.counts.received += len(messages)
@@ -178,33 +186,73 @@ class Subscriber:
         committed = self._commit(batch)
         if redis_stage is not None:
             redis_stage.result()
-        return self._redis_stage.submit(self._update_redis, batch, committed)
+        return self._redis_stage.submit(self._write_redis, batch, committed)
 
     def flush(self, batch: Batch) -> None:
-        """Store a batch: MySQL first; then, in one Redis transaction, the lists and the ack.
+        """Store a batch: the database first; then one Redis transaction with the acks.
 
         Each step is retried while its server is down. Nothing is acknowledged before
         the commit, so a crash here means redelivery, and the txn_ids make that harmless.
         """
-        self._update_redis(batch, self._commit(batch))
+        self._write_redis(batch, self._commit(batch))
 
-    def _commit(self, batch: Batch) -> Committed:
-        committed = retry("database", lambda: self.store.commit(batch.txns), DB_ERRORS, self.stop)
-        self.counts.stored += len(committed.new)  # in MySQL now, whatever Redis does next
+    def _commit(self, batch: Batch) -> Committed | None:
+        """The batch committed; None when it failed and stays in the stream."""
+        try:
+            committed = retry(
+                self.database, lambda: self.store.commit(batch.txns), is_transient, self.stop
+            )
+        except GiveUp:
+            raise
+        except Exception as exc:  # the top of a stage: a batch is never silently lost
+            return self._not_stored(batch, exc)
+        self.counts.stored += len(committed.new)  # in the database now, whatever Redis does
         self.counts.duplicates += committed.duplicates
         return committed
 
-    def _update_redis(self, batch: Batch, committed: Committed) -> None:
+    def _not_stored(self, batch: Batch, exc: Exception) -> Committed | None:
+        """A batch the database refused for another reason than an outage.
+
+        From the stream it stays pending: delivered again, a dead letter after
+        MAX_DELIVERIES. From pub/sub, where nothing is delivered again, its lines become
+        dead letters with the error as their reason.
+        """
+        log.error("could not store a batch of %d messages: %s", len(batch), with_traceback(exc))
+        if self.source.durable:
+            log.error(
+                "its %d messages stay pending in the stream; they are delivered again, and "
+                "become dead letters after %d deliveries",
+                len(batch),
+                self.settings.max_deliveries,
+            )
+            self.counts.pending += len(batch)
+            return None
+        reason = f"not stored: {type(exc).__name__}: {short_error(exc)}"
+        return Committed(rejected=[dead_letter(m.raw, reason) for m in batch.parsed])
+
+    def _write_redis(self, batch: Batch, committed: Committed | None) -> None:
+        """The Redis stage: recent lists, dead letters and acknowledgements, in one call."""
+        if committed is None:  # left pending: nothing to write, nothing to acknowledge
+            return
         dead = batch.dead + committed.rejected
-
-        def update_redis() -> None:
-            with self.store.client.pipeline(transaction=True) as pipe:
-                latest = committed.new + committed.stored_before
-                self.store.queue_redis_updates(pipe, latest, dead)
-                self.source.ack(pipe, batch.messages)
-                pipe.execute()
-
-        retry("redis", update_redis, REDIS_ERRORS, self.stop)
+        try:
+            retry(
+                self.redis,
+                lambda: self.store.write_redis(committed, dead, batch.entry_ids),
+                is_redis_outage,
+                self.stop,
+            )
+        except GiveUp:
+            raise
+        except Exception as exc:  # the top of a stage: a batch is never silently lost
+            log.error("could not write a batch to Redis: %s", with_traceback(exc))
+            if self.source.durable:
+                log.error("its %d entries stay pending: delivered again", len(batch))
+                self.counts.pending += len(batch)
+            else:
+                for letter in dead:
+                    log.error("dead letter NOT KEPT in Redis: %s", letter)
+            return
         self.counts.dead += len(dead)
 
     def _report(self, last: tuple[float, int]) -> tuple[float, int]:
@@ -212,32 +260,25 @@ class Subscriber:
         rate = (stored - last[1]) / max(now - last[0], 1e-9)
         c = self.counts
         log.info(
-            "stored=%d duplicates=%d dead=%d received=%d disconnects=%d rate=%.0f tx/s claimed=%d",
+            "stored=%d duplicates=%d dead=%d received=%d disconnects=%d rate=%.0f tx/s "
+            "claimed=%d pending_again=%d",
             c.stored,
             c.duplicates,
             c.dead,
             c.received,
-            self.source.disconnects + c.redis_outages,
+            self.source.disconnects + self.redis.count,
             rate,
             self.source.claimed,
+            c.pending,
         )
         return now, stored
-
-
-def make_source(settings: config.Settings, client: redis.Redis) -> PubSubSource | StreamSource:
-    """The source the settings name: the pub/sub channel or the stream's consumer group."""
-    if settings.transport == "stream":
-        return StreamSource(
-            client, settings.stream, settings.group, settings.claim_idle_ms, settings.max_deliveries
-        )
-    return PubSubSource(client, settings.channel, settings.pubsub_buffer)
 
 
 def parse_args(argv: list[str] | None, settings: config.Settings) -> argparse.Namespace:
     """Command-line flags; each defaults to its setting from the environment or `.env`."""
     parser = argparse.ArgumentParser(
         description="Subscribe to the transactions channel and store every transaction "
-        "in MySQL exactly once, with per-user window totals and latest-5 lists in Redis.",
+        "in MySQL exactly once, with per-user window totals, and recent lists in Redis.",
         epilog="Settings come from the environment or .env (see .env.example); flags win.",
     )
     config.add_transport_flags(parser, settings)
@@ -288,6 +329,11 @@ def main(argv: list[str] | None = None) -> int:
         batch_interval_ms=args.batch_interval_ms,
     )
     config.configure_logging(settings.log_level)
+    try:
+        engine = models.make_engine(settings.database_url)
+    except UnsupportedDatabase as exc:
+        print(f"sub_and_store: DATABASE_URL: {exc}", file=sys.stderr)
+        return 2
     log.info(
         "starting: redis=%s transport=%s database=%s window=%sh batch=%d msgs/%d ms prefix=%r",
         config.mask_url(settings.redis_url),
@@ -299,28 +345,27 @@ def main(argv: list[str] | None = None) -> int:
         settings.key_prefix,
     )
     stop = StopFlag().install()
-    engine = models.make_engine(settings.database_url)
     client = redis.Redis.from_url(
         settings.redis_url,
         socket_connect_timeout=5,
         socket_timeout=30,  # well above the blocking reads' 0.2 s
         client_name=f"sub_and_store-{os.getpid()}",  # who is who in CLIENT LIST
     )
+    source = make_source(settings, client)
+    store = Store(engine, client, settings.keys, settings.window_seconds, source.group)
+    subscriber = Subscriber(settings, source, store, stop, args.stats_interval)
     try:
+        create_schema = functools.partial(models.create_schema, engine)
         try:
-            retry("database", lambda: models.create_schema(engine), DB_ERRORS, stop, grace=0)
+            retry(subscriber.database, create_schema, is_transient, stop, grace=0)
         except GiveUp:
             log.info("stopped before the database answered")
             return 0
-        store = Store(engine, client, Keys(settings.key_prefix), settings.window_seconds)
-        subscriber = Subscriber(
-            settings, make_source(settings, client), store, stop, args.stats_interval
-        )
         subscriber.run(args.max_messages)
     except GiveUp as exc:
         c = subscriber.counts
-        unsaved = c.received - c.stored - c.duplicates - c.dead
-        where = "they stay in the stream" if settings.transport == "stream" else "they are LOST"
+        unsaved = c.received - c.stored - c.duplicates - c.dead - c.pending
+        where = "they stay in the stream" if source.durable else "they are LOST"
         log.error("stopped with %d messages not stored (%s): %s", unsaved, where, exc)
         return 1
     finally:

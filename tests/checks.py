@@ -7,8 +7,8 @@ from sqlalchemy import select
 import models
 from txstream.keys import Keys
 from txstream.recent import RECENT_SIZE, RecentLists
+from txstream.transaction import Transaction, to_json_text
 from txstream.windows import window_totals
-from txstream.wire import Transaction, to_json
 
 _COLUMNS = ("user_id", "window_start", "tx_count", "amount_sum", "amount_min", "amount_max")
 
@@ -38,11 +38,14 @@ def assert_totals_match_raw_rows(engine, window_seconds: int) -> None:
 
 
 def assert_recent_lists_match_db(engine, client, prefix: str) -> None:
-    """Each user's Redis list holds their latest 5 stored transactions, newest first."""
+    """Each user's Redis list holds their latest 5 stored transactions, newest first, as
+    the JSON texts the API returns for them."""
     by_user: dict[int, list[Transaction]] = {}
     for tx in reversed(stored_transactions(engine)):
         by_user.setdefault(tx.user_id, []).append(tx)
     keys = Keys(prefix)
     for user_id, txns in by_user.items():
-        listed = RecentLists(client, keys).read(user_id)
-        assert listed == [to_json(tx) for tx in txns[:RECENT_SIZE]], f"user {user_id}"
+        listed = client.lrange(keys.recent(user_id), 0, -1)
+        expected = [to_json_text(tx).encode() for tx in txns[:RECENT_SIZE]]
+        assert listed == expected, f"user {user_id}"
+        assert RecentLists(client, keys).read(user_id) == txns[:RECENT_SIZE]

@@ -118,6 +118,16 @@ def mysql_engine(_mysql_database):
 
 
 @pytest.fixture
+def mariadb_engine(mysql_engine):
+    """The same test database through SQLAlchemy's MariaDB dialect (`mariadb+pymysql://`)."""
+    url = mysql_engine.url.set(drivername="mariadb+pymysql")
+    engine = models.make_engine(url.render_as_string(hide_password=False))
+    assert engine.dialect.name == "mariadb"
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
 def app(sqlite_engine, fake_redis):
     """The web app on SQLite and fakeredis; its CLOCK always says 2024-05-06 12:00 UTC."""
     from datetime import datetime

@@ -19,7 +19,9 @@ import models
 from txstream import queries
 from txstream.keys import Keys
 from txstream.store import Store
-from txstream.wire import Transaction, format_epoch, format_time, parse, to_json
+from txstream.times import format_epoch, format_time
+from txstream.transaction import Transaction, to_json, to_json_text
+from txstream.wire import parse
 
 BIGGEST = "999999999999999999.99"
 _AMOUNT = re.compile(r"-?[0-9]+\.[0-9]{2}")
@@ -37,9 +39,9 @@ def seed(app, *lines: str) -> list[Transaction]:
     txns = [parse(text) for text in lines]
     config = app.config
     window_seconds = int(config["WINDOW_HOURS"] * 3600)
-    store = Store(config["ENGINE"], config["REDIS"], Keys(config["KEY_PREFIX"]), window_seconds)
-    committed = store.commit(txns)
-    store.update_redis(committed.new, [])
+    engine = config.get("SEED_ENGINE", config["ENGINE"])  # the app's own may only read
+    store = Store(engine, config["REDIS"], Keys(config["KEY_PREFIX"]), window_seconds)
+    committed = store.store(txns)
     assert len(committed.new) == len(txns)
     return txns
 
@@ -208,10 +210,10 @@ def test_transactions_default_limit_is_50(app, client):
     assert body["next"] is not None
 
 
-@pytest.mark.parametrize("user_id", [None, 1])
-def test_page_query_breaks_ties_on_ts_by_txn_id(user_id):
+@pytest.mark.parametrize("of_one_user", [False, True])
+def test_page_query_breaks_ties_on_ts_by_txn_id(of_one_user):
     # The indexes return ties in txn_id order anyway; the ORDER BY must not rely on it.
-    query = queries.page_query(10, user_id, queries.Position(datetime(2024, 1, 1), "x"))
+    query = queries._page_statement(of_one_user, after_a_position=True)
 
     assert "ORDER BY transactions.ts DESC, transactions.txn_id DESC" in str(query)
 
@@ -225,7 +227,7 @@ def test_cursor_round_trip():
     assert queries.decode_cursor(cursor) == position
 
 
-# --- latest from Redis -------------------------------------------------------------------
+# --- recent, from Redis -------------------------------------------------------------------
 
 
 def test_recent_lists_the_latest_five_newest_first(app, client):
@@ -261,6 +263,38 @@ def test_recent_does_not_query_the_database(app, client, closed_port):
 
 def test_recent_of_an_unknown_user_is_empty(client):
     assert get_json(client, "/api/users/5/recent") == {"items": []}
+
+
+def test_recent_returns_exactly_what_the_redis_list_holds(app, client):
+    now = app.config["CLOCK"]()
+    seed(app, *(line(4, f"-{i}.50", now - timedelta(seconds=i), f"x{i}") for i in range(7)))
+    key = Keys(app.config["KEY_PREFIX"]).recent(4)
+    listed = [item.decode() for item in app.config["REDIS"].lrange(key, 0, -1)]
+    assert len(listed) == 5
+    body = client.get("/api/users/4/recent").get_data(as_text=True)
+    assert body.strip() == '{"items":[' + ",".join(listed) + "]}"
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda r, key: r.set(key, "a string"),
+        lambda r, key: (r.delete(key), r.sadd(key, "a set")),
+        lambda r, key: r.lpush(key, "not json", b"\xff\xfe", '{"time":"x"}', "[]"),
+        lambda r, key: r.lpush(key, to_json_text(parse("5,1.00,1570358269,of-user-5"))),
+    ],
+    ids=["string", "set", "junk-items", "other-users-item"],
+)
+def test_recent_skips_what_it_cannot_read(app, client, tamper, caplog):
+    now = app.config["CLOCK"]()
+    (good,) = seed(app, line(4, "1.00", now, "good"))
+    key = Keys(app.config["KEY_PREFIX"]).recent(4)
+    tamper(app.config["REDIS"], key)
+    response = client.get("/api/users/4/recent")
+    assert response.status_code == 200
+    assert response.get_json()["items"] in ([], [to_json(good)])
+    assert "recent list" in caplog.text and key in caplog.text
+    assert client.get("/users/4").status_code == 200
 
 
 # --- window totals -----------------------------------------------------------------------

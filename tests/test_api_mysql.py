@@ -1,7 +1,9 @@
 """The key API tests of tests/test_api.py, run again on the real MariaDB and Redis.
 
-The imported tests are collected here too, and here their `app` is the one below:
-the same app as in conftest, with the real servers swapped in.
+The imported tests are collected here too, and here their `app` is the one below: the
+same app as in conftest, with the real servers swapped in, reaching MariaDB through each
+of SQLAlchemy's URLs for it (`mysql+pymysql://` and `mariadb+pymysql://`), with the web
+app's own engine.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import text
 
+import models
 from tests.test_api import (  # noqa: F401 - collected and run here
     test_healthz_503_names_what_is_down,
     test_healthz_ok,
@@ -26,18 +29,23 @@ from txstream import queries
 pytestmark = pytest.mark.services
 
 
-@pytest.fixture
-def app(app, mysql_engine, redis_client, key_prefix):
+@pytest.fixture(params=["mysql+pymysql", "mariadb+pymysql"])
+def app(request, app, mysql_engine, redis_client, key_prefix):
     """The test app on the real MariaDB (empty tables) and Redis (keys of its own)."""
-    app.config.update(ENGINE=mysql_engine, REDIS=redis_client, KEY_PREFIX=key_prefix)
-    return app
+    url = mysql_engine.url.set(drivername=request.param).render_as_string(hide_password=False)
+    engine = models.make_engine(url, reads_only=True)
+    app.config.update(ENGINE=engine, REDIS=redis_client, KEY_PREFIX=key_prefix)
+    app.config["SEED_ENGINE"] = mysql_engine  # the tests' writes: `engine` only reads
+    yield app
+    engine.dispose()
 
 
 @pytest.mark.parametrize("user_id", [None, 1])
 def test_pages_read_an_index_range(app, user_id):
     before = queries.Position(app.config["CLOCK"](), "x")
     with app.config["ENGINE"].connect() as conn:
-        query = queries.page_query(51, user_id, before)
+        statement = queries._page_statement(user_id is not None, after_a_position=True)
+        query = statement.params(queries._page_params(51, user_id, before))
         compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
         plan = conn.execute(text(f"EXPLAIN {compiled}")).mappings().one()
 

@@ -39,8 +39,10 @@ from tests.processes import Script, wait_until
 from tests.servers import TEST_DATABASE_URL, TEST_REDIS_URL
 from txstream.keys import Keys
 from txstream.recent import RecentLists
+from txstream.times import utcnow
+from txstream.transaction import Transaction
 from txstream.windows import window_totals
-from txstream.wire import Transaction, format_line, parse, utcnow
+from txstream.wire import format_line, parse
 
 pytestmark = pytest.mark.services
 
@@ -449,7 +451,7 @@ def test_late_and_shuffled_transactions_land_in_their_own_windows(
     assert last_progress(first, "stored") > 0 and last_progress(second, "stored") > 0
     assert len({tx.window_start for tx in window_totals(txns, WINDOW_SECONDS)}) > 10
     assert_recent_lists_match_db(mysql_engine, redis_client, key_prefix)
-    newest = [item["txn_id"] for item in RecentLists(redis_client, Keys(key_prefix)).read(1)]
+    newest = [tx.txn_id for tx in RecentLists(redis_client, Keys(key_prefix)).read(1)]
     assert newest == ["tie-g", "tie-f", "tie-e", "tie-d", "tie-c"]
 
 

@@ -11,7 +11,7 @@ import redis
 
 from tests.test_api import BIGGEST, line, seed
 from txstream.pages import PAGE_SIZE
-from txstream.wire import format_time
+from txstream.times import format_time
 
 _MICRO = timedelta(microseconds=1)
 
@@ -59,7 +59,7 @@ def test_older_link_pages_through_every_transaction(app, client, path):
     assert older_link(second) is None
 
 
-def test_user_page_shows_sum_latest_list_and_windows(app, client):
+def test_user_page_shows_sum_recent_list_and_windows(app, client):
     now = app.config["CLOCK"]()
     seed(
         app,
@@ -74,8 +74,8 @@ def test_user_page_shows_sum_latest_list_and_windows(app, client):
     assert "<h1>User 5</h1>" in page
     assert '<dd class="num">6</dd>' in sums
     assert '<dd class="num">5999999999999999999.94</dd>' in sums
-    latest = page.split("<h2>Latest 5</h2>")[1].split("<h2>")[0]
-    assert re.findall(r"recent-\d", latest) == [f"recent-{i}" for i in range(5)]
+    recent = page.split("<h2>Recent 5</h2>")[1].split("<h2>")[0]
+    assert re.findall(r"recent-\d", recent) == [f"recent-{i}" for i in range(5)]
     assert "outside-the-sum" in page  # in the full list
     assert "other-user" not in page
     windows = page.split("window</h2>")[1]

@@ -1,7 +1,9 @@
 """The batch store, on fakeredis + SQLite and on the real Redis + MariaDB.
 
-Every test runs on both backends; after each change the window totals must equal
-what the stored raw rows give.
+Every test taking `store` runs on each backend: SQLite with fakeredis, and MariaDB with
+the real Redis through both of SQLAlchemy's URLs for it (`mysql+pymysql://` and
+`mariadb+pymysql://`). After each batch the window totals must equal what the stored raw
+rows give.
 """
 
 from __future__ import annotations
@@ -11,31 +13,40 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
+import redis
 from sqlalchemy import func, select
 
 from models import transactions, user_window_totals
 from txstream.keys import Keys
-from txstream.store import Committed, Store
+from txstream.recent import RecentLists
+from txstream.store import Committed, Store, dead_letter
+from txstream.transaction import Transaction, to_json_text
 from txstream.windows import window_totals
-from txstream.wire import Transaction, dead_letter, format_line, to_json
+from txstream.wire import format_line
 
 WINDOW = 6 * 3600
 T0 = datetime(2019, 10, 6, 10, 37, 49, 483609)  # the seed's first transaction
 BIGGEST = Decimal("999999999999999999.99")
 
 
+BACKENDS = {  # backend: (engine fixture, Redis client fixture)
+    "sqlite+fakeredis": ("sqlite_engine", "fake_redis"),
+    "mysql+pymysql+redis": ("mysql_engine", "redis_client"),
+    "mariadb+pymysql+redis": ("mariadb_engine", "redis_client"),
+}
+
+
 @pytest.fixture(
-    params=["sqlite+fakeredis", pytest.param("mariadb+redis", marks=pytest.mark.services)]
+    params=[
+        "sqlite+fakeredis",
+        pytest.param("mysql+pymysql+redis", marks=pytest.mark.services),
+        pytest.param("mariadb+pymysql+redis", marks=pytest.mark.services),
+    ]
 )
 def store(request, key_prefix):
-    """A Store on one of the two backends, with empty tables and keys of its own."""
-    if request.param == "sqlite+fakeredis":
-        engine = request.getfixturevalue("sqlite_engine")
-        client = request.getfixturevalue("fake_redis")
-    else:
-        engine = request.getfixturevalue("mysql_engine")
-        client = request.getfixturevalue("redis_client")
-    return Store(engine, client, Keys(key_prefix), WINDOW)
+    """A Store on one of the backends, with empty tables and keys of its own."""
+    engine, client = (request.getfixturevalue(name) for name in BACKENDS[request.param])
+    return Store(engine, client, Keys(key_prefix, stream=key_prefix + "stream"), WINDOW)
 
 
 def tx(txn_id: str, user_id: int = 1, amount: str | Decimal = "1.00", at: datetime = T0):
@@ -43,12 +54,10 @@ def tx(txn_id: str, user_id: int = 1, amount: str | Decimal = "1.00", at: dateti
 
 
 def store_batches(store: Store, *batches: list[Transaction]) -> list[Committed]:
-    """Commit each batch and update Redis, as the subscriber does."""
+    """Store each batch as the subscriber does; check the totals after each."""
     results = []
     for batch in batches:
-        committed = store.commit(batch)
-        store.update_redis(committed.new, committed.rejected)
-        results.append(committed)
+        results.append(store.store(batch))
         assert_totals_match_rows(store)
     return results
 
@@ -78,8 +87,12 @@ def assert_totals_match_rows(store: Store) -> None:
     assert table_totals(store) == expected
 
 
-def recent(store: Store, user_id: int) -> list[dict]:
-    return store.recent.read(user_id)
+def recent(store: Store, user_id: int) -> list[Transaction]:
+    """The user's recent list as read back; its raw items must be their JSON texts."""
+    txns = RecentLists(store.client, store.keys).read(user_id)
+    raw = store.client.lrange(store.keys.recent(user_id), 0, -1)
+    assert [item.decode() for item in raw] == [to_json_text(tx) for tx in txns]
+    return txns
 
 
 def test_commit_reports_what_it_stored(store):
@@ -112,7 +125,7 @@ def test_repeat_across_batches_is_stored_and_counted_once(store):
     assert table_totals(store) == [
         (1, datetime(2019, 10, 6, 6), 3, Decimal(8), Decimal(1), Decimal(5))
     ]
-    assert [item["txn_id"] for item in recent(store, 1)] == ["c", "b", "a"]
+    assert [tx.txn_id for tx in recent(store, 1)] == ["c", "b", "a"]
 
 
 def test_txn_ids_are_case_sensitive(store):
@@ -188,49 +201,49 @@ def test_recent_holds_the_latest_five_newest_first(store, batch_size):
     txns = [tx(f"r{i}", at=T0 + timedelta(seconds=s)) for i, s in enumerate(seconds)]
     store_batches(store, *(txns[i : i + batch_size] for i in range(0, len(txns), batch_size)))
     newest = sorted(txns, key=lambda t: t.ts, reverse=True)[:5]
-    assert recent(store, 1) == [to_json(t) for t in newest]
+    assert recent(store, 1) == newest
 
 
 def test_recent_breaks_time_ties_by_txn_id_descending(store):
     # byte order, as in MySQL's ascii_bin and SQLite: "a" > "B" > "A", "tx-9" > "tx-10"
     ids = ["A", "tx-10", "a", "B", "tx-9", "0"]
     store_batches(store, [tx(txn_id) for txn_id in ids[:3]], [tx(txn_id) for txn_id in ids[3:]])
-    assert [item["txn_id"] for item in recent(store, 1)] == ["tx-9", "tx-10", "a", "B", "A"]
+    assert [tx.txn_id for tx in recent(store, 1)] == ["tx-9", "tx-10", "a", "B", "A"]
 
 
 def test_late_transaction_takes_its_place_in_recent(store):
     newer = [tx(f"n{s}", at=T0 + timedelta(seconds=s)) for s in (10, 20, 30, 40, 50)]
     store_batches(store, newer)
     store_batches(store, [tx("too-late", at=T0 - timedelta(days=2))])
-    assert recent(store, 1) == [to_json(t) for t in newer[::-1]]
+    assert recent(store, 1) == newer[::-1]
     middle = tx("middle", at=T0 + timedelta(seconds=25))
     store_batches(store, [middle])
-    assert recent(store, 1) == [to_json(t) for t in [*newer[:1:-1], middle, newer[1]]]
+    assert recent(store, 1) == [*newer[:1:-1], middle, newer[1]]
 
 
 def test_recent_never_holds_a_transaction_twice(store):
     a, b = tx("a"), tx("b", at=T0 - timedelta(seconds=1))
     store_batches(store, [a, a], [a, b], [b])
-    store.update_redis([a, b, a], [])  # even when asked to add it again
-    assert recent(store, 1) == [to_json(a), to_json(b)]
+    store.write_redis(Committed(new=[b], stored_before=[a]), [])  # even when given again
+    assert recent(store, 1) == [a, b]
 
 
 def test_recent_is_per_user(store):
     store_batches(store, [tx("u1", user_id=1), tx("u2", user_id=2), tx("u1b", user_id=1)])
-    assert [item["txn_id"] for item in recent(store, 1)] == ["u1b", "u1"]
-    assert recent(store, 2) == [to_json(tx("u2", user_id=2))]
+    assert [tx.txn_id for tx in recent(store, 1)] == ["u1b", "u1"]
+    assert recent(store, 2) == [tx("u2", user_id=2)]
     assert recent(store, 3) == []
 
 
 def test_dead_letters_are_appended_as_json(store):
     first = dead_letter(b"1,\xff,2", "not valid UTF-8", T0)
     second = dead_letter("1,2", "expected 3 or 4 comma-separated fields, got 2", T0)
-    store.update_redis([], [first])
-    store.update_redis([tx("ok")], [second])
+    store.store([], [first])
+    store.store([tx("ok")], [second])
     dead = [json.loads(item) for item in store.client.lrange(store.keys.dead, 0, -1)]
     assert dead == [first, second]
     assert dead[0]["raw"] == "1,\\xff,2"
-    assert [item["txn_id"] for item in recent(store, 1)] == ["ok"]
+    assert [tx.txn_id for tx in recent(store, 1)] == ["ok"]
 
 
 def test_an_empty_batch_changes_nothing(store):
@@ -240,27 +253,140 @@ def test_an_empty_batch_changes_nothing(store):
     assert store.client.keys(store.keys.prefix + "*") == []
 
 
-@pytest.mark.services
-def test_a_value_mariadb_would_clip_is_a_dead_letter_not_a_stored_row(mysql_engine, redis_client):
+@pytest.fixture(
+    params=[
+        pytest.param("mysql_engine", marks=pytest.mark.services),
+        pytest.param("mariadb_engine", marks=pytest.mark.services),
+    ]
+)
+def mysql_store(request, redis_client, key_prefix):
+    """A Store on MariaDB, through each of SQLAlchemy's two URLs for it."""
+    engine = request.getfixturevalue(request.param)
+    return Store(engine, redis_client, Keys(key_prefix), WINDOW)
+
+
+def test_a_value_mariadb_would_clip_is_a_dead_letter_not_a_stored_row(mysql_store):
     """MariaDB would clip it (INSERT IGNORE, with a warning) or refuse it (the window
     upsert): either way the batch is undone and only that row becomes a dead letter."""
-    store = Store(mysql_engine, redis_client, Keys("test-clip:"), WINDOW)
     too_big = tx("too-big", amount=Decimal("1e25"))  # parse() never makes one; DECIMAL(20,2)
-    committed = store.commit([tx("fine"), too_big])
+    committed = mysql_store.commit([tx("fine"), too_big])
     assert committed.new == [tx("fine")]
     assert [d["raw"] for d in committed.rejected] == [format_line(too_big)]
     assert "rejected by the database" in committed.rejected[0]["reason"]
-    assert [row.txn_id for row in stored_rows(store)] == ["fine"]
-    assert_totals_match_rows(store)
+    assert [row.txn_id for row in stored_rows(mysql_store)] == ["fine"]
+    assert_totals_match_rows(mysql_store)
 
 
-@pytest.mark.services
-def test_a_redelivered_batch_inserts_only_its_new_rows(mysql_engine, redis_client):
+def test_a_redelivered_batch_inserts_only_its_new_rows(store):
     """Half stored before: the batch's first insert is undone, the rest goes in once."""
-    store = Store(mysql_engine, redis_client, Keys("test-redelivery:"), WINDOW)
     first = [tx(f"r{i}", amount=f"{i}.00") for i in range(4)]
     store.commit(first[:2])
     committed = store.commit(first)
     assert (committed.new, committed.stored_before) == (first[2:], first[:2])
     assert [row.txn_id for row in stored_rows(store)] == ["r0", "r1", "r2", "r3"]
     assert_totals_match_rows(store)
+
+
+INJECTED_FAILURE = {  # a trigger that refuses the window totals of user 666
+    "sqlite": "CREATE TRIGGER refuse_666 BEFORE INSERT ON user_window_totals "
+    "WHEN NEW.user_id = 666 BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+    "mysql": "CREATE TRIGGER refuse_666 BEFORE INSERT ON user_window_totals FOR EACH ROW "
+    "BEGIN IF NEW.user_id = 666 THEN "
+    "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = 'injected failure'; END IF; END",
+}
+
+
+def test_a_batch_that_fails_midway_stores_nothing(store):
+    """The rows and their window totals commit together, or not at all: on SQLite too,
+    where the driver's own transaction handling would commit at the savepoint's end."""
+    engine = store.engine
+    kind = "sqlite" if engine.dialect.name == "sqlite" else "mysql"
+    with engine.begin() as conn:
+        conn.exec_driver_sql(INJECTED_FAILURE[kind])
+    try:
+        with pytest.raises(Exception, match="injected failure"):
+            store.commit([tx("a"), tx("evil", user_id=666)])
+        assert stored_rows(store) == []
+        assert table_totals(store) == []
+        store_batches(store, [tx("a"), tx("b", user_id=2)])  # the others still go in
+    finally:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TRIGGER refuse_666")
+    assert [row.txn_id for row in stored_rows(store)] == ["a", "b"]
+
+
+def test_tampered_recent_lists_are_repaired_by_the_next_batch(store, caplog):
+    """A key of another type is replaced, items not in the list layout are dropped; an
+    item in the layout that is no transaction stays, and reading skips it."""
+    keys, client = store.keys, store.client
+    client.set(keys.recent(1), "not a list")
+    client.rpush(keys.recent(2), "junk", to_json_text(tx("old", user_id=2)), b"\xff")
+    older = tx("older", user_id=3, at=T0 - timedelta(1))
+    forged = '{"time":"9999-12-31T23:59:59.999999Z","txn_id":"x"}'
+    client.rpush(keys.recent(3), forged, to_json_text(older))
+    newer = T0 + timedelta(seconds=1)
+    store_batches(store, [tx("a"), tx("b", user_id=2, at=newer), tx("c", user_id=3, at=newer)])
+    assert recent(store, 1) == [tx("a")]
+    assert recent(store, 2) == [tx("b", user_id=2, at=newer), tx("old", user_id=2)]
+    assert "replaced 1 keys of another type, dropped 2 unreadable items" in caplog.text
+    assert RecentLists(client, keys).read(3) == [tx("c", user_id=3, at=newer), older]
+    assert client.lindex(keys.recent(3), 0).decode() == forged
+    assert "skipping an unreadable item (not a transaction object)" in caplog.text
+
+
+def test_a_stream_batch_is_acknowledged_with_its_redis_writes(store):
+    keys, client = store.keys, store.client
+    store.group = "store"
+    client.xgroup_create(keys.stream, "store", id="0", mkstream=True)
+    ids = [client.xadd(keys.stream, {"line": f"1,1.00,1570358269,e{i}"}) for i in range(3)]
+    client.xreadgroup("store", "me", {keys.stream: ">"})
+    store.store([tx("e0"), tx("e1")], [dead_letter("x", "why")], ids[:2])
+    pending = client.xpending_range(keys.stream, "store", "-", "+", 10)
+    assert [p["message_id"] for p in pending] == [ids[2]]
+    assert client.llen(keys.dead) == 1
+
+
+def test_nothing_is_acknowledged_when_the_dead_letters_cannot_be_kept(store):
+    keys, client = store.keys, store.client
+    store.group = "store"
+    client.xgroup_create(keys.stream, "store", id="0", mkstream=True)
+    entry = client.xadd(keys.stream, {"line": "x"})
+    client.xreadgroup("store", "me", {keys.stream: ">"})
+    client.set(keys.dead, "not a list")
+    with pytest.raises(redis.ResponseError, match="dead-letter key"):
+        store.write_redis(Committed(), [dead_letter("x", "why")], [entry])
+    assert client.xpending(keys.stream, "store")["pending"] == 1
+
+
+def test_latest_sets_of_the_old_layout_move_to_the_lists_once(store, caplog):
+    """Layout 1 kept a user's latest transactions in a sorted set `latest:<id>` of JSON
+    texts (txn_id first), and before that in lists: both move to the new lists."""
+    keys, client = store.keys, store.client
+    caplog.set_level("INFO")
+
+    def old_json(t: Transaction) -> str:
+        return json.dumps(
+            {"txn_id": t.txn_id, "user_id": t.user_id, "amount": f"{t.amount:.2f}",
+             "ts": (t.ts - datetime(1970, 1, 1)).total_seconds(),
+             "time": t.ts.isoformat(timespec="microseconds") + "Z"},
+            separators=(",", ":"),
+        )  # fmt: skip
+
+    one = [tx(f"o{i}", at=T0 + timedelta(seconds=i)) for i in range(7)]
+    for t in one[:6]:
+        client.zadd(keys.old_recent(1), {old_json(t): t.ts.timestamp()})
+    client.zadd(keys.old_recent(1), {"unreadable": 1})
+    client.rpush(keys.recent(1), old_json(one[6]), old_json(one[0]))  # an older list
+    two = tx("t2", user_id=2)
+    client.zadd(keys.old_recent(2), {old_json(two): 1})
+    client.zadd(f"{keys.prefix}latest:not-a-user", {"x": 1})
+    lists = RecentLists(client, keys)
+    lists.migrate()
+    assert recent(store, 1) == one[:1:-1]
+    assert recent(store, 2) == [two]
+    assert not client.exists(keys.old_recent(1), keys.old_recent(2))
+    assert "moved the latest transactions of 2 users from 2 sorted sets" in caplog.text
+    assert "1 unreadable items dropped" in caplog.text
+    client.zadd(keys.old_recent(3), {old_json(tx("t3", user_id=3)): 1})
+    lists.migrate()  # done once: later sets are not looked for
+    assert client.exists(keys.old_recent(3))

@@ -40,16 +40,6 @@ def test_a_line_without_txn_id_gets_one_fixed_by_its_entry_id(fake_redis, source
     assert message.missing_id == f"stream-{message.entry_id}"
 
 
-def test_only_acknowledged_entries_leave_the_pending_list(fake_redis, source):
-    StreamSink(fake_redis, STREAM, maxlen=0).send([f"1,{i}.00,1570358269" for i in range(4)])
-    messages = read_all(source)
-    with fake_redis.pipeline() as pipe:
-        source.ack(pipe, messages[:3])
-        pipe.execute()
-    pending = fake_redis.xpending_range(STREAM, "store", min="-", max="+", count=10)
-    assert [p["message_id"].decode() for p in pending] == [messages[3].entry_id]
-
-
 def test_entries_of_a_stopped_consumer_are_taken_over_once_idle(fake_redis, source):
     StreamSink(fake_redis, STREAM, maxlen=0).send(["1,2.00,1570358269", "2,3.00,1570358270"])
     fake_redis.xreadgroup("store", "crashed", {STREAM: ">"}, count=10)  # read, never acked

@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 
+from txstream.transaction import Transaction
 from txstream.windows import WindowTotal, window_start
 from txstream.windows import window_totals as totals_of
-from txstream.wire import Transaction
 
 HOUR = 3600
 SIX_HOURS = 6 * HOUR

@@ -1,25 +1,15 @@
-"""The wire format: parse, format_line, to_json and dead_letter."""
+"""The wire format: parse and format_line."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import uuid
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import datetime
 from decimal import Decimal
 
 import pytest
 
-from txstream.wire import (
-    MAX_LINE_BYTES,
-    MalformedMessage,
-    Transaction,
-    dead_letter,
-    format_line,
-    parse,
-    to_json,
-    to_json_text,
-)
+from txstream.transaction import Transaction
+from txstream.wire import MAX_LINE_BYTES, MalformedMessage, format_line, parse
 
 # The seed's lines, exactly as its emitter printed them.
 SEED = [
@@ -174,72 +164,3 @@ def test_format_line_of_a_seed_line():
     assert format_line(parse(SEED[0][0], missing_id="s1")) == (
         "1,-44690489068.00,1570358269.483609,s1"
     )
-
-
-def test_to_json_of_a_seed_line():
-    assert to_json(parse(SEED[0][0], missing_id="s1")) == {
-        "txn_id": "s1",
-        "user_id": 1,
-        "amount": "-44690489068.00",
-        "ts": 1570358269.483609,
-        "time": "2019-10-06T10:37:49.483609Z",
-    }
-
-
-@pytest.mark.parametrize(
-    ("amount", "expected"),
-    [("-0", "0.00"), ("-0.00", "0.00"), ("0", "0.00"), ("+0.0", "0.00"), ("1.5", "1.50"),
-     ("-0.01", "-0.01"), ("999999999999999999.99", "999999999999999999.99")],
-)  # fmt: skip
-def test_to_json_amount_has_two_decimals(amount, expected):
-    assert to_json(parse(f"1,{amount},1", missing_id="x"))["amount"] == expected
-
-
-def test_to_json_time_always_has_six_fractional_digits():
-    body = to_json(parse("1,1,1570358269", missing_id="x"))
-    assert body["time"] == "2019-10-06T10:37:49.000000Z"
-    assert isinstance(body["ts"], float)
-    assert body["ts"] == 1570358269.0
-
-
-def test_dead_letter_escapes_bytes_that_are_not_utf8():
-    record = dead_letter(b"1,\xff\xfe,2", "not valid UTF-8", datetime(2019, 10, 6, 10, 37, 49, 5))
-    assert record == {
-        "raw": "1,\\xff\\xfe,2",
-        "reason": "not valid UTF-8",
-        "at": "2019-10-06T10:37:49.000005Z",
-    }
-
-
-def test_dead_letter_keeps_text_as_is():
-    assert dead_letter("1,é,2", "why", datetime(2020, 1, 1))["raw"] == "1,é,2"
-
-
-@pytest.mark.parametrize(
-    "at",
-    [
-        datetime(2019, 10, 6, 10, 0),
-        datetime(2019, 10, 6, 10, 0, tzinfo=UTC),
-        datetime(2019, 10, 6, 12, 0, tzinfo=timezone(timedelta(hours=2))),
-    ],
-)
-def test_dead_letter_at_is_iso_utc(at):
-    assert dead_letter("x", "why", at)["at"] == "2019-10-06T10:00:00.000000Z"
-
-
-@pytest.mark.parametrize(
-    "line",
-    [*(seed[0] for seed in SEED), "1,-0.01,1,a.b:c-d_e", "9223372036854775807,1,1570358269.5,x",
-     "7,999999999999999999.99,253402300799.999999,y", "2,-5,1570358269.000001,z"],
-)  # fmt: skip
-def test_to_json_text_is_the_compact_json_of_to_json(line):
-    tx = parse(line, missing_id="m")
-    expected = json.dumps(to_json(tx), separators=(",", ":"))
-    assert to_json_text(tx) == expected
-    assert json.loads(to_json_text(tx)) == to_json(tx)
-
-
-def test_to_json_text_refuses_a_txn_id_that_would_need_escaping():
-    tx = parse("1,1,1", missing_id="x")
-    with pytest.raises(MalformedMessage):
-        to_json_text(dataclasses.replace(tx, txn_id='x","user_id":2'))

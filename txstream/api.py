@@ -1,4 +1,4 @@
-"""The JSON API: sums, transaction lists, latest transactions, window totals, health.
+"""The JSON API: sums, transaction lists, recent transactions, window totals, health.
 
 Amounts are strings with two decimals, times ISO-8601 UTC. Every error, including an
 unknown path under /api, is a JSON object `{"error": "..."}`.
@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 
 from txstream import queries
 from txstream.keys import Keys
+from txstream.money import format_amount
 from txstream.params import (
     InvalidParameter,
     parse_before,
@@ -26,7 +27,8 @@ from txstream.params import (
     span,
 )
 from txstream.recent import RecentLists
-from txstream.wire import format_amount, format_time, to_json
+from txstream.times import format_time
+from txstream.transaction import to_json
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +89,10 @@ def all_transactions():
 
 @bp.get("/api/users/<user_id>/recent")
 def user_recent(user_id: str):
-    """The user's latest transactions, from Redis only."""
+    """The user's latest transactions, from Redis only: what its recent list holds."""
     uid = parse_user_id(user_id)
-    recent = RecentLists(current_app.config["REDIS"], Keys(current_app.config["KEY_PREFIX"]))
-    return {"items": recent.read(uid)}
+    lists = RecentLists(current_app.config["REDIS"], Keys(current_app.config["KEY_PREFIX"]))
+    return {"items": [to_json(tx) for tx in lists.read(uid)]}
 
 
 @bp.get("/api/users/<user_id>/windows")

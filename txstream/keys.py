@@ -1,19 +1,64 @@
-"""Every Redis key txstream uses, built from KEY_PREFIX in this one place."""
+"""Every Redis name txstream uses, built in this one place."""
 
 from __future__ import annotations
 
+import re
+
+_GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
+
 
 class Keys:
-    """Redis key names under one prefix (default `txstream:`)."""
+    """Redis names: keys under one prefix (default `txstream:`), the stream and the channel.
 
-    def __init__(self, prefix: str) -> None:
+    The stream and the channel keep the names they are configured with (STREAM, CHANNEL):
+    renaming them would strand what an older version left in them.
+    """
+
+    def __init__(
+        self, prefix: str, stream: str = "transactions", channel: str = "transactions"
+    ) -> None:
         self.prefix = prefix
+        self.stream = stream
+        self.channel = channel
 
     def recent(self, user_id: int) -> str:
-        """The sorted set of a user's latest transactions (txstream.recent)."""
+        """The list of a user's latest transactions, newest first (txstream.recent)."""
+        return f"{self.prefix}recent:{user_id}"
+
+    def old_recent(self, user_id: int) -> str:
+        """The sorted set that held a user's latest transactions before the lists."""
         return f"{self.prefix}latest:{user_id}"
 
     @property
     def dead(self) -> str:
-        """The list of dead letters: malformed messages with their reasons."""
+        """The list of dead letters: messages that could not be stored, with their reasons."""
         return f"{self.prefix}dead"
+
+    @property
+    def layout(self) -> str:
+        """The version of txstream's Redis layout, so that a change of it is migrated once."""
+        return f"{self.prefix}layout"
+
+    @property
+    def recent_pattern(self) -> str:
+        """SCAN pattern of every recent list."""
+        return f"{_glob_literal(self.prefix)}recent:*"
+
+    @property
+    def old_recent_pattern(self) -> str:
+        """SCAN pattern of the sorted sets that held the latest transactions before lists."""
+        return f"{_glob_literal(self.prefix)}latest:*"
+
+    def user_of(self, key: bytes | str) -> int | None:
+        """The user id in a `recent` or old `latest` key, or None if it is not one."""
+        text = key.decode("utf-8", "replace") if isinstance(key, bytes) else key
+        for kind in ("recent:", "latest:"):
+            tail = text.removeprefix(self.prefix + kind)
+            if tail != text and tail.isascii() and tail.isdigit():
+                return int(tail)
+        return None
+
+
+def _glob_literal(text: str) -> str:
+    """`text` with the characters that SCAN MATCH treats as a pattern escaped."""
+    return _GLOB_SPECIAL.sub(r"\\\1", text)

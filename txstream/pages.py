@@ -10,9 +10,10 @@ from werkzeug.exceptions import HTTPException
 
 from txstream import queries
 from txstream.keys import Keys
+from txstream.money import format_amount
 from txstream.params import InvalidParameter, parse_before, parse_user_id, span
 from txstream.recent import RecentLists
-from txstream.wire import format_amount, format_time
+from txstream.times import format_time
 
 PAGE_SIZE = 50
 WINDOWS_SHOWN = 50
@@ -60,18 +61,18 @@ def find_user():
 
 @bp.get("/users/<user_id>")
 def user(user_id: str):
-    """One user: the sum over WINDOW_HOURS, the latest 5, all transactions, window totals."""
+    """One user: the sum over WINDOW_HOURS, the recent 5, all transactions, window totals."""
     uid = parse_user_id(user_id)
     before = parse_before(request.args.get("before"))
     hours = current_app.config["WINDOW_HOURS"]
     end = current_app.config["CLOCK"]()
     start = end - span(hours)
-    recent = RecentLists(current_app.config["REDIS"], Keys(current_app.config["KEY_PREFIX"]))
+    lists = RecentLists(current_app.config["REDIS"], Keys(current_app.config["KEY_PREFIX"]))
     try:
-        latest = recent.read(uid)
+        recent = lists.read(uid)
     except redis.RedisError:
         log.exception("user page: Redis is not answering; showing the page without it")
-        latest = None  # the rest of the page comes from the database
+        recent = None  # the rest of the page comes from the database
 
     def read_all(conn):
         return (
@@ -89,7 +90,7 @@ def user(user_id: str):
         end=end,
         count=count,
         total=total,
-        latest=latest,
+        recent=recent,
         txns=txns,
         cursor=cursor,
         paged=before is not None,

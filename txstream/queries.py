@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 from typing import TypeVar
 
@@ -22,15 +22,15 @@ from sqlalchemy import Connection, Engine, Integer, Select, and_, bindparam, fun
 from sqlalchemy.exc import DBAPIError
 
 from models import transactions, user_window_totals
-from txstream.money import money_sum
-from txstream.wire import EPOCH, MAX_TIMESTAMP, MalformedMessage, Transaction, parse_txn_id
+from txstream.dialect import money_sum
+from txstream.times import MAX_MICROS, from_micros, to_micros
+from txstream.transaction import Transaction
+from txstream.wire import MalformedMessage, parse_txn_id
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_CURSOR_CHARS = 200
-_MICROSECOND = timedelta(microseconds=1)
-_MAX_MICROS = int(MAX_TIMESTAMP) * 10**6
 # The cursor's text: "<epoch microseconds>:<txn_id>".
 _POSITION = re.compile(r"([0-9]{1,18}):(.*)", re.DOTALL)
 
@@ -89,12 +89,6 @@ def transactions_page(
         return rows, None
     last = rows[limit - 1]
     return rows[:limit], encode_cursor(Position(last.ts, last.txn_id))
-
-
-def page_query(limit: int, user_id: int | None = None, before: Position | None = None) -> Select:
-    """The SELECT of `limit` transactions, newest first, after `before`, values bound."""
-    statement = _page_statement(user_id is not None, before is not None)
-    return statement.params(_page_params(limit, user_id, before))
 
 
 @functools.cache
@@ -170,8 +164,7 @@ def ping(conn: Connection) -> None:
 
 def encode_cursor(position: Position) -> str:
     """The opaque, URL-safe cursor of `position`."""
-    micros = (position.ts - EPOCH) // _MICROSECOND
-    text = f"{micros}:{position.txn_id}".encode("ascii")
+    text = f"{to_micros(position.ts)}:{position.txn_id}".encode("ascii")
     return base64.urlsafe_b64encode(text).rstrip(b"=").decode("ascii")
 
 
@@ -187,13 +180,13 @@ def decode_cursor(cursor: str) -> Position:
     if match is None:
         raise InvalidCursor("not of the form <microseconds>:<txn_id>")
     micros = int(match[1])
-    if not 0 < micros < _MAX_MICROS:
+    if not 0 < micros < MAX_MICROS:
         raise InvalidCursor("its time is out of range")
     try:
         txn_id = parse_txn_id(match[2])
     except MalformedMessage as exc:
         raise InvalidCursor(str(exc)) from None
-    position = Position(EPOCH + micros * _MICROSECOND, txn_id)
+    position = Position(from_micros(micros), txn_id)
     # urlsafe_b64decode also takes '+', '/', '=' and stray bits: accept one spelling only.
     if encode_cursor(position) != cursor:
         raise InvalidCursor("not in its canonical form")

@@ -6,6 +6,7 @@ import logging
 import signal
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -60,43 +61,89 @@ class Backoff:
         return delay
 
 
+class Outage:
+    """The outages of one dependency ("redis", "database"): backoff, and logs of each.
+
+    Every loop that talks to the dependency reports to the same tracker, from any thread:
+    `failed` on an error (logs it; the delay before the next attempt), `ok` on success
+    (after an outage, logs how long it lasted).
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.count = 0  # outages so far
+        self._since: float | None = None
+        self._backoff = Backoff()
+        self._lock = threading.Lock()
+
+    def failed(self, exc: BaseException, note: str = "") -> float:
+        """Record a failed attempt; the seconds to wait before the next one."""
+        with self._lock:
+            if self._since is None:
+                self._since = time.monotonic()
+                self.count += 1
+            delay = self._backoff.delay()
+        log.warning(
+            "%s unavailable (%s)%s; retrying in %.1f s", self.what, short_error(exc), note, delay
+        )
+        return delay
+
+    def ok(self) -> None:
+        """Record a successful attempt: ends the outage, if there was one."""
+        if self._since is None:  # the usual case, without taking the lock
+            return
+        with self._lock:
+            since, self._since, self._backoff = self._since, None, Backoff()
+        if since is not None:
+            log.warning("%s is back after %.1f s", self.what, time.monotonic() - since)
+
+
 def retry(
-    what: str,
+    outage: Outage,
     action: Callable[[], T],
-    transient: tuple[type[BaseException], ...],
+    transient: Callable[[BaseException], bool],
     stop: StopFlag,
     grace: float = 10.0,
 ) -> T:
     """Run `action` until it succeeds, backing off while it raises a `transient` error.
 
-    Once `stop` is set, keep trying for `grace` seconds more, then raise `GiveUp`.
-    Logs each failure, and how long the outage lasted once `what` is back.
+    Other errors propagate at once. Once `stop` is set, keep trying for `grace` seconds
+    more, then raise `GiveUp`.
     """
-    backoff = Backoff()
-    failing_since = None
     give_up_at = None
     while True:
         try:
             result = action()
-        except transient as exc:
+        except Exception as exc:
+            if not transient(exc):
+                raise
             now = time.monotonic()
-            failing_since = failing_since or now
             if stop and give_up_at is None:
                 give_up_at = now + grace
             if give_up_at is not None and now >= give_up_at:
-                raise GiveUp(f"{what} still failing after stop was requested: {exc}") from exc
-            delay = backoff.delay()
-            log.warning("%s unavailable (%s); retrying in %.1f s", what, _short(exc), delay)
+                raise GiveUp(
+                    f"{outage.what} still failing after stop was requested: {exc}"
+                ) from exc
+            delay = outage.failed(exc)
             if give_up_at is not None:
                 time.sleep(delay)  # stop is already set: its wait() would not sleep
             else:
                 stop.wait(delay)
             continue
-        if failing_since is not None:
-            log.warning("%s is back after %.1f s", what, time.monotonic() - failing_since)
+        outage.ok()
         return result
 
 
-def _short(exc: BaseException) -> str:
+def short_error(exc: BaseException) -> str:
+    """The first line of an error's message, at most 200 characters: fit for a log line.
+
+    A database error's own text can hold a whole batch's SQL; this keeps the driver's part.
+    """
     text = str(getattr(exc, "orig", None) or exc)
     return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def with_traceback(exc: BaseException) -> str:
+    """`exc`'s type, short message and stack, for logging an unexpected error."""
+    stack = "".join(traceback.format_tb(exc.__traceback__))
+    return f"{type(exc).__name__}: {short_error(exc)}\nTraceback (most recent call last):\n{stack}"

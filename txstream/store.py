@@ -1,13 +1,21 @@
-"""Writes a batch of transactions: rows and window totals in MySQL, then Redis.
+"""Stores a batch: its rows and window totals in the database, then one Redis transaction.
 
-One database transaction per batch keeps the raw rows and `user_window_totals` equal:
-a txn_id already stored is skipped, and only the rows actually inserted are added to
-the totals. Redis is written after the commit, so it never shows what MySQL lacks.
+This is the one place that writes a batch, for the subscriber and for the tests alike:
+`commit` (the database stage), then `write_redis` (the Redis stage); `store` does both.
+
+The database: one transaction per batch keeps the raw rows and `user_window_totals`
+equal. On every backend the same steps: insert the batch, skipping the txn_ids stored
+before; when that did not insert every row cleanly, undo it, look up what is stored and
+insert only the rest; then add the rows inserted now to their windows. The SQL that
+differs between MySQL and SQLite is in txstream.dialect.
+
+Redis, after the commit, so that it never shows what the database lacks: one script call
+merges the batch into the recent lists (txstream.recent), appends its dead letters and
+acknowledges its stream entries, atomically.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Sequence
@@ -16,21 +24,53 @@ from datetime import datetime
 
 import redis
 from sqlalchemy import Connection, Engine, select
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import DataError, IntegrityError
 
-from models import transactions, user_window_totals
+from models import transactions
+from txstream.dialect import PLAIN_INSERT, statements
 from txstream.keys import Keys
-from txstream.money import money_add, money_greatest, money_least
-from txstream.recent import RecentLists
+from txstream.recent import MERGE_RECENT_LUA, merge_arguments
+from txstream.times import format_time, sql_time, utcnow
+from txstream.transaction import TXN_ID, Transaction
 from txstream.windows import window_totals
-from txstream.wire import Transaction, dead_letter, format_line, parse_txn_id, utcnow
+from txstream.wire import format_line
 
 log = logging.getLogger(__name__)
 
-# A concurrent subscriber may insert the same txn_id between our check and our
-# insert; the batch is then rolled back and checked again.
+# A concurrent subscriber may insert the same txn_id between our look-up and our insert;
+# the batch is then rolled back and stored again.
 _CONFLICT_RETRIES = 5
+_UNPACK = 1000  # arguments per Lua unpack(): its stack holds a few thousand at most
+
+# KEYS: the dead letters, the stream, then the recent lists. ARGV: the consumer group ('' for
+# none), how many entry ids and how many dead letters; the ids; the dead letters; then for
+# each recent list its number of new items and the items. Nothing is acknowledged unless
+# everything before it was written.
+_WRITE_BATCH = (
+    MERGE_RECENT_LUA
+    + f"""
+local n_ids, n_dead = tonumber(ARGV[2]), tonumber(ARGV[3])
+if n_dead > 0 then
+  local kind = redis.call('TYPE', KEYS[1])['ok']
+  if kind ~= 'none' and kind ~= 'list' then
+    return redis.error_reply('WRONGTYPE dead-letter key ' .. KEYS[1] .. ' holds a ' .. kind)
+  end
+end
+local pos, replaced, dropped = 4 + n_ids + n_dead, 0, 0
+for k = 3, #KEYS do
+  local n = tonumber(ARGV[pos])
+  local r, d = merge_recent(KEYS[k], pos + 1, pos + n)
+  replaced, dropped, pos = replaced + r, dropped + d, pos + n + 1
+end
+for i = 4 + n_ids, 3 + n_ids + n_dead, {_UNPACK} do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, 3 + n_ids + n_dead)))
+end
+for i = 4, 3 + n_ids, {_UNPACK} do
+  redis.call('XACK', KEYS[2], ARGV[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, 3 + n_ids)))
+end
+return {{replaced, dropped}}
+"""
+)
 
 
 @dataclass
@@ -39,21 +79,44 @@ class Committed:
 
     new: list[Transaction] = field(default_factory=list)  # inserted now
     # Stored by an earlier batch: a redelivery, maybe after a crash between commit and
-    # the Redis update, so they go to the latest-5 lists again (the merge skips repeats).
+    # the Redis write, so they go to the recent lists again (the merge skips repeats).
     stored_before: list[Transaction] = field(default_factory=list)
     duplicates: int = 0  # txn_ids stored before, or repeated within the batch
-    rejected: list[dict] = field(default_factory=list)  # dead letters from the DB
+    rejected: list[dict] = field(default_factory=list)  # dead letters from the database
+
+
+def dead_letter(raw: bytes | str, reason: str, at: datetime | None = None) -> dict:
+    """The dead-letter record of a message; non-UTF-8 bytes are kept escaped."""
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "backslashreplace")
+    return {"raw": raw, "reason": reason, "at": format_time(at or utcnow())}
 
 
 class Store:
-    """Stores batches of transactions in the database and the Redis lists."""
+    """Stores batches of transactions in the database and in Redis."""
 
-    def __init__(self, engine: Engine, client: redis.Redis, keys: Keys, window_seconds: int):
+    def __init__(
+        self,
+        engine: Engine,
+        client: redis.Redis,
+        keys: Keys,
+        window_seconds: int,
+        group: str | None = None,
+    ) -> None:
         self.engine = engine
         self.client = client
         self.keys = keys
         self.window_seconds = window_seconds
-        self.recent = RecentLists(client, keys)
+        self.group = group  # the stream's consumer group, whose entries are acknowledged
+        self._write_batch = client.register_script(_WRITE_BATCH)
+
+    def store(
+        self, txns: Sequence[Transaction], dead: Sequence[dict] = (), entry_ids: Sequence = ()
+    ) -> Committed:
+        """Commit `txns`, then write Redis: what the subscriber does with each batch."""
+        committed = self.commit(txns)
+        self.write_redis(committed, list(dead) + committed.rejected, entry_ids)
+        return committed
 
     def commit(self, txns: Sequence[Transaction]) -> Committed:
         """Insert the new transactions and add them to their windows, in one DB transaction.
@@ -73,19 +136,24 @@ class Store:
         committed.duplicates += len(txns) - len(unique)
         return committed
 
-    def update_redis(self, new: Sequence[Transaction], dead_letters: Sequence[dict]) -> None:
-        """Merge `new` into the latest-5 lists and append the dead letters, in one pipeline."""
-        with self.client.pipeline(transaction=False) as pipe:
-            self.queue_redis_updates(pipe, new, dead_letters)
-            pipe.execute()
-
-    def queue_redis_updates(
-        self, pipe: redis.client.Pipeline, new: Sequence[Transaction], dead_letters: Sequence[dict]
+    def write_redis(
+        self, committed: Committed, dead: Sequence[dict], entry_ids: Sequence = ()
     ) -> None:
-        """Queue on `pipe` the latest-5 merges of `new` and the dead letters."""
-        self.recent.add(pipe, new)
-        if dead_letters:
-            pipe.rpush(self.keys.dead, *(json.dumps(d) for d in dead_letters))
+        """In one script call: the recent lists, the dead letters, then the acknowledgements."""
+        recent_keys, recent_args = merge_arguments(
+            self.keys, committed.new + committed.stored_before
+        )
+        ids = list(entry_ids) if self.group else []
+        keys = [self.keys.dead, self.keys.stream, *recent_keys]
+        args = [self.group or "", len(ids), len(dead), *ids]
+        args += (json.dumps(d) for d in dead)
+        replaced, dropped = self._write_batch(keys=keys, args=args + recent_args)
+        if replaced or dropped:
+            log.error(
+                "recent lists: replaced %d keys of another type, dropped %d unreadable items",
+                replaced,
+                dropped,
+            )
 
     def _commit_with_retry(self, txns: list[Transaction]) -> Committed:
         for attempt in range(1, _CONFLICT_RETRIES + 1):
@@ -105,7 +173,7 @@ class Store:
                 one = self._commit_with_retry([tx])
             except DataError as exc:
                 reason = f"rejected by the database: {exc.orig}"
-                committed.rejected.append(dead_letter(format_line(tx), reason, utcnow()))
+                committed.rejected.append(dead_letter(format_line(tx), reason))
                 continue
             committed.new += one.new
             committed.stored_before += one.stored_before
@@ -113,110 +181,77 @@ class Store:
         return committed
 
     def _insert_new(self, conn: Connection, txns: list[Transaction]) -> Committed:
+        """The storing steps, the same on every database.
+
+        Usually one INSERT that skips stored txn_ids, kept when it inserted every row
+        without a warning: nothing was stored before, and no value was clipped. Else (a
+        redelivery, a bad value) it is undone, and only the new rows are inserted, by a
+        plain INSERT that raises on a bad value.
+        """
         if not txns:
             return Committed()
-        if conn.dialect.name == "mysql":
-            return self._insert_new_mysql(conn, txns)
-        return self._insert_new_sqlite(conn, txns)
-
-    def _insert_new_sqlite(self, conn: Connection, txns: list[Transaction]) -> Committed:
-        """Look up which txn_ids are stored; insert the others and add them to their windows."""
-        t = transactions
-        rows = conn.execute(
-            select(t.c.txn_id, t.c.user_id, t.c.amount, t.c.ts).where(
-                t.c.txn_id.in_([tx.txn_id for tx in txns])
-            )
-        )
-        stored = {row.txn_id: Transaction(*row) for row in rows}
-        new = [tx for tx in txns if tx.txn_id not in stored]
-        if not new:
-            return Committed([], list(stored.values()), duplicates=len(stored))
-        now = utcnow()
-        conn.execute(
-            transactions.insert(),
-            [
-                {"txn_id": tx.txn_id, "user_id": tx.user_id, "amount": tx.amount, "ts": tx.ts,
-                 "received_at": now}
-                for tx in new
-            ],
-        )  # fmt: skip
-        table = user_window_totals
-        stmt = sqlite_insert(table)
-        incoming = stmt.excluded
-        merged = {
-            "tx_count": table.c.tx_count + incoming.tx_count,
-            "amount_sum": money_add(table.c.amount_sum, incoming.amount_sum),
-            "amount_min": money_least(table.c.amount_min, incoming.amount_min),
-            "amount_max": money_greatest(table.c.amount_max, incoming.amount_max),
-            "updated_at": incoming.updated_at,
-        }
-        stmt = stmt.on_conflict_do_update(index_elements=["user_id", "window_start"], set_=merged)
-        conn.execute(
-            stmt,
-            [
-                {**dataclasses.asdict(total), "updated_at": now}
-                for total in window_totals(new, self.window_seconds)
-            ],
-        )
-        return Committed(new, list(stored.values()), duplicates=len(stored))
-
-    # MySQL, the hot path: rows are written as SQL literals here, about 1.3 us a row where
-    # PyMySQL's generic escaping takes 7.7 (timeit, 500 rows). Every value is a typed,
-    # validated one: ints, Decimals, naive datetimes, and txn_ids that `parse_txn_id`
-    # checks again (A-Z a-z 0-9 . _ : - only: nothing to escape).
-    @staticmethod
-    def _stored_mysql(conn: Connection, txns: list[Transaction]) -> dict[str, Transaction]:
-        ids = ",".join(f"'{parse_txn_id(tx.txn_id)}'" for tx in txns)
-        rows = conn.exec_driver_sql(
-            f"SELECT txn_id, user_id, amount, ts FROM transactions WHERE txn_id IN ({ids})"
-        )
-        return {row[0]: Transaction(*row) for row in rows}
-
-    def _insert_new_mysql(self, conn: Connection, txns: list[Transaction]) -> Committed:
-        """Usually one INSERT IGNORE of the whole batch, kept when it inserted every row
-        without a warning: no txn_id was stored before, and no value was clipped. Else
-        (a redelivery, a bad value) it is undone, and only the new rows are inserted,
-        by a plain INSERT that raises on a bad value.
-        """
+        sql = statements(conn.dialect)
         now = utcnow()
         attempt = conn.begin_nested()  # a savepoint
-        inserted = conn.exec_driver_sql(_MYSQL_INSERT_IGNORE + _row_literals(txns, now)).rowcount
-        if inserted == len(txns) and conn.exec_driver_sql(_MYSQL_WARNINGS).scalar() == 0:
+        inserted = conn.exec_driver_sql(sql.insert_ignore.format(rows=_rows(txns, now))).rowcount
+        if inserted == len(txns) and (
+            sql.warning_count is None or conn.exec_driver_sql(sql.warning_count).scalar() == 0
+        ):
             attempt.commit()
             stored, new = {}, txns
         else:
             attempt.rollback()
-            stored = self._stored_mysql(conn, txns)
+            stored = _stored(conn, txns)
             new = [tx for tx in txns if tx.txn_id not in stored]
             if new:
-                conn.exec_driver_sql(_MYSQL_INSERT + _row_literals(new, now))
+                conn.exec_driver_sql(PLAIN_INSERT.format(rows=_rows(new, now)))
         if new:
-            rows = ",".join(
-                f"({t.user_id:d},'{t.window_start}',{t.tx_count:d},"
-                f"{t.amount_sum:f},{t.amount_min:f},{t.amount_max:f},'{now}')"
-                for t in window_totals(new, self.window_seconds)
-            )
-            conn.exec_driver_sql(_MYSQL_ADD_TO_WINDOWS.format(rows=rows))
+            totals = window_totals(new, self.window_seconds)
+            conn.exec_driver_sql(sql.add_to_windows.format(rows=_window_rows(totals, now)))
         return Committed(new, list(stored.values()), duplicates=len(stored))
 
 
-def _row_literals(txns: list[Transaction], now: datetime) -> str:
-    """The VALUES rows of `txns` for INSERT INTO transactions (see above for why literals)."""
+def _stored(conn: Connection, txns: list[Transaction]) -> dict[str, Transaction]:
+    """The stored transactions among `txns`' txn_ids, as stored."""
+    t = transactions
+    query = select(t.c.txn_id, t.c.user_id, t.c.amount, t.c.ts).where(
+        t.c.txn_id.in_([tx.txn_id for tx in txns])
+    )
+    return {row.txn_id: Transaction(*row) for row in conn.execute(query)}
+
+
+# The hot path writes its values as SQL literals: about 1.3 us a row, where PyMySQL's
+# generic escaping takes 7.7 (timeit, 500 rows). This is the one place that makes them, and
+# it checks each value's form, so nothing needs escaping: txn_ids of A-Z a-z 0-9 . _ : -,
+# whole numbers, finite Decimals and datetimes. Amounts are quoted: SQLite keeps them as
+# text (exact), and MySQL converts a quoted decimal exactly.
+def _rows(txns: list[Transaction], now: datetime) -> str:
+    """The VALUES rows of `txns` for INSERT INTO transactions."""
+    received = sql_time(now)
     return ",".join(
-        f"('{parse_txn_id(t.txn_id)}',{t.user_id:d},{t.amount:f},'{t.ts}','{now}')" for t in txns
+        f"('{_txn_id(t.txn_id)}',{t.user_id:d},'{_money(t.amount)}','{sql_time(t.ts)}',"
+        f"'{received}')"
+        for t in txns
     )
 
 
-_MYSQL_INSERT = "INSERT INTO transactions (txn_id, user_id, amount, ts, received_at) VALUES "
-_MYSQL_INSERT_IGNORE = _MYSQL_INSERT.replace("INSERT", "INSERT IGNORE", 1)
-_MYSQL_WARNINGS = "SELECT @@warning_count"  # of the statement before
-_MYSQL_ADD_TO_WINDOWS = (
-    "INSERT INTO user_window_totals "
-    "(user_id, window_start, tx_count, amount_sum, amount_min, amount_max, updated_at) "
-    "VALUES {rows} ON DUPLICATE KEY UPDATE "
-    "tx_count = tx_count + VALUES(tx_count), "
-    "amount_sum = amount_sum + VALUES(amount_sum), "
-    "amount_min = LEAST(amount_min, VALUES(amount_min)), "
-    "amount_max = GREATEST(amount_max, VALUES(amount_max)), "
-    "updated_at = VALUES(updated_at)"
-)
+def _window_rows(totals, now: datetime) -> str:
+    """The VALUES rows of window totals for INSERT INTO user_window_totals."""
+    updated = sql_time(now)
+    return ",".join(
+        f"({t.user_id:d},'{sql_time(t.window_start)}',{t.tx_count:d},'{_money(t.amount_sum)}',"
+        f"'{_money(t.amount_min)}','{_money(t.amount_max)}','{updated}')"
+        for t in totals
+    )
+
+
+def _txn_id(text: str) -> str:
+    if not TXN_ID.fullmatch(text):
+        raise ValueError(f"not a txn_id: {text[:80]!r}")
+    return text
+
+
+def _money(amount) -> str:
+    if not amount.is_finite():
+        raise ValueError(f"not an amount: {amount!r}")
+    return f"{amount:f}"

@@ -5,7 +5,8 @@ stream keeps every entry until the consumer group acknowledges it, and the subsc
 acknowledges only after its database commit, so a crash or an outage loses nothing.
 
 The emitter sends wire lines with a `Sink`; the subscriber reads `Message`s from a
-`Source` and acknowledges them in the same Redis pipeline that updates its lists.
+`Source`, and the store acknowledges stream entries in the same Redis script that writes
+the batch (txstream.store). `make_sink` and `make_source` choose by TRANSPORT, here only.
 """
 
 from __future__ import annotations
@@ -19,15 +20,28 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import redis
 
+import config
 from txstream.runtime import Backoff
 
 log = logging.getLogger(__name__)
 
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError)
+# Redis cannot serve now, but will: unreachable, out of memory, or a replica mid-failover.
+REDIS_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+)
 LINE_FIELD = b"line"  # a stream entry is {"line": "<wire line>"}
+
+
+def is_redis_outage(exc: BaseException) -> bool:
+    """Whether `exc` means Redis is unavailable for now (retry), not that a command is wrong."""
+    return isinstance(exc, REDIS_ERRORS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,12 +79,64 @@ return #ARGV - 1
 """
 
 
+class Sink(Protocol):
+    """Where the emitter sends its wire lines."""
+
+    def describe(self) -> str:
+        """What the lines go to, for the log."""
+
+    def send(self, lines: Sequence[str]) -> list[int]:
+        """Send `lines` in order, in one round trip; how many readers got each (0: none)."""
+
+
+class Source(Protocol):
+    """Where the subscriber reads messages from."""
+
+    durable: bool  # whether what was read but not stored is delivered again
+    group: str | None  # the consumer group to acknowledge stored entries in, if any
+    claimed: int  # messages taken over from other subscribers
+    disconnects: int  # connections lost while reading in the background
+
+    def start(self) -> None:
+        """Connect (raising while Redis is unreachable)."""
+
+    def describe(self) -> str:
+        """What is read, for the log."""
+
+    def read(self, max_count: int, timeout: float) -> list[Message]:
+        """Up to `max_count` messages, waiting up to `timeout` s for the first."""
+
+    def stop_reading(self) -> list[Message]:
+        """Stop; the messages read ahead that must still be stored."""
+
+
+def make_sink(settings: config.Settings, client: redis.Redis) -> Sink:
+    """The sink TRANSPORT names: the pub/sub channel or the stream."""
+    keys = settings.keys
+    if settings.transport == "stream":
+        return StreamSink(client, keys.stream, settings.stream_maxlen)
+    return PubSubSink(client, keys.channel)
+
+
+def make_source(settings: config.Settings, client: redis.Redis) -> Source:
+    """The source TRANSPORT names: the pub/sub channel or the stream's consumer group."""
+    keys = settings.keys
+    if settings.transport == "stream":
+        return StreamSource(
+            client, keys.stream, settings.group, settings.claim_idle_ms, settings.max_deliveries
+        )
+    return PubSubSource(client, keys.channel, settings.pubsub_buffer)
+
+
 class PubSubSink:
     """Publishes lines to a pub/sub channel."""
 
     def __init__(self, client: redis.Redis, channel: str) -> None:
         self.client = client
         self.channel = channel
+
+    def describe(self) -> str:
+        return f"channel {self.channel!r} (pub/sub)"
 
     def send(self, lines: Sequence[str]) -> list[int]:
         """Publish `lines` in one round trip; how many subscribers received each."""
@@ -86,6 +152,9 @@ class StreamSink:
         self.client = client
         self.stream = stream
         self.maxlen = maxlen
+
+    def describe(self) -> str:
+        return f"stream {self.stream!r}"
 
     def send(self, lines: Sequence[str]) -> list[int]:
         """Append `lines` in one round trip; 1 for each (the stream keeps them all)."""
@@ -108,6 +177,8 @@ class PubSubSource:
         self.client = client
         self.channel = channel
         self.buffer: queue.Queue[Message] = queue.Queue(maxsize=buffer_size)
+        self.durable = False  # what is published while nobody reads is gone
+        self.group = None
         self.disconnects = 0
         self.claimed = 0  # pub/sub has nothing to take over
         self._pubsub: redis.client.PubSub | None = None
@@ -146,9 +217,6 @@ class PubSubSource:
             except queue.Empty:
                 break
         return messages
-
-    def ack(self, pipe: redis.client.Pipeline, messages: Sequence[Message]) -> None:
-        """Nothing to acknowledge in pub/sub."""
 
     def stop_reading(self) -> list[Message]:
         """Stop the reader; the messages it had read (they must still be stored)."""
@@ -223,6 +291,7 @@ class StreamSource:
         self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
+        self.durable = True  # entries stay pending until acknowledged
         self.disconnects = 0  # always 0: the subscriber counts the outages it meets
         self.claimed = 0
         self._claim_cursor = "0-0"
@@ -247,40 +316,43 @@ class StreamSource:
 
     def read(self, max_count: int, timeout: float) -> list[Message]:
         """Entries taken over from dead consumers, or else new ones (blocking up to `timeout`)."""
+        try:
+            return self._read(max_count, timeout)
+        except REDIS_ERRORS:
+            self._own_pending_first = True
+            raise
+        except redis.ResponseError as exc:
+            if "NOGROUP" not in str(exc):
+                raise
+            log.error("stream %r or group %r is gone: creating them", self.stream, self.group)
+            self.start()
+            return []
+
+    def _read(self, max_count: int, timeout: float) -> list[Message]:
         if time.monotonic() >= self._next_claim:
             claimed = self._claim(max_count)
             if claimed:
                 return claimed
-        try:
-            if self._own_pending_first:
-                # After a lost connection, entries handed to us may never have arrived:
-                # read our own pending list first, instead of waiting CLAIM_IDLE_MS.
-                reply = self.client.xreadgroup(
-                    self.group, self.consumer, {self.stream: "0"}, count=max_count
-                )
-                self._own_pending_first = False
-            else:
-                reply = self.client.xreadgroup(
-                    self.group,
-                    self.consumer,
-                    {self.stream: ">"},
-                    count=max_count,
-                    block=max(int(min(timeout, self._max_block) * 1000), 1),
-                )
-        except REDIS_ERRORS:
-            self._own_pending_first = True
-            raise
+        if self._own_pending_first:
+            # After a lost connection, entries handed to us may never have arrived:
+            # read our own pending list first, instead of waiting CLAIM_IDLE_MS.
+            reply = self.client.xreadgroup(
+                self.group, self.consumer, {self.stream: "0"}, count=max_count
+            )
+            self._own_pending_first = False
+        else:
+            reply = self.client.xreadgroup(
+                self.group,
+                self.consumer,
+                {self.stream: ">"},
+                count=max_count,
+                block=max(int(min(timeout, self._max_block) * 1000), 1),
+            )
         return [
             self._message(entry_id, fields)
             for _, entries in reply or []
             for entry_id, fields in entries
         ]
-
-    def ack(self, pipe: redis.client.Pipeline, messages: Sequence[Message]) -> None:
-        """Queue the acknowledgement of `messages` on `pipe`."""
-        ids = [m.entry_id for m in messages]
-        if ids:
-            pipe.xack(self.stream, self.group, *ids)
 
     def stop_reading(self) -> list[Message]:
         """Nothing is read ahead: unread entries stay in the stream."""

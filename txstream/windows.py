@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from decimal import Decimal
 
-from txstream.wire import EPOCH, MONEY_CONTEXT, Transaction
+from txstream.money import MONEY_CONTEXT
+from txstream.times import from_micros, to_micros
+from txstream.transaction import Transaction
 
 
 def window_start(ts: datetime, window_seconds: int) -> datetime:
     """Start of the window of `window_seconds` that holds `ts` (windows start at the epoch)."""
-    delta = ts - EPOCH  # whole seconds only: exact, unlike a float of the epoch
-    whole_seconds = delta.days * 86400 + delta.seconds
-    return EPOCH + timedelta(seconds=whole_seconds // window_seconds * window_seconds)
+    length = window_seconds * 10**6
+    return from_micros(to_micros(ts) // length * length)
 
 
 @dataclass(slots=True)
