@@ -5,11 +5,17 @@ Redis and MariaDB: (a) the seed's naive design, one INSERT+COMMIT per message
 (bench/naive_subscriber.py); (b) txstream over pub/sub; (c) txstream over the stream with
 1 and 2 subscribers, each run checked for exactly once (rows and window totals); and (d)
 the raw ceiling: the same rows INSERTed straight into MariaDB in batches, nothing else.
-Also each subscriber's peak RSS, and for pub/sub how much backlog it absorbs before loss.
-Writes the table (Markdown) to stdout and a chart to docs/ingest.png.
+Also each subscriber's peak RSS and CPU seconds, the Redis server's CPU seconds, and for
+pub/sub how much backlog it absorbs before loss. Writes the table (Markdown) to stdout and
+a chart to docs/ingest.png.
+
+With `--baseline REV`, each mode but (d) also runs the scripts of REV, checked out into a
+temporary git worktree (removed at the end), alternating with the current tree's run by
+run, so the table has a "before (REV)" and an "after" row per mode from the same session.
 
     .venv/bin/python bench/ingest.py                       # 200,000 tx, 10,000 users, 3 runs
     .venv/bin/python bench/ingest.py --count 1000000 --modes c1 --runs 1   # RSS at 1M
+    .venv/bin/python bench/ingest.py --baseline b9c915c    # before (b9c915c) and after
 
 Uses the database `txstream_bench` and Redis db 14 (emptied first); override with
 BENCH_DATABASE_URL / BENCH_REDIS_URL.
@@ -18,13 +24,19 @@ BENCH_DATABASE_URL / BENCH_REDIS_URL.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import os
 import platform
 import random
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,12 +59,16 @@ REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 SEED = 1
 BATCH = config.Settings.batch_size  # rows per transaction of the raw ceiling, as the subscriber
 CHART = ROOT / "docs" / "ingest.png"
+PER = 200_000  # Redis CPU is also shown per this many transactions
+AFTER = "after"  # the current tree's label when there is a baseline
 
 
 @dataclass
 class Run:
     rate: float  # transactions per second, end to end
     peak_rss_mb: float | None = None  # the largest consumer's peak resident memory
+    redis_cpu_s: float | None = None  # the Redis server's CPU, emitter start to last row
+    consumer_cpu_s: float | None = None  # the consumers' own CPU, summed, until the last row
 
 
 def stored(engine) -> tuple[int, int]:
@@ -80,6 +96,22 @@ def peak_rss_mb(script: Script) -> float:
     raise RuntimeError("no VmHWM in /proc/PID/status")
 
 
+def cpu_s(script: Script) -> float:
+    """The CPU seconds (user + system, all threads) the process used, read before it exits."""
+    # After the ")" that ends the command name, fields 14 and 15 of proc(5): utime, stime.
+    fields = Path(f"/proc/{script.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_s(client) -> float:
+    """The CPU seconds (user + system, all threads) the Redis server has used so far.
+
+    Server-wide: whatever else uses this Redis during a run is counted too.
+    """
+    info = client.info("cpu")
+    return info["used_cpu_user"] + info["used_cpu_sys"]
+
+
 def wait_for_rows(engine, count: int, stall: float = 30) -> None:
     """Wait until `count` rows are stored; stop when none came for `stall` s: they are lost.
 
@@ -102,11 +134,18 @@ def wait_for_rows(engine, count: int, stall: float = 30) -> None:
         time.sleep(0.01)
 
 
-def end_to_end(engine, client, count: int, users: int, consumers: list[list[str]], env: dict):
-    """Emit `count` transactions in a burst; the tx/s until the consumers stored them all."""
+def end_to_end(
+    engine, client, count: int, users: int, consumers: list[list[str]], env: dict, tree: Path
+) -> Run:
+    """Emit `count` transactions in a burst; the tx/s until the consumers stored them all.
+
+    The emitter and the consumers are the scripts of `tree` (a checkout of the
+    repository), run there with its own code on the path.
+    """
     empty_tables(engine)
     client.flushdb()
     env = {
+        "PYTHONPATH": str(tree),
         "REDIS_URL": REDIS_URL,
         "DATABASE_URL": DATABASE_URL,
         "CHANNEL": "bench",
@@ -115,31 +154,35 @@ def end_to_end(engine, client, count: int, users: int, consumers: list[list[str]
         "LOG_LEVEL": "INFO",
         **env,
     }
-    procs = [Script(*args, env=env) for args in consumers]
+    procs = [Script(*args, env=env, cwd=tree) for args in consumers]
     try:
         for proc in procs:
             proc.wait_for_line(r"reading", timeout=60)
+        redis_before = redis_cpu_s(client)
         started = time.monotonic()
         emitter = Script(
             "emitter_and_pub.py",
             *("--rate", "0", "--quiet", "--count", str(count)),
             *("--users", str(users), "--seed", str(SEED)),
             env={**env, "LOG_LEVEL": "WARNING"},
+            cwd=tree,
         )
         assert emitter.wait(600) == 0, emitter.output
         wait_for_rows(engine, count)
         elapsed = time.monotonic() - started
+        redis_used = redis_cpu_s(client) - redis_before
         rss = max(peak_rss_mb(proc) for proc in procs)
+        consumers_used = sum(cpu_s(proc) for proc in procs)
     finally:
         for proc in procs:
             proc.stop()
-    return Run(count / elapsed, rss)
+    return Run(count / elapsed, rss, redis_used, consumers_used)
 
 
 def txstream(transport: str, subscribers: int):
     """A measured run of txstream's own subscriber(s); checks exactly once."""
 
-    def run(engine, client, count: int, users: int) -> Run:
+    def run(engine, client, count: int, users: int, tree: Path) -> Run:
         result = end_to_end(
             engine,
             client,
@@ -147,6 +190,7 @@ def txstream(transport: str, subscribers: int):
             users,
             [["sub_and_store.py"]] * subscribers,
             {"TRANSPORT": transport},
+            tree,
         )
         rows, counted = stored(engine)
         if rows != count or counted != count:
@@ -156,18 +200,21 @@ def txstream(transport: str, subscribers: int):
     return run
 
 
-def naive(engine, client, count: int, users: int) -> Run:
+def naive(engine, client, count: int, users: int, tree: Path) -> Run:
     """The seed's design: one INSERT and one COMMIT per message (bench/naive_subscriber.py)."""
     args = ["bench/naive_subscriber.py", "--redis-url", REDIS_URL, "--database-url", DATABASE_URL]
     args += ["--stream", "bench", "--count", str(count)]
-    result = end_to_end(engine, client, count, users, [args], {"TRANSPORT": "stream"})
+    result = end_to_end(engine, client, count, users, [args], {"TRANSPORT": "stream"}, tree)
     if stored(engine)[0] != count:
         raise SystemExit(f"naive baseline stored {stored(engine)[0]} of {count}")
     return result
 
 
-def raw_ceiling(engine, client, count: int, users: int) -> Run:
-    """The same rows, INSERTed straight into MariaDB in batches: no Redis, no other work."""
+def raw_ceiling(engine, client, count: int, users: int, tree: Path) -> Run:
+    """The same rows, INSERTed straight into MariaDB in batches: no Redis, no other work.
+
+    Runs no script, so `tree` is unused and there is no "before" to measure.
+    """
     source = FakeTransactions(users, random.Random(SEED))
     now = utcnow()
     rows = [
@@ -240,6 +287,116 @@ def chart(results: dict[str, list[Run]], title: str) -> None:
     fig.savefig(CHART, dpi=110)
 
 
+def git(*args: str) -> str:
+    """Run git in this repository; its output, or exit with git's own message."""
+    done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"git {' '.join(args)}: {done.stderr.strip()}")
+    return done.stdout.strip()
+
+
+@contextlib.contextmanager
+def checkouts(baseline: str | None) -> Iterator[dict[str, Path]]:
+    """The trees whose scripts to run, by label: this one, and `baseline`'s if given.
+
+    Without a baseline: {"": this tree}. With one: {"before (REV)": REV checked out,
+    detached, in a temporary git worktree; "after": this tree}. The worktree is removed
+    on the way out, also after Ctrl-C or a failed run.
+    """
+    if not baseline:
+        yield {"": ROOT}
+        return
+    rev = git("rev-parse", "--short", "--verify", f"{baseline}^{{commit}}")
+    tmp = Path(tempfile.mkdtemp(prefix=f"txstream-{rev}-"))
+    tree = tmp / "tree"
+    try:
+        git("worktree", "add", "--detach", "--quiet", str(tree), rev)
+        yield {f"before ({rev})": tree, AFTER: ROOT}
+    finally:
+        if tree.exists():
+            git("worktree", "remove", "--force", str(tree))
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def row_name(key: str, label: str) -> str:
+    """A mode's name in the table and the chart, with its tree's label if there is one."""
+    name = MODES[key][0]
+    return f"{name}, {label}" if label else name
+
+
+def progress(run: Run) -> str:
+    """One run's figures, for the progress lines."""
+    text = f"{run.rate:,.0f} tx/s"
+    if run.redis_cpu_s is not None:
+        text += f", Redis CPU {run.redis_cpu_s:.2f} s, subscriber CPU {run.consumer_cpu_s:.2f} s"
+    return text
+
+
+def measure(engine, client, args, trees: dict[str, Path]) -> dict[tuple[str, str], list[Run]]:
+    """Every run of every mode, by (mode, tree label); the trees take turns, run by run.
+
+    Taking turns (before 1, after 1, before 2, ...) lets the machine's noise hit both
+    alike. (d) runs no script, so it runs once a round, labelled "".
+    """
+    results: dict[tuple[str, str], list[Run]] = {}
+    for key in args.modes.split(","):
+        run = MODES[key][1]
+        plan = {"": ROOT} if key == "d" else trees
+        for i in range(args.runs):
+            for label, tree in plan.items():
+                result = run(engine, client, args.count, args.users, tree)
+                results.setdefault((key, label), []).append(result)
+                print(f"#   {row_name(key, label)}, run {i + 1}: {progress(result)}", flush=True)
+    return results
+
+
+def median_of(runs: list[Run] | None, field: str) -> float | None:
+    """The median of one figure over the runs that have it; None if none has."""
+    values = [getattr(run, field) for run in runs or [] if getattr(run, field) is not None]
+    return statistics.median(values) if values else None
+
+
+def table(results: dict[tuple[str, str], list[Run]], count: int, before: str | None) -> str:
+    """The Markdown table: a row per mode and tree, with the medians of its runs.
+
+    `before` is the baseline's label, if any: each "after" row then shows its ratio to
+    the "before" row of its mode, and every row's "x naive" is to the naive mode of its
+    own tree (the ceiling's, to the current tree's).
+    """
+
+    def rate(key: str, label: str) -> float | None:
+        return median_of(results.get((key, label)), "rate")
+
+    head = ["mode", "tx/s (median)", "x naive", "% of ceiling", "peak RSS"]
+    head += ["Redis CPU s", f"Redis CPU s per {PER:,}", "subscriber CPU s", "runs"]
+    if before:
+        head.insert(2, "after / before")
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 2) + "|---|"]
+    ceiling = rate("d", "")
+    for (key, label), runs in results.items():
+        median = rate(key, label)
+        naive_rate = rate("a", label or (AFTER if before else ""))
+        redis_cpu = median_of(runs, "redis_cpu_s")
+        consumer_cpu = median_of(runs, "consumer_cpu_s")
+        rss = [r.peak_rss_mb for r in runs if r.peak_rss_mb is not None]
+        cells = [
+            row_name(key, label),
+            f"{median:,.0f}",
+            f"{median / naive_rate:.1f}" if naive_rate else "-",
+            f"{100 * median / ceiling:.0f}%" if ceiling else "-",
+            f"{max(rss):.0f} MB" if rss else "-",
+            f"{redis_cpu:.2f}" if redis_cpu is not None else "-",
+            f"{redis_cpu * PER / count:.2f}" if redis_cpu is not None else "-",
+            f"{consumer_cpu:.2f}" if consumer_cpu is not None else "-",
+            ", ".join(f"{r.rate:,.0f}" for r in runs),
+        ]
+        if before:
+            earlier = rate(key, before) if label == AFTER else None
+            cells.insert(2, f"x{median / earlier:.2f}" if earlier else "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200_000)
@@ -248,9 +405,15 @@ def main() -> None:
     parser.add_argument(
         "--modes", default="a,b,c1,c2,d", help="comma-separated, of a b c1 c2 d (default: all)"
     )
+    parser.add_argument(
+        "--baseline",
+        metavar="REV",
+        help="also run the scripts of this git revision, taking turns with this tree's",
+    )
     parser.add_argument("--no-chart", action="store_true", help=f"do not write {CHART}")
     args = parser.parse_args()
-    modes = args.modes.split(",")
+    # A plain `kill` cleans up as Ctrl-C does: scripts stopped, worktree removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     engine = models.make_engine(DATABASE_URL)
     models.create_schema(engine)
     client = redis.Redis.from_url(REDIS_URL)
@@ -263,39 +426,23 @@ def main() -> None:
         f"{os.cpu_count()} cores ({cpu})"
     )
     print(f"# {title}; Python {platform.python_version()}, median of {args.runs} runs")
-    results: dict[str, list[Run]] = {}
-    for key in modes:
-        name, run = MODES[key]
-        results[name] = []
-        for i in range(args.runs):
-            results[name].append(run(engine, client, args.count, args.users))
-            print(f"#   {name}, run {i + 1}: {results[name][-1].rate:,.0f} tx/s", flush=True)
-
-    def median_of(key: str) -> float | None:
-        name = MODES[key][0]
-        return statistics.median(r.rate for r in results[name]) if name in results else None
-
-    naive_rate, ceiling = median_of("a"), median_of("d")
-    print("\n| mode | tx/s (median) | x naive | % of ceiling | peak RSS | runs |")
-    print("|---|---:|---:|---:|---:|---|")
-    for name, runs in results.items():
-        median = statistics.median(r.rate for r in runs)
-        ratio = f"{median / naive_rate:.1f}" if naive_rate else "-"
-        share = f"{100 * median / ceiling:.0f}%" if ceiling else "-"
-        rss = [r.peak_rss_mb for r in runs if r.peak_rss_mb is not None]
-        rss_text = f"{max(rss):.0f} MB" if rss else "-"
-        rates = ", ".join(f"{r.rate:,.0f}" for r in runs)
-        print(f"| {name} | {median:,.0f} | {ratio} | {share} | {rss_text} | {rates} |")
-    if "b" in modes:
+    with checkouts(args.baseline) as trees:
+        before = next(iter(trees)) if args.baseline else None  # the baseline comes first
+        results = measure(engine, client, args, trees)
+    print()
+    print(table(results, args.count, before))
+    current = AFTER if before else ""
+    if ("b", current) in results:
         messages, hard = pubsub_backlog(client, args.users)
         print(
-            f"\npub/sub: the subscriber keeps up with {median_of('b'):,.0f} tx/s sustained. "
+            f"\npub/sub: the subscriber keeps up with "
+            f"{median_of(results[('b', current)], 'rate'):,.0f} tx/s sustained. "
             f"Faster, its backlog grows; loss begins when the backlog passes about "
             f"{messages:,} messages (PUBSUB_BUFFER plus Redis's {hard // 2**20} MB "
             f"output-buffer limit for it)."
         )
     if not args.no_chart:
-        chart(results, title)
+        chart({row_name(*key): runs for key, runs in results.items()}, title)
         print(f"\nchart: {CHART.relative_to(ROOT)}")
     engine.dispose()
 

@@ -30,11 +30,11 @@ def wait_until(condition: Callable[[], object], timeout: float, what: str) -> ob
 class Script:
     """`python ARGS...` in the repository, its output collected line by line."""
 
-    def __init__(self, *args: str, env: dict[str, str]) -> None:
+    def __init__(self, *args: str, env: dict[str, str], cwd: Path = ROOT) -> None:
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [sys.executable, *args],
-            cwd=ROOT,
+            cwd=cwd,
             env={**os.environ, **env},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
