@@ -1,7 +1,7 @@
 """API latency and throughput on a bulk-seeded MariaDB and Redis, served by gunicorn, under wrk.
 
 Seeds `--rows` transactions of `--users` users (uniformly) over the last `--days` days, with
-their window totals and latest-5 sets, unless that seed is there already and less than a day
+their window totals and recent lists, unless that seed is there already and less than a day
 old (`--reseed` forces it). Then starts the web app as `make serve` does, runs wrk on each
 endpoint at each concurrency, and prints a Markdown table for docs/BENCHMARKS.md.
 
@@ -45,9 +45,11 @@ import config  # noqa: E402
 import models  # noqa: E402
 from tests.processes import ROOT, Script, wait_until  # noqa: E402
 from txstream.keys import Keys  # noqa: E402
-from txstream.recent import RECENT_SIZE, RecentLists  # noqa: E402
+from txstream.recent import RECENT_SIZE  # noqa: E402
+from txstream.store import Committed, Store  # noqa: E402
+from txstream.times import EPOCH, utcnow  # noqa: E402
+from txstream.transaction import Transaction  # noqa: E402
 from txstream.windows import window_totals  # noqa: E402
-from txstream.wire import EPOCH, Transaction, utcnow  # noqa: E402
 
 DEFAULT_URL = "mysql+pymysql://root@127.0.0.1:3306/txstream_bench_api"
 DATABASE_URL = os.environ.get("BENCH_API_DATABASE_URL") or DEFAULT_URL
@@ -62,7 +64,7 @@ ENDPOINTS = {
 ROW = "| `{}` | {} | {:,.0f} | {:.2f} | {:.2f} | {} |"  # of the Markdown table
 SERVE = ("-m", "gunicorn", "--config", "gunicorn.conf.py", "app:app")  # as `make serve`
 LOAD_ROWS = 1_000_000  # rows per generated file and LOAD DATA: two files on disk at most
-FILL_ROWS = 50_000  # about this many rows per windows/latest-5 statement: sorts fit in memory
+FILL_ROWS = 50_000  # about this many rows per windows/recent-lists statement: sorts fit in memory
 # Which seed the database holds; written last, so a seed that stopped half-way has none.
 SEEDS = Table("bench_api_seed", MetaData(), Column("seed", String(200)), Column("at", DateTime))
 EPOCH_SQL = "TIMESTAMP'1970-01-01 00:00:00'"
@@ -87,7 +89,7 @@ NEWEST_SQL = text("""
 
 
 def seed(engine, client: redis.Redis, args) -> None:
-    """Make the database and the latest-5 sets anew; print how fast."""
+    """Make the database and the recent lists anew; print how fast."""
     server = create_engine(engine.url.set(database=""))
     with server.begin() as conn:
         if not conn.execute(text("SELECT @@local_infile")).scalar():
@@ -105,7 +107,7 @@ def seed(engine, client: redis.Redis, args) -> None:
         "load": lambda: load(engine, args),
         "indexes": lambda: ddl(engine, map(CreateIndex, secondary)),
         "windows": lambda: fill_windows(engine, args),
-        "latest-5": lambda: fill_recent(engine, client, args),
+        "recent lists": lambda: fill_recent(engine, client, args),
     }
     spent = {}
     for name, phase in phases.items():
@@ -172,15 +174,13 @@ def fill_windows(engine, args) -> None:
 
 
 def fill_recent(engine, client: redis.Redis, args) -> None:
-    """Replace each user's latest-5 set by their newest rows, merged by txstream's script."""
-    recent = RecentLists(client, KEYS)
+    """Replace each user's recent list by their newest rows, written by txstream's store."""
+    store = Store(engine, client, KEYS, args.window_seconds)
     with engine.connect() as conn:
         for lo, hi in user_ranges(args):
             newest = conn.execute(NEWEST_SQL, {"lo": lo, "hi": hi, "keep": RECENT_SIZE})
-            with client.pipeline(transaction=False) as pipe:
-                pipe.delete(*(KEYS.recent(user) for user in range(lo, hi + 1)))
-                recent.add(pipe, [Transaction(*row) for row in newest])
-                pipe.execute()
+            client.delete(*(KEYS.recent(user) for user in range(lo, hi + 1)))
+            store.write_redis(Committed(new=[Transaction(*row) for row in newest]), [])
 
 
 def check(engine, args) -> None:
@@ -210,7 +210,7 @@ def describe(args) -> str:
 
 
 def seeded(engine, client: redis.Redis, args) -> bool:
-    """Whether that seed is there, less than a day old. Refills the latest-5 sets if lost."""
+    """Whether that seed is there, less than a day old. Refills the recent lists if lost."""
     try:
         with engine.connect() as conn:
             found = conn.execute(select(SEEDS)).first()
@@ -222,7 +222,7 @@ def seeded(engine, client: redis.Redis, args) -> bool:
         return False
     print(f"using the seed of {found.at:%Y-%m-%d %H:%M} UTC (--reseed makes a new one)")
     if not client.exists(KEYS.recent(newest)):
-        print("the latest-5 sets are gone (Redis restarted?): filling them again")
+        print("the recent lists are gone (Redis restarted?): filling them again")
         fill_recent(engine, client, args)
     return True
 

@@ -50,7 +50,8 @@ import config  # noqa: E402
 import models  # noqa: E402
 from emitter_and_pub import FakeTransactions  # noqa: E402
 from tests.processes import Script  # noqa: E402
-from txstream.wire import format_line, utcnow  # noqa: E402
+from txstream.times import utcnow  # noqa: E402
+from txstream.wire import format_line  # noqa: E402
 
 DATABASE_URL = os.environ.get(
     "BENCH_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/txstream_bench"

@@ -17,7 +17,8 @@ from sqlalchemy import make_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from txstream.wire import parse, utcnow  # noqa: E402
+from txstream.times import utcnow  # noqa: E402
+from txstream.wire import parse  # noqa: E402
 
 
 def main() -> None:

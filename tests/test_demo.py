@@ -34,7 +34,7 @@ def test_demo_runs_emitter_subscriber_and_web_app_without_servers(tmp_path):
         newest = latest[0]
         recent_url = f"{base}/api/users/{newest['user_id']}/recent"
         wait_until(  # Redis is written right after the database commit
-            lambda: newest in get_json(recent_url)["items"], 10, "the latest-5 list in Redis"
+            lambda: newest in get_json(recent_url)["items"], 10, "the recent list in Redis"
         )
         assert get_json(f"{base}/healthz") == {"redis": "ok", "database": "ok"}
         assert demo.stop(signal.SIGINT, timeout=30) == 0, demo.output

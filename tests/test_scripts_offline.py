@@ -38,3 +38,17 @@ def test_emitter_keeps_what_it_could_not_send_and_says_so(closed_port):
         assert int(summary.group(1)) >= int(kept.group(1))
     finally:
         emitter.kill()
+
+
+def test_subscriber_refuses_a_database_it_does_not_run_on(closed_port):
+    subscriber = Script(
+        "sub_and_store.py",
+        env={
+            "REDIS_URL": f"redis://127.0.0.1:{closed_port}/0",
+            "DATABASE_URL": "postgresql://root@127.0.0.1/txstream",
+        },
+    )
+    assert subscriber.wait(30) == 2
+    assert "DATABASE_URL: txstream runs on MySQL, MariaDB or SQLite, not 'postgresql'" in (
+        subscriber.output
+    )
