@@ -16,32 +16,13 @@ import redis
 from sqlalchemy import inspect
 
 import models
+from tests.helpers import BIGGEST, line, seed
 from txstream import queries
-from txstream.keys import Keys
-from txstream.store import Store
-from txstream.wire import Transaction, format_epoch, format_time, parse, to_json
+from txstream.wire import Transaction, format_time, to_json
 
-BIGGEST = "999999999999999999.99"
 _AMOUNT = re.compile(r"-?[0-9]+\.[0-9]{2}")
 _ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 _MICRO = timedelta(microseconds=1)
-
-
-def line(user_id: int, amount: str, at: datetime, txn_id: str) -> str:
-    """A wire line."""
-    return f"{user_id},{amount},{format_epoch(at)},{txn_id}"
-
-
-def seed(app, *lines: str) -> list[Transaction]:
-    """Store wire lines as the subscriber does: rows and window totals, then Redis."""
-    txns = [parse(text) for text in lines]
-    config = app.config
-    window_seconds = int(config["WINDOW_HOURS"] * 3600)
-    store = Store(config["ENGINE"], config["REDIS"], Keys(config["KEY_PREFIX"]), window_seconds)
-    committed = store.commit(txns)
-    store.update_redis(committed.new, [])
-    assert len(committed.new) == len(txns)
-    return txns
 
 
 def newest_first(txns: list[Transaction]) -> list[str]:

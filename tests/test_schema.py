@@ -11,7 +11,7 @@ from sqlalchemy.exc import OperationalError
 
 import config
 import models
-from tests.conftest import TEST_DATABASE_URL, service_unavailable
+from tests.helpers import TEST_DATABASE_URL, service_unavailable
 
 pytestmark = pytest.mark.services
 

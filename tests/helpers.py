@@ -1,0 +1,48 @@
+"""What the test modules share: where the test servers are, and storing lines for the app.
+
+What the benchmarks use too is in txstream.testing and txstream.processes.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+
+import pytest
+
+from txstream.keys import Keys
+from txstream.store import Store
+from txstream.wire import Transaction, format_epoch, parse
+
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+TEST_DATABASE_URL = os.environ.get(
+    "TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/txstream_test"
+)
+
+BIGGEST = "999999999999999999.99"  # the largest amount a transaction can have
+
+
+def service_unavailable(what: str, error: Exception) -> None:
+    """Skip the test, or fail it when the services are required (CI)."""
+    message = f"{what} is not answering: {error}"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + " (REQUIRE_SERVICES=1)")
+    pytest.skip(message)
+
+
+def line(user_id: int, amount: str, at: datetime, txn_id: str) -> str:
+    """A wire line."""
+    return f"{user_id},{amount},{format_epoch(at)},{txn_id}"
+
+
+def seed(app, *lines: str) -> list[Transaction]:
+    """Store wire lines as the subscriber does: rows and window totals, then Redis."""
+    txns = [parse(text) for text in lines]
+    config = app.config
+    window_seconds = int(config["WINDOW_HOURS"] * 3600)
+    store = Store(config["ENGINE"], config["REDIS"], Keys(config["KEY_PREFIX"]), window_seconds)
+    committed = store.commit(txns)
+    store.update_redis(committed.new, [])
+    assert len(committed.new) == len(txns)
+    return txns
