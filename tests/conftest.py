@@ -2,8 +2,9 @@
 
 Tests that need the real servers take `redis_client` / `mysql_engine` and are marked
 `services`. They skip when a server does not answer, except with REQUIRE_SERVICES=1
-(CI), where they fail. They use their own database (`txstream_test`), Redis db 15 and
-a fresh key prefix and channel per test, so they never touch real data.
+(CI), where they fail. They use a database of this pytest run's own (`txstream_test_`
+and a random suffix, dropped at the end), Redis db 15 and a fresh key prefix and channel
+per test, so they never touch real data, nor another run's.
 """
 
 from __future__ import annotations
@@ -90,20 +91,24 @@ def redis_client(key_prefix):
 
 @pytest.fixture(scope="session")
 def _mysql_database():
-    """The test database, created afresh once per test session."""
+    """This run's test database, created once per session and dropped at its end."""
     url = make_url(TEST_DATABASE_URL)
+    server = models.make_engine(url.set(database="").render_as_string(hide_password=False))
     engine = models.make_engine(TEST_DATABASE_URL)
+    drop = text(f"DROP DATABASE IF EXISTS `{url.database}`")
     try:
-        server = models.make_engine(url.set(database="").render_as_string(hide_password=False))
-        with server.begin() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS `{url.database}`"))
-        server.dispose()
         models.create_schema(engine)
     except OperationalError as exc:
         engine.dispose()
+        server.dispose()
         service_unavailable(f"MariaDB at {config.mask_url(TEST_DATABASE_URL)}", exc)
-    yield engine
-    engine.dispose()
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with server.begin() as conn:
+            conn.execute(drop)
+        server.dispose()
 
 
 @pytest.fixture

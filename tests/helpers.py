@@ -6,9 +6,11 @@ What the benchmarks use too is in txstream.testing and txstream.processes.
 from __future__ import annotations
 
 import os
+import secrets
 from datetime import datetime
 
 import pytest
+from sqlalchemy import make_url
 
 from txstream.keys import Keys
 from txstream.store import Store
@@ -16,9 +18,14 @@ from txstream.wire import Transaction, format_epoch, parse
 
 REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
 TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-TEST_DATABASE_URL = os.environ.get(
-    "TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/txstream_test"
+_DATABASE_URL = make_url(
+    os.environ.get("TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/txstream_test")
 )
+# This pytest run's own database: TEST_DATABASE_URL's name with a random suffix, so that
+# two runs at once never share one. Created and dropped by conftest's `_mysql_database`.
+TEST_DATABASE_URL = _DATABASE_URL.set(
+    database=f"{_DATABASE_URL.database}_{secrets.token_hex(4)}"
+).render_as_string(hide_password=False)
 
 BIGGEST = "999999999999999999.99"  # the largest amount a transaction can have
 

@@ -244,13 +244,17 @@ def test_a_lost_pubsub_connection_is_logged_counted_and_recovered(
 @pytest.fixture
 def read_only_database_url(mysql_engine):
     """A URL of the test database for a user that may read but not write."""
+    users = ("'txstream_ro'@'127.0.0.1'", "'txstream_ro'@'localhost'")
+    privileges = f"SELECT, CREATE ON {mysql_engine.url.database}.*"
     with mysql_engine.begin() as conn:
-        for host in ("127.0.0.1", "localhost"):
-            conn.exec_driver_sql(f"CREATE USER IF NOT EXISTS 'txstream_ro'@'{host}'")
-            conn.exec_driver_sql(
-                f"GRANT SELECT, CREATE ON {mysql_engine.url.database}.* TO 'txstream_ro'@'{host}'"
-            )
-    return mysql_engine.url.set(username="txstream_ro", password=None).render_as_string(False)
+        for user in users:
+            conn.exec_driver_sql(f"CREATE USER IF NOT EXISTS {user}")
+            conn.exec_driver_sql(f"GRANT {privileges} TO {user}")
+    yield mysql_engine.url.set(username="txstream_ro", password=None).render_as_string(False)
+    # Each run's database has its own name: its grants would pile up in mysql.db.
+    with mysql_engine.begin() as conn:
+        for user in users:
+            conn.exec_driver_sql(f"REVOKE {privileges} FROM {user}")
 
 
 @pytest.mark.parametrize("transport", ["pubsub"], indirect=True)
