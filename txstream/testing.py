@@ -174,6 +174,10 @@ class PrivateRedis(PrivateServer):
 class PrivateMariaDB(PrivateServer):
     """mariadbd on a datadir of its own; `root` logs in over TCP without a password.
 
+    Each has a tmpdir of its own too: mariadbd deletes every `#sql*` file in its tmpdir as
+    it starts, which in a shared /tmp would be the temporary tables of the other servers
+    (another test run's, or the shared server's) while they use them.
+
     `template`: an initialised datadir to copy instead of running mariadb-install-db
     (copying takes milliseconds, installing most of a second).
     """
@@ -187,6 +191,8 @@ class PrivateMariaDB(PrivateServer):
         self.binary = require_binary(MARIADBD)
         super().__init__(directory)
         self.datadir = self.dir / "data"
+        self.tmpdir = self.dir / "tmp"
+        self.tmpdir.mkdir(exist_ok=True)
         self.socket = self.dir / "mysqld.sock"
         if len(str(self.socket)) > UNIX_SOCKET_MAX:
             self.socket = Path(tempfile.gettempdir()) / f"txstream-mariadb-{self.port}.sock"
@@ -201,21 +207,23 @@ class PrivateMariaDB(PrivateServer):
     def install(cls, datadir: Path) -> None:
         """Initialise `datadir` (offline): system tables, root without a password, no test db."""
         binary = require_binary(MARIADB_INSTALL_DB)
-        result = subprocess.run(
-            [
-                binary,
-                "--no-defaults",
-                f"--datadir={datadir}",
-                "--auth-root-authentication-method=normal",
-                "--skip-test-db",
-                "--skip-name-resolve",
-                "--user=root",
-                *cls.INNODB,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        with tempfile.TemporaryDirectory(prefix="txstream-mariadb-install-") as tmpdir:
+            result = subprocess.run(
+                [
+                    binary,
+                    "--no-defaults",
+                    f"--datadir={datadir}",
+                    f"--tmpdir={tmpdir}",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                    "--skip-name-resolve",
+                    "--user=root",
+                    *cls.INNODB,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
         if result.returncode != 0:
             raise AssertionError(
                 f"mariadb-install-db failed ({result.returncode}):\n{result.stdout}{result.stderr}"
@@ -227,6 +235,7 @@ class PrivateMariaDB(PrivateServer):
             self.binary,
             "--no-defaults",
             f"--datadir={self.datadir}",
+            f"--tmpdir={self.tmpdir}",
             f"--port={self.port}",
             "--bind-address=127.0.0.1",
             f"--socket={self.socket}",
