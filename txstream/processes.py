@@ -62,7 +62,7 @@ class Script:
         echo_as: str | None = None,
         new_session: bool = False,
     ) -> None:
-        self.name = echo_as or args[0]
+        self.name = echo_as or " ".join(args)  # for messages
         self.echo_as = echo_as
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
