@@ -21,7 +21,6 @@ import random
 import runpy
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -43,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import config  # noqa: E402
 import models  # noqa: E402
-from tests.processes import ROOT, Script, wait_until  # noqa: E402
 from txstream.keys import Keys  # noqa: E402
+from txstream.processes import ROOT, Script, free_port, wait_until  # noqa: E402
 from txstream.recent import RECENT_SIZE  # noqa: E402
 from txstream.store import Committed, Store  # noqa: E402
 from txstream.times import EPOCH, utcnow  # noqa: E402
@@ -229,9 +228,7 @@ def seeded(engine, client: redis.Redis, args) -> bool:
 
 def serve(args) -> tuple[Script, str]:
     """The web app as `make serve` runs it, on a free port, on the benchmark's data."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        bind = f"127.0.0.1:{sock.getsockname()[1]}"
+    bind = f"127.0.0.1:{free_port()}"
     env = {"DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL, "KEY_PREFIX": KEYS.prefix}
     env |= {"WEB_BIND": bind, "WEB_WORKERS": str(args.workers), "WEB_THREADS": str(args.threads)}
     server = Script(*SERVE, env={**env, "LOG_LEVEL": "WARNING"})

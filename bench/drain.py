@@ -22,7 +22,7 @@ from sqlalchemy import text
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import models  # noqa: E402
-from tests.processes import Script  # noqa: E402
+from txstream.processes import Script  # noqa: E402
 
 ENV = {
     "REDIS_URL": "redis://127.0.0.1:6379/13",

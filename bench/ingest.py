@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 import config  # noqa: E402
 import models  # noqa: E402
 from emitter_and_pub import FakeTransactions  # noqa: E402
-from tests.processes import Script  # noqa: E402
+from txstream.processes import Script  # noqa: E402
 from txstream.times import utcnow  # noqa: E402
 from txstream.wire import format_line  # noqa: E402
 

@@ -33,26 +33,29 @@ from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import func, select
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import models  # noqa: E402
-from tests.private_servers import PrivateMariaDB, PrivateRedis  # noqa: E402
-from tests.processes import Script, wait_until  # noqa: E402
-from tests.test_faults import (  # noqa: E402
+from txstream.keys import Keys  # noqa: E402
+from txstream.processes import Script, wait_until  # noqa: E402
+from txstream.testing import (  # noqa: E402
     CATCH_UP,
+    PrivateMariaDB,
+    PrivateRedis,
     assert_stored_exactly,
     count_rows,
     emitted,
+    emitter_args,
+    empty_tables,
     last_progress,
     pending,
     stream_env,
     wait_for_log,
     wait_until_stored,
 )
-from txstream.keys import Keys  # noqa: E402
 
 DATABASE_URL = os.environ.get(
     "BENCH_RECOVERY_DATABASE_URL",
@@ -131,12 +134,7 @@ def subscribe(stack: contextlib.ExitStack, env: dict) -> tuple[Script, bytes]:
 
 def emit(stack: contextlib.ExitStack, count: int, env: dict) -> Script:
     """Start the emitter, ended with `stack`: `emitted(count, USERS, SEED)`, at RATE per second."""
-    script = Script(
-        "emitter_and_pub.py",
-        *("--count", str(count), "--users", str(USERS), "--seed", str(SEED)),
-        *("--rate", str(RATE), "--quiet"),
-        env=env,
-    )
+    script = Script(*emitter_args(count, USERS, SEED, RATE), env=env)
     stack.callback(script.kill)
     return script
 
@@ -174,13 +172,6 @@ def window_count(engine) -> int:
     tx_count = models.user_window_totals.c.tx_count
     with engine.connect() as conn:
         return int(conn.scalar(select(func.coalesce(func.sum(tx_count), 0))))
-
-
-def empty_tables(engine) -> None:
-    """Delete every stored transaction and window total."""
-    with engine.begin() as conn:
-        conn.execute(delete(models.transactions))
-        conn.execute(delete(models.user_window_totals))
 
 
 def finish(

@@ -2,25 +2,26 @@
 
 Tests that need the real servers take `redis_client` / `mysql_engine` and are marked
 `services`. They skip when a server does not answer, except with REQUIRE_SERVICES=1
-(CI), where they fail. They use their own database (`txstream_test`), Redis db 15 and
-a fresh key prefix and channel per test, so they never touch real data.
+(CI), where they fail. They use a database of this pytest run's own (`txstream_test_`
+and a random suffix, dropped at the end), Redis db 15 and a fresh key prefix and channel
+per test, so they never touch real data, nor another run's.
 """
 
 from __future__ import annotations
 
-import socket
 import uuid
 
 import fakeredis
 import pytest
 import redis
-from sqlalchemy import delete, make_url, text
+from sqlalchemy import make_url, text
 from sqlalchemy.exc import OperationalError
 
 import config
 import models
-from tests.processes import Script
-from tests.servers import TEST_DATABASE_URL, TEST_REDIS_URL, service_unavailable
+from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL, service_unavailable
+from txstream.processes import Script, free_port
+from txstream.testing import PrivateMariaDB, PrivateRedis, ServerMissing, empty_tables
 
 
 @pytest.fixture
@@ -49,9 +50,7 @@ def fake_redis():
 @pytest.fixture
 def closed_port():
     """A local TCP port that nothing listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_port()
 
 
 @pytest.fixture
@@ -92,28 +91,30 @@ def redis_client(key_prefix):
 
 @pytest.fixture(scope="session")
 def _mysql_database():
-    """The test database, created afresh once per test session."""
+    """This run's test database, created once per session and dropped at its end."""
     url = make_url(TEST_DATABASE_URL)
+    server = models.make_engine(url.set(database="").render_as_string(hide_password=False))
     engine = models.make_engine(TEST_DATABASE_URL)
+    drop = text(f"DROP DATABASE IF EXISTS `{url.database}`")
     try:
-        server = models.make_engine(url.set(database="").render_as_string(hide_password=False))
-        with server.begin() as conn:
-            conn.execute(text(f"DROP DATABASE IF EXISTS `{url.database}`"))
-        server.dispose()
         models.create_schema(engine)
     except OperationalError as exc:
         engine.dispose()
+        server.dispose()
         service_unavailable(f"MariaDB at {config.mask_url(TEST_DATABASE_URL)}", exc)
-    yield engine
-    engine.dispose()
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with server.begin() as conn:
+            conn.execute(drop)
+        server.dispose()
 
 
 @pytest.fixture
 def mysql_engine(_mysql_database):
     """The real MariaDB test database, with empty tables."""
-    with _mysql_database.begin() as conn:
-        conn.execute(delete(models.transactions))
-        conn.execute(delete(models.user_window_totals))
+    empty_tables(_mysql_database)
     return _mysql_database
 
 
@@ -157,8 +158,6 @@ def client(app):
 @pytest.fixture(scope="session")
 def _mariadb_template(tmp_path_factory):
     """An initialised MariaDB datadir, made once per session and copied by each test."""
-    from tests.private_servers import PrivateMariaDB, ServerMissing
-
     datadir = tmp_path_factory.mktemp("mariadb-template") / "data"
     try:
         PrivateMariaDB.install(datadir)
@@ -170,8 +169,6 @@ def _mariadb_template(tmp_path_factory):
 @pytest.fixture
 def private_redis(tmp_path):
     """A Redis server of this test's own (AOF, fsync always), free to stop, restart or kill."""
-    from tests.private_servers import PrivateRedis, ServerMissing
-
     try:
         server = PrivateRedis(tmp_path / "redis")
     except ServerMissing as exc:
@@ -186,8 +183,6 @@ def private_redis(tmp_path):
 @pytest.fixture
 def private_mariadb(tmp_path, _mariadb_template):
     """A MariaDB server of this test's own (root, no password), free to stop or restart."""
-    from tests.private_servers import PrivateMariaDB, ServerMissing
-
     try:
         server = PrivateMariaDB(tmp_path / "mariadb", template=_mariadb_template)
     except ServerMissing as exc:

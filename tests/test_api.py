@@ -16,34 +16,16 @@ import redis
 from sqlalchemy import inspect
 
 import models
+from tests.helpers import BIGGEST, line, seed
 from txstream import queries
 from txstream.keys import Keys
-from txstream.store import Store
-from txstream.times import format_epoch, format_time
+from txstream.times import format_time
 from txstream.transaction import Transaction, to_json, to_json_text
 from txstream.wire import parse
 
-BIGGEST = "999999999999999999.99"
 _AMOUNT = re.compile(r"-?[0-9]+\.[0-9]{2}")
 _ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
 _MICRO = timedelta(microseconds=1)
-
-
-def line(user_id: int, amount: str, at: datetime, txn_id: str) -> str:
-    """A wire line."""
-    return f"{user_id},{amount},{format_epoch(at)},{txn_id}"
-
-
-def seed(app, *lines: str) -> list[Transaction]:
-    """Store wire lines as the subscriber does: rows and window totals, then Redis."""
-    txns = [parse(text) for text in lines]
-    config = app.config
-    window_seconds = int(config["WINDOW_HOURS"] * 3600)
-    engine = config.get("SEED_ENGINE", config["ENGINE"])  # the app's own may only read
-    store = Store(engine, config["REDIS"], Keys(config["KEY_PREFIX"]), window_seconds)
-    committed = store.store(txns)
-    assert len(committed.new) == len(txns)
-    return txns
 
 
 def newest_first(txns: list[Transaction]) -> list[str]:

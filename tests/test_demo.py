@@ -6,8 +6,7 @@ import json
 import signal
 import urllib.request
 
-from tests.processes import Script, wait_until
-from txstream.demo import free_port
+from txstream.processes import Script, free_port, wait_until
 
 
 def get_json(url: str):

@@ -11,7 +11,7 @@ from collections import Counter
 import pytest
 
 from emitter_and_pub import Emitter, FakeTransactions, uuid4_text
-from tests.processes import Script, wait_until
+from txstream.processes import Script, wait_until
 from txstream.runtime import StopFlag
 from txstream.transport import PubSubSink
 from txstream.wire import format_line, parse

@@ -8,19 +8,17 @@ to the raw rows, and nothing left pending in the consumer group.
 
 The emitter's content is reproducible: `FakeTransactions(users, Random(seed))` in this
 process yields the txn_ids, users and amounts it sends with `--seed`, at any `--rate`.
-Servers that a test stops or restarts are private ones (tests/private_servers.py).
+Servers that a test stops or restarts are private ones (txstream/testing.py).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import random
 import re
 import signal
 import time
-from collections import Counter
 from datetime import timedelta
 from decimal import Decimal
 
@@ -29,16 +27,23 @@ import redis
 from sqlalchemy import func, select
 
 import models
-from emitter_and_pub import FakeTransactions
-from tests.checks import (
-    assert_recent_lists_match_db,
-    assert_totals_match_raw_rows,
-    stored_transactions,
-)
-from tests.processes import Script, wait_until
-from tests.servers import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL
 from txstream.keys import Keys
+from txstream.processes import Script, wait_until
 from txstream.recent import RecentLists
+from txstream.testing import (
+    GROUP,
+    WINDOW_SECONDS,
+    assert_recent_lists_match_db,
+    assert_stored_exactly,
+    emitted,
+    emitter_args,
+    last_progress,
+    pending,
+    stream_env,
+    wait_for_log,
+    wait_until_stored,
+)
 from txstream.times import utcnow
 from txstream.transaction import Transaction
 from txstream.windows import window_totals
@@ -49,81 +54,7 @@ pytestmark = pytest.mark.services
 COUNT = 20_000  # transactions per run, as issue 3 asks
 USERS = 500
 SEED = 3
-GROUP = "store"
-WINDOW_SECONDS = 6 * 3600
-CATCH_UP = 60  # seconds for the subscribers to store everything once the fault is over
 DB_OUTAGE = 10  # seconds MariaDB stays down in the outage test
-
-
-@functools.cache
-def emitted(count: int = COUNT, users: int = USERS, seed: int = SEED) -> tuple[Transaction, ...]:
-    """What `emitter_and_pub.py --count count --users users --seed seed` sends (but `ts`)."""
-    source = FakeTransactions(users, random.Random(seed))
-    return tuple(source.next() for _ in range(count))
-
-
-def emitter_args(rate: int) -> tuple[str, ...]:
-    """The emitter's command line: it sends `emitted()`, at `rate` per second."""
-    return (
-        "emitter_and_pub.py",
-        *("--count", str(COUNT), "--users", str(USERS), "--seed", str(SEED)),
-        *("--rate", str(rate), "--quiet"),
-    )
-
-
-def stream_env(redis_url: str, database_url: str, key_prefix: str, **extra: str) -> dict:
-    """The scripts' environment: stream transport, this test's stream, prefix and servers."""
-    return {
-        "REDIS_URL": redis_url,
-        "DATABASE_URL": database_url,
-        "TRANSPORT": "stream",
-        "STREAM": stream_name(key_prefix),
-        "GROUP": GROUP,
-        "KEY_PREFIX": key_prefix,
-        "WINDOW_HOURS": "6",
-        "BATCH_INTERVAL_MS": "50",
-        "CLAIM_IDLE_MS": "1000",
-        "MAX_DELIVERIES": "5",
-        **extra,
-    }
-
-
-def stream_name(key_prefix: str) -> str:
-    """The test's stream: under its key prefix, so the `redis_client` clean-up deletes it."""
-    return f"{key_prefix}stream"
-
-
-def count_rows(engine) -> int:
-    with engine.connect() as conn:
-        return conn.scalar(select(func.count()).select_from(models.transactions))
-
-
-def per_user_totals(engine) -> dict[int, tuple[int, Decimal]]:
-    """{user_id: (count, sum)} as the database adds them up."""
-    t = models.transactions
-    with engine.connect() as conn:
-        rows = conn.execute(
-            select(t.c.user_id, func.count(), func.sum(t.c.amount)).group_by(t.c.user_id)
-        )
-        return {user_id: (n, total) for user_id, n, total in rows}
-
-
-def expected_totals(txns) -> dict[int, tuple[int, Decimal]]:
-    """{user_id: (count, sum)} of `txns`, added up here."""
-    counts: Counter[int] = Counter()
-    sums: dict[int, Decimal] = {}
-    for tx in txns:
-        counts[tx.user_id] += 1
-        sums[tx.user_id] = sums.get(tx.user_id, Decimal(0)) + tx.amount
-    return {user_id: (counts[user_id], sums[user_id]) for user_id in counts}
-
-
-def pending(client: redis.Redis, stream: str, consumer: bytes | None = None) -> int:
-    """How many entries the group has delivered but not acknowledged (of one consumer)."""
-    if consumer is None:
-        return client.xpending(stream, GROUP)["pending"]
-    rows = client.xpending_range(stream, GROUP, "-", "+", 1_000_000, consumername=consumer)
-    return len(rows)
 
 
 def pending_txn_ids(client: redis.Redis, stream: str, consumer: bytes) -> list[str]:
@@ -143,50 +74,9 @@ def count_stored(engine, txn_ids: list[str]) -> int:
         return conn.scalar(select(func.count()).where(t.c.txn_id.in_(txn_ids)))
 
 
-def last_progress(script: Script, name: str) -> int:
-    """The value of `name=N` in the script's last progress line."""
-    values = re.findall(rf"\b{name}=(\d+)", script.output)
-    assert values, f"no progress line with {name}= in:\n{script.output}"
-    return int(values[-1])
-
-
-def wait_for_log(script: Script, pattern: str, timeout: float = 20) -> re.Match:
-    """The first line of the script's output matching `pattern`; fail with the output."""
-    try:
-        return script.wait_for_line(pattern, timeout)
-    except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{script.output}") from None
-
-
 def assert_logged(script: Script, pattern: str) -> None:
     """The script's output has a line matching `pattern`."""
     assert re.search(pattern, script.output), f"no {pattern!r} in the output:\n{script.output}"
-
-
-def assert_stored_exactly(engine, expected, *, with_ts: bool = False) -> None:
-    """The database holds `expected` and nothing else, each once, with right totals."""
-    stored = stored_transactions(engine)
-    assert len(stored) == len(expected)
-    assert {tx.txn_id for tx in stored} == {tx.txn_id for tx in expected}
-    if with_ts:
-        assert stored == sorted(expected, key=lambda tx: (tx.ts, tx.txn_id))
-    else:  # the emitter stamps "now": compare everything else
-        content = {tx.txn_id: (tx.user_id, tx.amount) for tx in stored}
-        assert content == {tx.txn_id: (tx.user_id, tx.amount) for tx in expected}
-    assert per_user_totals(engine) == expected_totals(expected)
-    assert_totals_match_raw_rows(engine, WINDOW_SECONDS)
-
-
-def wait_until_stored(engine, n: int, scripts: list[Script]) -> None:
-    """Wait until `n` rows are stored; fail early, with output, if a script dies."""
-
-    def done() -> bool:
-        for script in scripts:
-            if script.proc.poll() not in (None, 0):
-                raise AssertionError(f"{script.proc.args} failed:\n{script.output}")
-        return count_rows(engine) >= n
-
-    wait_until(done, CATCH_UP, f"{n} rows stored")
 
 
 def assert_nothing_pending(client: redis.Redis, stream: str) -> None:
@@ -251,7 +141,7 @@ def test_a_subscriber_killed_mid_run_loses_and_doubles_nothing(
     stream = env["STREAM"]
     victim, victim_name = join(env)
     survivor, _ = join(env)
-    emitter = run(*emitter_args(rate=4000), env=env)
+    emitter = run(*emitter_args(COUNT, USERS, SEED, rate=4000), env=env)
     wait_until_stored(mysql_engine, 2000, [victim, survivor, emitter])
 
     # Freeze the victim until it is caught holding unacknowledged entries in the state
@@ -275,7 +165,7 @@ def test_a_subscriber_killed_mid_run_loses_and_doubles_nothing(
 
     assert emitter.wait() == 0, emitter.output
     assert f"published {COUNT} transactions" in emitter.output
-    expected = emitted()
+    expected = emitted(COUNT, USERS, SEED)
     wait_until_stored(mysql_engine, len(expected), [survivor, restarted])
     assert_nothing_pending(redis_client, stream)
     stop_all(survivor, restarted)
@@ -297,7 +187,7 @@ def test_a_redis_restart_mid_run_loses_and_doubles_nothing(
     env = stream_env(private_redis.url, TEST_DATABASE_URL, key_prefix)
     stream = env["STREAM"]
     subscriber, _ = join(env)
-    emitter = run(*emitter_args(rate=3000), env=env)
+    emitter = run(*emitter_args(COUNT, USERS, SEED, rate=3000), env=env)
     wait_until_stored(mysql_engine, 3000, [subscriber, emitter])
 
     private_redis.stop()
@@ -309,7 +199,7 @@ def test_a_redis_restart_mid_run_loses_and_doubles_nothing(
 
     assert emitter.wait() == 0, emitter.output
     assert f"published {COUNT} transactions" in emitter.output
-    expected = emitted()
+    expected = emitted(COUNT, USERS, SEED)
     wait_until_stored(mysql_engine, len(expected), [subscriber])
     with private_redis.client() as client:
         assert_nothing_pending(client, stream)
@@ -328,7 +218,7 @@ def test_an_idle_subscriber_says_when_redis_is_back(join, private_redis, mysql_e
     wait_for_log(subscriber, r"redis unavailable")
     private_redis.start()
     wait_for_log(subscriber, r"redis is back after [0-9.]+ s")
-    tx = emitted(1)[0]
+    tx = emitted(1, USERS, SEED)[0]
     with private_redis.client() as client:
         client.xadd(env["STREAM"], {"line": format_line(tx)})
         wait_until_stored(mysql_engine, 1, [subscriber])
@@ -346,7 +236,7 @@ def test_a_database_outage_mid_run_loses_and_doubles_nothing(
     try:
         models.create_schema(engine)
         subscriber, _ = join(env)
-        emitter = run(*emitter_args(rate=2000), env=env)
+        emitter = run(*emitter_args(COUNT, USERS, SEED, rate=2000), env=env)
         wait_until_stored(engine, 3000, [subscriber, emitter])
 
         private_mariadb.stop()
@@ -355,7 +245,7 @@ def test_a_database_outage_mid_run_loses_and_doubles_nothing(
         private_mariadb.start()
 
         assert emitter.wait() == 0, emitter.output
-        expected = emitted()
+        expected = emitted(COUNT, USERS, SEED)
         wait_until_stored(engine, len(expected), [subscriber])
         assert_nothing_pending(redis_client, stream)
         stop_all(subscriber)

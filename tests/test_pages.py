@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 import redis
 
-from tests.test_api import BIGGEST, line, seed
+from tests.helpers import BIGGEST, line, seed
 from txstream.pages import PAGE_SIZE
 from txstream.times import format_time
 

@@ -9,18 +9,19 @@ from datetime import datetime
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import func, make_url, select
+from sqlalchemy import make_url
 
-import models
 from app import create_app
-from tests.checks import (
+from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL
+from txstream.keys import Keys
+from txstream.processes import Script, wait_until
+from txstream.testing import (
+    WINDOW_SECONDS,
     assert_recent_lists_match_db,
     assert_totals_match_raw_rows,
+    count_rows,
     stored_transactions,
 )
-from tests.processes import Script, wait_until
-from tests.servers import TEST_DATABASE_URL, TEST_REDIS_URL
-from txstream.keys import Keys
 from txstream.wire import parse
 
 pytestmark = pytest.mark.services
@@ -42,12 +43,6 @@ MALFORMED = [
     b"1,10,1570358269,bad id",
     b"1," + b"9" * 1100 + b",1570358269",
 ]
-WINDOW_SECONDS = 6 * 3600
-
-
-def count_rows(engine) -> int:
-    with engine.connect() as conn:
-        return conn.scalar(select(func.count()).select_from(models.transactions))
 
 
 def subscriber_stream(key_prefix: str) -> str:

@@ -11,13 +11,14 @@ from sqlalchemy.exc import OperationalError
 
 import config
 import models
-from tests.conftest import TEST_DATABASE_URL, service_unavailable
+from tests.helpers import TEST_DATABASE_URL, service_unavailable
 
 pytestmark = pytest.mark.services
 
 SCHEMA_SQL = Path(__file__).resolve().parent.parent / "schema.sql"
-FROM_MODELS = "txstream_test_schema_models"
-FROM_SQL = "txstream_test_schema_sql"
+_RUN_DATABASE = make_url(TEST_DATABASE_URL).database  # this run's: another run has its own
+FROM_MODELS = f"{_RUN_DATABASE}_schema_models"
+FROM_SQL = f"{_RUN_DATABASE}_schema_sql"
 
 COLUMNS = """
 SELECT TABLE_NAME, ORDINAL_POSITION, COLUMN_NAME, COLUMN_TYPE, IS_NULLABLE, COLUMN_DEFAULT,

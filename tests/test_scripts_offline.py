@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import signal
 
-from tests.processes import Script
+from txstream.processes import Script
 
 
 def test_subscriber_waiting_for_redis_stops_at_once_on_sigterm(tmp_path, closed_port):

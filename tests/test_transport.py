@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from tests.processes import wait_until
-from tests.servers import TEST_REDIS_URL
+from tests.helpers import TEST_REDIS_URL
+from txstream.processes import wait_until
 from txstream.transport import PubSubSink, PubSubSource, StreamSink, StreamSource
 
 STREAM = "test-stream"

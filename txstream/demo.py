@@ -13,10 +13,7 @@ import logging
 import multiprocessing
 import os
 import signal
-import socket
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Callable
@@ -26,21 +23,9 @@ import redis
 
 import config
 import models
+from txstream.processes import ROOT, Script, TimedOut, free_port, wait_until
 
-ROOT = Path(__file__).resolve().parent.parent
 log = logging.getLogger("demo")
-
-
-def free_port(preferred: int = 0) -> int:
-    """`preferred` if it is free on 127.0.0.1, else any free port."""
-    for port in (preferred, 0):
-        with socket.socket() as sock:
-            try:
-                sock.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return sock.getsockname()[1]
-    raise OSError("no free port on 127.0.0.1")
 
 
 def serve_fake_redis(port: int) -> None:
@@ -53,47 +38,24 @@ def serve_fake_redis(port: int) -> None:
     TcpFakeServer(("127.0.0.1", port), server_type="redis").serve_forever()
 
 
-class Child:
-    """One process of the demo; its output is echoed with a name in front."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str]) -> None:
-        self.name = name
-        self.proc = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,  # Ctrl-C reaches the demo, which stops them in order
-        )
-        threading.Thread(target=self._echo, daemon=True).start()
-
-    def _echo(self) -> None:
-        for line in self.proc.stdout:
-            print(f"[{self.name:>10}] {line}", end="", flush=True)
-
-    def stop(self, timeout: float = 15) -> None:
-        """SIGTERM, then SIGKILL if it has not exited within `timeout` seconds."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float, children: list[Child]):
+def wait_for(condition: Callable[[], bool], what: str, timeout: float, children: list[Script]):
     """Wait until `condition()` holds, failing early if a child process has died."""
-    deadline = time.monotonic() + timeout
-    while not condition():
+
+    def ready() -> bool:
         dead = [c.name for c in children if c.proc.poll() is not None]
         if dead:
             raise RuntimeError(f"{', '.join(dead)} exited during start-up (see its output)")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not happen within {timeout:.0f} s")
-        time.sleep(0.2)
+        return condition()
+
+    wait_until(ready, timeout, what, interval=0.2)
+
+
+def child(name: str, *args: str, env: dict[str, str]) -> Script:
+    """One process of the demo, its output echoed with `name` in front.
+
+    In a session of its own: Ctrl-C reaches the demo, which stops the children in order.
+    """
+    return Script(*args, env=env, echo_as=name, new_session=True)
 
 
 def answers_200(url: str) -> bool:
@@ -161,8 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     web_port = free_port(args.port)
     url = f"http://127.0.0.1:{web_port}/"
     rate, users = str(args.rate), str(args.users)
-    subscriber = Child("subscriber", ["sub_and_store.py"], env)
-    web = Child("web", ["-m", "flask", "--app", "app", "run", "--port", str(web_port)], env)
+    subscriber = child("subscriber", "sub_and_store.py", env=env)
+    web = child("web", "-m", "flask", "--app", "app", "run", "--port", str(web_port), env=env)
     children = [subscriber, web]
     signal.signal(signal.SIGTERM, _interrupt)
     status = 0
@@ -174,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
             children,
         )
         # Started once the subscriber listens: pub/sub keeps nothing for latecomers.
-        emitter = Child("emitter", ["emitter_and_pub.py", "--rate", rate, "--users", users], env)
+        emitter = child("emitter", "emitter_and_pub.py", "--rate", rate, "--users", users, env=env)
         children.append(emitter)
         wait_for(lambda: answers_200(url + "healthz"), "the web app answering", 60, children)
         print(
@@ -194,14 +156,14 @@ def main(argv: list[str] | None = None) -> int:
         status = 1
     except KeyboardInterrupt:
         log.info("stopping the demo")
-    except RuntimeError as exc:
+    except (RuntimeError, TimedOut) as exc:
         log.error("%s", exc)
         status = 1
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for child in reversed(children):  # emitter first: the subscriber stores what was sent
-            child.stop()
+        for process in reversed(children):  # emitter first: the subscriber stores what was sent
+            process.kill()
         if fake_redis is not None:
             fake_redis.terminate()
             fake_redis.join(5)

@@ -1,10 +1,11 @@
-"""Run txstream's scripts as real processes in tests, and wait on conditions with deadlines."""
+"""Child processes for the demo, the tests and the benchmarks; waiting with deadlines."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -12,25 +13,57 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent.parent  # the repository: where the scripts are
 
 
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> object:
-    """Poll `condition` until it returns something truthy; fail after `timeout` seconds."""
+class TimedOut(AssertionError):
+    """A condition did not hold in time (an AssertionError, so that a test fails)."""
+
+
+def free_port(preferred: int = 0) -> int:
+    """`preferred` if it is free on 127.0.0.1, else any free port."""
+    for port in (preferred, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return sock.getsockname()[1]
+    raise OSError("no free port on 127.0.0.1")
+
+
+def wait_until(
+    condition: Callable[[], object], timeout: float, what: str, interval: float = 0.02
+) -> object:
+    """Poll `condition` until it returns something truthy; `TimedOut` after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
         result = condition()
         if result:
             return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
+            raise TimedOut(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
 
 
 class Script:
-    """`python ARGS...` in the repository, its output collected line by line."""
+    """`python ARGS...` in the repository (or `cwd`), its output collected line by line.
 
-    def __init__(self, *args: str, env: dict[str, str], cwd: Path = ROOT) -> None:
+    `env` is added to this process's environment. `echo_as`: print each line with this
+    name in front instead of keeping it (the demo runs for hours). `new_session`: start
+    it in a session of its own, so that Ctrl-C reaches only the parent, which stops it.
+    """
+
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str],
+        cwd: Path = ROOT,
+        echo_as: str | None = None,
+        new_session: bool = False,
+    ) -> None:
+        self.name = echo_as or " ".join(args)  # for messages
+        self.echo_as = echo_as
         self.lines: list[str] = []
         self.proc = subprocess.Popen(
             [sys.executable, *args],
@@ -39,6 +72,7 @@ class Script:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
+            start_new_session=new_session,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -46,7 +80,10 @@ class Script:
     def _read(self) -> None:
         with self.proc.stdout:
             for line in self.proc.stdout:
-                self.lines.append(line.rstrip("\n"))
+                if self.echo_as is None:
+                    self.lines.append(line.rstrip("\n"))
+                else:
+                    print(f"[{self.echo_as:>10}] {line}", end="", flush=True)
 
     @property
     def output(self) -> str:
@@ -82,12 +119,12 @@ class Script:
         self._reader.join(5)
         return code
 
-    def kill(self) -> None:
-        """Test clean-up: SIGTERM (so it can stop what it started), then SIGKILL."""
+    def kill(self, timeout: float = 15) -> None:
+        """Clean-up: SIGTERM (so it can stop what it started), SIGKILL after `timeout` s."""
         if self.proc.poll() is None:
             self.proc.terminate()
             try:
-                self.proc.wait(15)
+                self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

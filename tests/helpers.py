@@ -1,0 +1,57 @@
+"""What the test modules share: where the test servers are, and storing lines for the app.
+
+What the benchmarks use too is in txstream.testing and txstream.processes.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from datetime import datetime
+
+import pytest
+from sqlalchemy import make_url
+
+from txstream.keys import Keys
+from txstream.store import Store
+from txstream.times import format_epoch
+from txstream.transaction import Transaction
+from txstream.wire import parse
+
+REQUIRE_SERVICES = os.environ.get("REQUIRE_SERVICES") == "1"
+TEST_REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+_DATABASE_URL = make_url(
+    os.environ.get("TEST_DATABASE_URL", "mysql+pymysql://root@127.0.0.1:3306/txstream_test")
+)
+# This pytest run's own database: TEST_DATABASE_URL's name with a random suffix, so that
+# two runs at once never share one. Created and dropped by conftest's `_mysql_database`.
+TEST_DATABASE_URL = _DATABASE_URL.set(
+    database=f"{_DATABASE_URL.database}_{secrets.token_hex(4)}"
+).render_as_string(hide_password=False)
+
+BIGGEST = "999999999999999999.99"  # the largest amount a transaction can have
+
+
+def service_unavailable(what: str, error: Exception) -> None:
+    """Skip the test, or fail it when the services are required (CI)."""
+    message = f"{what} is not answering: {error}"
+    if REQUIRE_SERVICES:
+        pytest.fail(message + " (REQUIRE_SERVICES=1)")
+    pytest.skip(message)
+
+
+def line(user_id: int, amount: str, at: datetime, txn_id: str) -> str:
+    """A wire line."""
+    return f"{user_id},{amount},{format_epoch(at)},{txn_id}"
+
+
+def seed(app, *lines: str) -> list[Transaction]:
+    """Store wire lines as the subscriber does: rows and window totals, then Redis."""
+    txns = [parse(text) for text in lines]
+    config = app.config
+    window_seconds = int(config["WINDOW_HOURS"] * 3600)
+    engine = config.get("SEED_ENGINE", config["ENGINE"])  # the app's own may only read
+    store = Store(engine, config["REDIS"], Keys(config["KEY_PREFIX"]), window_seconds)
+    committed = store.store(txns)
+    assert len(committed.new) == len(txns)
+    return txns

@@ -1,0 +1,431 @@
+"""What the tests and the benchmarks share: servers to break, and checks of what was stored.
+
+Private Redis and MariaDB servers: the shared test servers must never be stopped, so these
+run as child processes, in a temporary directory, on free local ports, and a test or a
+benchmark can take them down and back up. A restart keeps the port, so the scripts under
+test reconnect to the same URL.
+
+The scripts run with the stream transport as `stream_env` sets it up; the emitter's content
+is reproducible: `emitted(count, users, seed)` is what `emitter_args(count, users, seed, rate)`
+makes it send (but the time stamps). The checks compare the database with that.
+"""
+
+from __future__ import annotations
+
+import functools
+import random
+import re
+import shutil
+import signal
+import subprocess
+import tempfile
+from collections import Counter
+from decimal import Decimal
+from pathlib import Path
+
+import pymysql
+import redis
+from sqlalchemy import delete, func, select
+
+import models
+from emitter_and_pub import FakeTransactions
+from txstream.keys import Keys
+from txstream.processes import Script, free_port, wait_until
+from txstream.recent import RECENT_SIZE, RecentLists
+from txstream.transaction import Transaction, to_json_text
+from txstream.windows import window_totals
+
+REDIS_SERVER = "redis-server"
+MARIADBD = "mariadbd"
+SBIN = "/usr/sbin:/usr/local/sbin"  # where mariadbd lives when it is not on PATH
+MARIADB_INSTALL_DB = "mariadb-install-db"
+START_TIMEOUT = 30  # seconds for a server to answer after it was started
+STOP_TIMEOUT = 30  # seconds for a graceful shutdown
+UNIX_SOCKET_MAX = 100  # bytes: sun_path is 108 on Linux, 104 on macOS
+GROUP = "store"  # the stream's consumer group
+WINDOW_SECONDS = 6 * 3600  # the scripts run with WINDOW_HOURS=6
+CATCH_UP = 60  # seconds for the subscribers to store everything once a fault is over
+_COLUMNS = ("user_id", "window_start", "tx_count", "amount_sum", "amount_min", "amount_max")
+
+
+# --- Private servers -----------------------------------------------------------------------
+
+
+class ServerMissing(RuntimeError):
+    """The server's binary is not installed."""
+
+
+def require_binary(name: str) -> str:
+    """The path of the executable `name`; `ServerMissing` when it is not installed."""
+    path = shutil.which(name) or shutil.which(name, path=SBIN)
+    if path is None:
+        raise ServerMissing(f"{name} is not installed")
+    return path
+
+
+class PrivateServer:
+    """A server process of the test's own; subclasses say how to run and ping it."""
+
+    name = "server"
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.log = self.dir / f"{self.name}.out"
+
+    def command(self) -> list[str]:
+        """The server's command line."""
+        raise NotImplementedError
+
+    def ping(self) -> bool:
+        """Whether the server answers a client now."""
+        raise NotImplementedError
+
+    def start(self) -> None:
+        """Start the server and wait until it answers."""
+        assert self.proc is None or self.proc.poll() is not None, f"{self.name} is running"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+
+        def answers() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(
+                    f"{self.name} exited with {self.proc.returncode} while starting:\n"
+                    + self.diagnostics()
+                )
+            return self.ping()
+
+        wait_until(answers, START_TIMEOUT, f"{self.name} on port {self.port} to answer")
+
+    def stop(self) -> None:
+        """Shut the server down gracefully (SIGTERM) and wait until it has exited."""
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(
+                f"{self.name} ignored SIGTERM for {STOP_TIMEOUT} s:\n" + self.diagnostics()
+            ) from None
+
+    def kill(self) -> None:
+        """Kill the server at once (SIGKILL), as a crash would."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self) -> None:
+        """Stop gracefully, then start again on the same port with the same files."""
+        self.stop()
+        self.start()
+
+    @property
+    def running(self) -> bool:
+        """Whether the server process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def diagnostics(self) -> str:
+        """The tail of the server's own output, for failure messages."""
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-30:])
+        except FileNotFoundError:
+            return "(no output)"
+
+
+class PrivateRedis(PrivateServer):
+    """redis-server with an fsync-always append-only file: a graceful restart loses nothing."""
+
+    name = "redis"
+
+    def __init__(self, directory: Path) -> None:
+        self.binary = require_binary(REDIS_SERVER)
+        super().__init__(directory)
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def command(self) -> list[str]:
+        """The redis-server command line (not daemonized, no RDB snapshots)."""
+        return [
+            self.binary,
+            *("--port", str(self.port), "--bind", "127.0.0.1"),
+            *("--appendonly", "yes", "--appendfsync", "always"),
+            *("--dir", str(self.dir), "--save", ""),
+        ]
+
+    def client(self, **kwargs) -> redis.Redis:
+        """A new client of this server."""
+        return redis.Redis.from_url(self.url, **kwargs)
+
+    def ping(self) -> bool:
+        """Whether PING is answered (not while the AOF is still loading)."""
+        with self.client(socket_connect_timeout=1, socket_timeout=1) as client:
+            try:
+                return bool(client.ping())
+            except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
+                return False
+
+
+class PrivateMariaDB(PrivateServer):
+    """mariadbd on a datadir of its own; `root` logs in over TCP without a password.
+
+    Each has a tmpdir of its own too: mariadbd deletes every `#sql*` file in its tmpdir as
+    it starts, which in a shared /tmp would be the temporary tables of the other servers
+    (another test run's, or the shared server's) while they use them.
+
+    `template`: an initialised datadir to copy instead of running mariadb-install-db
+    (copying takes milliseconds, installing most of a second).
+    """
+
+    name = "mariadb"
+    database = "txstream_fault"
+    # Small buffer pool and redo log: starts in about 0.15 s and takes ~35 MB of disk.
+    INNODB = ("--innodb-buffer-pool-size=64M", "--innodb-log-file-size=16M")
+
+    def __init__(self, directory: Path, template: Path | None = None) -> None:
+        self.binary = require_binary(MARIADBD)
+        super().__init__(directory)
+        self.datadir = self.dir / "data"
+        self.tmpdir = self.dir / "tmp"
+        self.tmpdir.mkdir(exist_ok=True)
+        self.socket = self.dir / "mysqld.sock"
+        if len(str(self.socket)) > UNIX_SOCKET_MAX:
+            self.socket = Path(tempfile.gettempdir()) / f"txstream-mariadb-{self.port}.sock"
+        self.url = f"mysql+pymysql://root@127.0.0.1:{self.port}/{self.database}"
+        if not self.datadir.exists():
+            if template is None:
+                self.install(self.datadir)
+            else:
+                shutil.copytree(template, self.datadir)
+
+    @classmethod
+    def install(cls, datadir: Path) -> None:
+        """Initialise `datadir` (offline): system tables, root without a password, no test db."""
+        binary = require_binary(MARIADB_INSTALL_DB)
+        with tempfile.TemporaryDirectory(prefix="txstream-mariadb-install-") as tmpdir:
+            result = subprocess.run(
+                [
+                    binary,
+                    "--no-defaults",
+                    f"--datadir={datadir}",
+                    f"--tmpdir={tmpdir}",
+                    "--auth-root-authentication-method=normal",
+                    "--skip-test-db",
+                    "--skip-name-resolve",
+                    "--user=root",
+                    *cls.INNODB,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+        if result.returncode != 0:
+            raise AssertionError(
+                f"mariadb-install-db failed ({result.returncode}):\n{result.stdout}{result.stderr}"
+            )
+
+    def command(self) -> list[str]:
+        """The mariadbd command line: TCP on 127.0.0.1 only, no option files read."""
+        return [
+            self.binary,
+            "--no-defaults",
+            f"--datadir={self.datadir}",
+            f"--tmpdir={self.tmpdir}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={self.socket}",
+            f"--pid-file={self.dir / 'mariadbd.pid'}",
+            "--user=root",
+            "--skip-name-resolve",
+            *self.INNODB,
+            f"--log-error={self.dir / 'err.log'}",
+        ]
+
+    def connect(self, **kwargs) -> pymysql.Connection:
+        """A new DB-API connection as root, to no database in particular."""
+        return pymysql.connect(host="127.0.0.1", port=self.port, user="root", **kwargs)
+
+    def ping(self) -> bool:
+        """Whether root can log in and run a query."""
+        try:
+            with self.connect(connect_timeout=1) as conn, conn.cursor() as cur:
+                cur.execute("SELECT 1")
+                return cur.fetchone() == (1,)
+        except pymysql.err.OperationalError:
+            return False
+
+    def diagnostics(self) -> str:
+        """The tail of the error log."""
+        log = self.dir / "err.log"
+        if not log.exists():
+            return super().diagnostics()
+        return "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+
+
+# --- The scripts under test ----------------------------------------------------------------
+
+
+@functools.cache
+def emitted(count: int, users: int, seed: int) -> tuple[Transaction, ...]:
+    """What `emitter_and_pub.py --count count --users users --seed seed` sends (but `ts`)."""
+    source = FakeTransactions(users, random.Random(seed))
+    return tuple(source.next() for _ in range(count))
+
+
+def emitter_args(count: int, users: int, seed: int, rate: int) -> tuple[str, ...]:
+    """The emitter's command line: it sends `emitted(count, users, seed)`, at `rate` per second."""
+    return (
+        "emitter_and_pub.py",
+        *("--count", str(count), "--users", str(users), "--seed", str(seed)),
+        *("--rate", str(rate), "--quiet"),
+    )
+
+
+def stream_env(redis_url: str, database_url: str, key_prefix: str, **extra: str) -> dict:
+    """The scripts' environment: stream transport, this run's stream, prefix and servers."""
+    return {
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "TRANSPORT": "stream",
+        "STREAM": stream_name(key_prefix),
+        "GROUP": GROUP,
+        "KEY_PREFIX": key_prefix,
+        "WINDOW_HOURS": "6",
+        "BATCH_INTERVAL_MS": "50",
+        "CLAIM_IDLE_MS": "1000",
+        "MAX_DELIVERIES": "5",
+        **extra,
+    }
+
+
+def stream_name(key_prefix: str) -> str:
+    """The stream: under the key prefix, so deleting the prefix's keys deletes it."""
+    return f"{key_prefix}stream"
+
+
+def pending(client: redis.Redis, stream: str, consumer: bytes | None = None) -> int:
+    """How many entries the group has delivered but not acknowledged (of one consumer)."""
+    if consumer is None:
+        return client.xpending(stream, GROUP)["pending"]
+    rows = client.xpending_range(stream, GROUP, "-", "+", 1_000_000, consumername=consumer)
+    return len(rows)
+
+
+def last_progress(script: Script, name: str) -> int:
+    """The value of `name=N` in the script's last progress line."""
+    values = re.findall(rf"\b{name}=(\d+)", script.output)
+    assert values, f"no progress line with {name}= in:\n{script.output}"
+    return int(values[-1])
+
+
+def wait_for_log(script: Script, pattern: str, timeout: float = 20) -> re.Match:
+    """The first line of the script's output matching `pattern`; fail with the output."""
+    try:
+        return script.wait_for_line(pattern, timeout)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{script.output}") from None
+
+
+# --- What was stored -----------------------------------------------------------------------
+
+
+def stored_transactions(engine) -> list[Transaction]:
+    """Every stored transaction, oldest first (ties by txn_id)."""
+    t = models.transactions
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(t.c.txn_id, t.c.user_id, t.c.amount, t.c.ts).order_by(t.c.ts, t.c.txn_id)
+        )
+        return [Transaction(*row) for row in rows]
+
+
+def count_rows(engine) -> int:
+    """How many transactions are stored."""
+    with engine.connect() as conn:
+        return conn.scalar(select(func.count()).select_from(models.transactions))
+
+
+def empty_tables(engine) -> None:
+    """Delete every stored transaction and window total."""
+    with engine.begin() as conn:
+        conn.execute(delete(models.transactions))
+        conn.execute(delete(models.user_window_totals))
+
+
+def per_user_totals(engine) -> dict[int, tuple[int, Decimal]]:
+    """{user_id: (count, sum)} as the database adds them up."""
+    t = models.transactions
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(t.c.user_id, func.count(), func.sum(t.c.amount)).group_by(t.c.user_id)
+        )
+        return {user_id: (n, total) for user_id, n, total in rows}
+
+
+def expected_totals(txns) -> dict[int, tuple[int, Decimal]]:
+    """{user_id: (count, sum)} of `txns`, added up here."""
+    counts: Counter[int] = Counter()
+    sums: dict[int, Decimal] = {}
+    for tx in txns:
+        counts[tx.user_id] += 1
+        sums[tx.user_id] = sums.get(tx.user_id, Decimal(0)) + tx.amount
+    return {user_id: (counts[user_id], sums[user_id]) for user_id in counts}
+
+
+def wait_until_stored(engine, n: int, scripts: list[Script]) -> None:
+    """Wait until `n` rows are stored; fail early, with output, if a script dies."""
+
+    def done() -> bool:
+        for script in scripts:
+            if script.proc.poll() not in (None, 0):
+                raise AssertionError(f"{script.proc.args} failed:\n{script.output}")
+        return count_rows(engine) >= n
+
+    wait_until(done, CATCH_UP, f"{n} rows stored")
+
+
+def assert_totals_match_raw_rows(engine, window_seconds: int) -> None:
+    """user_window_totals must equal the totals rebuilt from the raw rows."""
+    expected = [
+        tuple(getattr(t, c) for c in _COLUMNS)
+        for t in window_totals(stored_transactions(engine), window_seconds)
+    ]
+    table = models.user_window_totals
+    with engine.connect() as conn:
+        actual = conn.execute(
+            select(*(table.c[c] for c in _COLUMNS)).order_by(table.c.user_id, table.c.window_start)
+        ).all()
+    assert [tuple(row) for row in actual] == expected
+
+
+def assert_recent_lists_match_db(engine, client, prefix: str) -> None:
+    """Each user's Redis list holds their latest 5 stored transactions, newest first, as
+    the JSON texts the API returns for them."""
+    by_user: dict[int, list[Transaction]] = {}
+    for tx in reversed(stored_transactions(engine)):
+        by_user.setdefault(tx.user_id, []).append(tx)
+    keys = Keys(prefix)
+    for user_id, txns in by_user.items():
+        listed = client.lrange(keys.recent(user_id), 0, -1)
+        expected = [to_json_text(tx).encode() for tx in txns[:RECENT_SIZE]]
+        assert listed == expected, f"user {user_id}"
+        assert RecentLists(client, keys).read(user_id) == txns[:RECENT_SIZE]
+
+
+def assert_stored_exactly(engine, expected, *, with_ts: bool = False) -> None:
+    """The database holds `expected` and nothing else, each once, with right totals."""
+    stored = stored_transactions(engine)
+    assert len(stored) == len(expected)
+    assert {tx.txn_id for tx in stored} == {tx.txn_id for tx in expected}
+    if with_ts:
+        assert stored == sorted(expected, key=lambda tx: (tx.ts, tx.txn_id))
+    else:  # the emitter stamps "now": compare everything else
+        content = {tx.txn_id: (tx.user_id, tx.amount) for tx in stored}
+        assert content == {tx.txn_id: (tx.user_id, tx.amount) for tx in expected}
+    assert per_user_totals(engine) == expected_totals(expected)
+    assert_totals_match_raw_rows(engine, WINDOW_SECONDS)
