@@ -46,7 +46,7 @@ from txstream.keys import Keys  # noqa: E402
 from txstream.processes import ROOT, Script, free_port, wait_until  # noqa: E402
 from txstream.recent import RECENT_SIZE  # noqa: E402
 from txstream.store import Committed, Store  # noqa: E402
-from txstream.times import EPOCH, utcnow  # noqa: E402
+from txstream.times import to_micros, utcnow  # noqa: E402
 from txstream.transaction import Transaction  # noqa: E402
 from txstream.windows import window_totals  # noqa: E402
 
@@ -125,7 +125,7 @@ def load(engine, args) -> None:
     """LOAD DATA the rows from files of LOAD_ROWS, each written while the one before loads."""
     rng = random.Random(1)
     span = args.days * 86_400_000_000  # microseconds
-    end = (utcnow() - EPOCH) // timedelta(microseconds=1)
+    end = to_micros(utcnow())
     width = len(str(args.rows))
 
     def lines(first: int, count: int):

@@ -201,6 +201,8 @@ class RecentLists:
             for start in range(0, len(sets), 500):
                 self.client.delete(*sets[start : start + 500])
         self.client.set(self.keys.layout, LAYOUT)
+        if not users:  # a new Redis: nothing to move
+            return
         log.info(
             "recent lists: moved the latest transactions of %d users from %d sorted sets "
             "(%s) to lists (%s) and deleted the sets; %d unreadable items dropped",

@@ -76,6 +76,11 @@ class Outage:
         self._backoff = Backoff()
         self._lock = threading.Lock()
 
+    @property
+    def down(self) -> bool:
+        """Whether an outage is going on: the last attempt failed."""
+        return self._since is not None
+
     def failed(self, exc: BaseException, note: str = "") -> float:
         """Record a failed attempt; the seconds to wait before the next one."""
         with self._lock:

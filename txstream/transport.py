@@ -25,7 +25,7 @@ from typing import Protocol
 import redis
 
 import config
-from txstream.runtime import Backoff
+from txstream.runtime import Outage
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +126,19 @@ def make_source(settings: config.Settings, client: redis.Redis) -> Source:
             client, keys.stream, settings.group, settings.claim_idle_ms, settings.max_deliveries
         )
     return PubSubSource(client, keys.channel, settings.pubsub_buffer)
+
+
+def listening(settings: config.Settings) -> bool:
+    """Whether what the emitter sends now will be read: a stream keeps it for its readers;
+    a pub/sub message only reaches the subscribers of that moment, if any."""
+    if settings.transport == "stream":
+        return True
+    try:
+        with redis.Redis.from_url(settings.redis_url, socket_timeout=2) as client:
+            channel = settings.keys.channel
+            return dict(client.pubsub_numsub(channel)).get(channel.encode(), 0) > 0
+    except redis.RedisError:
+        return False
 
 
 class PubSubSink:
@@ -231,7 +244,7 @@ class PubSubSource:
 
     def _read_forever(self) -> None:
         pubsub = self._pubsub
-        backoff = Backoff()
+        outage = Outage("redis")
         subscriptions = 1  # start() saw the first confirmation
         try:
             while not self._stopping.is_set():
@@ -239,12 +252,13 @@ class PubSubSource:
                     if not pubsub.subscribed:
                         pubsub.subscribe(self.channel)
                     message = pubsub.get_message(timeout=0.2)
-                    backoff = Backoff()
                 except REDIS_ERRORS as exc:
-                    self._lost(exc)
+                    if not outage.down:
+                        self._lost(exc)
                     subscriptions = 0  # the next confirmation is the expected one
-                    self._stopping.wait(backoff.delay())
+                    self._stopping.wait(outage.failed(exc))
                     continue
+                outage.ok()
                 if message is None:
                     continue
                 if message["type"] == "subscribe":
