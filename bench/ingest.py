@@ -70,6 +70,7 @@ class Run:
     peak_rss_mb: float | None = None  # the largest consumer's peak resident memory
     redis_cpu_s: float | None = None  # the Redis server's CPU, emitter start to last row
     consumer_cpu_s: float | None = None  # the consumers' own CPU, summed, until the last row
+    batch_writes_s: float | None = None  # Redis's time in the subscribers' batch writes
 
 
 def stored(engine) -> tuple[int, int]:
@@ -111,6 +112,20 @@ def redis_cpu_s(client) -> float:
     """
     info = client.info("cpu")
     return info["used_cpu_user"] + info["used_cpu_sys"]
+
+
+def batch_writes_s(client) -> float:
+    """Redis's seconds in the subscribers' one Redis transaction per batch (recent lists,
+    dead letters, acks) since the last CONFIG RESETSTAT.
+
+    That transaction is a MULTI/EXEC in older versions (EXEC's time holds its commands'),
+    one script call (EVALSHA) since the recent lists; the emitter's scripts run as EVAL.
+    """
+    stats = client.info("commandstats")
+    multi = stats.get("cmdstat_exec", {})
+    if multi.get("calls"):
+        return multi["usec"] / 1e6
+    return stats.get("cmdstat_evalsha", {}).get("usec", 0) / 1e6
 
 
 def wait_for_rows(engine, count: int, stall: float = 30) -> None:
@@ -159,6 +174,7 @@ def end_to_end(
     try:
         for proc in procs:
             proc.wait_for_line(r"reading", timeout=60)
+        client.config_resetstat()
         redis_before = redis_cpu_s(client)
         started = time.monotonic()
         emitter = Script(
@@ -174,10 +190,11 @@ def end_to_end(
         redis_used = redis_cpu_s(client) - redis_before
         rss = max(peak_rss_mb(proc) for proc in procs)
         consumers_used = sum(cpu_s(proc) for proc in procs)
+        writes = batch_writes_s(client)
     finally:
         for proc in procs:
             proc.stop()
-    return Run(count / elapsed, rss, redis_used, consumers_used)
+    return Run(count / elapsed, rss, redis_used, consumers_used, writes)
 
 
 def txstream(transport: str, subscribers: int):
@@ -329,7 +346,8 @@ def progress(run: Run) -> str:
     """One run's figures, for the progress lines."""
     text = f"{run.rate:,.0f} tx/s"
     if run.redis_cpu_s is not None:
-        text += f", Redis CPU {run.redis_cpu_s:.2f} s, subscriber CPU {run.consumer_cpu_s:.2f} s"
+        text += f", Redis CPU {run.redis_cpu_s:.2f} s (batch writes {run.batch_writes_s:.2f} s)"
+        text += f", subscriber CPU {run.consumer_cpu_s:.2f} s"
     return text
 
 
@@ -369,7 +387,8 @@ def table(results: dict[tuple[str, str], list[Run]], count: int, before: str | N
         return median_of(results.get((key, label)), "rate")
 
     head = ["mode", "tx/s (median)", "x naive", "% of ceiling", "peak RSS"]
-    head += ["Redis CPU s", f"Redis CPU s per {PER:,}", "subscriber CPU s", "runs"]
+    head += ["Redis CPU s", f"Redis CPU s per {PER:,}", "of it, batch writes"]
+    head += ["subscriber CPU s", "runs"]
     if before:
         head.insert(2, "after / before")
     lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 2) + "|---|"]
@@ -379,6 +398,7 @@ def table(results: dict[tuple[str, str], list[Run]], count: int, before: str | N
         naive_rate = rate("a", label or (AFTER if before else ""))
         redis_cpu = median_of(runs, "redis_cpu_s")
         consumer_cpu = median_of(runs, "consumer_cpu_s")
+        writes = median_of(runs, "batch_writes_s")
         rss = [r.peak_rss_mb for r in runs if r.peak_rss_mb is not None]
         cells = [
             row_name(key, label),
@@ -388,6 +408,7 @@ def table(results: dict[tuple[str, str], list[Run]], count: int, before: str | N
             f"{max(rss):.0f} MB" if rss else "-",
             f"{redis_cpu:.2f}" if redis_cpu is not None else "-",
             f"{redis_cpu * PER / count:.2f}" if redis_cpu is not None else "-",
+            f"{writes:.2f}" if writes is not None else "-",
             f"{consumer_cpu:.2f}" if consumer_cpu is not None else "-",
             ", ".join(f"{r.rate:,.0f}" for r in runs),
         ]
