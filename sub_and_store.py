@@ -238,7 +238,7 @@ class Subscriber:
         try:
             retry(
                 self.redis,
-                lambda: self.store.write_redis(committed, dead, batch.entry_ids),
+                lambda: self.store.write_redis(committed, batch.dead, batch.entry_ids),
                 is_redis_outage,
                 self.stop,
             )

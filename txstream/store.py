@@ -115,7 +115,7 @@ class Store:
     ) -> Committed:
         """Commit `txns`, then write Redis: what the subscriber does with each batch."""
         committed = self.commit(txns)
-        self.write_redis(committed, list(dead) + committed.rejected, entry_ids)
+        self.write_redis(committed, dead, entry_ids)
         return committed
 
     def commit(self, txns: Sequence[Transaction]) -> Committed:
@@ -139,7 +139,9 @@ class Store:
     def write_redis(
         self, committed: Committed, dead: Sequence[dict], entry_ids: Sequence = ()
     ) -> None:
-        """In one script call: the recent lists, the dead letters, then the acknowledgements."""
+        """In one script call: the recent lists, the dead letters (`dead` and those of the
+        commit), then the acknowledgements of `entry_ids`."""
+        dead = [*dead, *committed.rejected]
         recent_keys, recent_args = merge_arguments(
             self.keys, committed.new + committed.stored_before
         )
