@@ -104,3 +104,11 @@ def test_a_quiet_stream_does_not_look_like_a_dead_server(redis_client, key_prefi
     source.start()
     assert source.read(10, timeout=2.0) == []  # blocks 0.15 s, not 2 s past the timeout
     client.close()
+
+
+def test_a_deleted_stream_and_group_are_created_again(fake_redis, source, caplog):
+    fake_redis.delete(STREAM)  # an operator's mistake: the group goes with the stream
+    assert read_all(source) == []
+    assert "is gone: creating them" in caplog.text
+    StreamSink(fake_redis, STREAM, maxlen=0).send(["1,2.00,1570358269"])
+    assert [m.raw for m in read_all(source)] == [b"1,2.00,1570358269"]

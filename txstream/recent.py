@@ -169,7 +169,7 @@ class RecentLists:
         return txns
 
     def migrate(self) -> None:
-        """Move the latest-5 sets of layout 1 into the lists, once per Redis (logged).
+        """Move the sorted sets of layout 1 into the lists, once per Redis (logged).
 
         Lists whose items have an older JSON form are rewritten on the way.
         """
