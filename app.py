@@ -1,25 +1,28 @@
 """The web app: a JSON API and pages over the stored transactions and the Redis lists.
 
-flask --app app run       # serve on http://127.0.0.1:5000
-flask --app app init-db   # create the database and tables named by DATABASE_URL
+flask --app app run                  # serve on http://127.0.0.1:5000
+flask --app app init-db              # create the database and tables named by DATABASE_URL
+flask --app app create-token NAME    # an API token (printed once); list-tokens, revoke-token
 """
 
 from __future__ import annotations
 
 import logging
+import sys
 
 import click
 import redis
-from flask import Flask, current_app, request
+from flask import Flask, Response, current_app, request
 from flask.cli import with_appcontext
+from flask_limiter.errors import RateLimitExceeded
 from sqlalchemy import Engine, inspect
-from sqlalchemy.exc import OperationalError
-from werkzeug.exceptions import HTTPException
+from sqlalchemy.exc import InterfaceError, OperationalError
+from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 import config
 import models
-from txstream import api, pages
-from txstream.times import utcnow
+from txstream import access, api, pages, tokens
+from txstream.times import format_time, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -28,8 +31,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     """Build the app from the settings (`config.load()`), then `test_config` on top.
 
     Besides Flask's own keys, `test_config` may set ENGINE (a SQLAlchemy engine),
-    REDIS (a redis client), KEY_PREFIX, WINDOW_HOURS (a Decimal) and CLOCK (returns
-    the current naive-UTC datetime). Nothing connects until a request needs it.
+    REDIS (a redis client), KEY_PREFIX, WINDOW_HOURS (a Decimal), CLOCK (returns the
+    current naive-UTC datetime), AUTH, SECRET_KEY and RATE_LIMIT. Nothing connects until
+    a request needs it. Raises `config.ConfigError` when the settings cannot work.
     """
     settings = config.load()
     app = Flask(__name__)
@@ -44,6 +48,10 @@ def create_app(test_config: dict | None = None) -> Flask:
         CLOCK=utcnow,
         ENGINE=None,
         REDIS=None,
+        AUTH=settings.auth,
+        SECRET_KEY=settings.secret_key or None,
+        RATE_LIMIT=settings.rate_limit,
+        TRUSTED_HOSTS=list(settings.trusted_hosts) or None,
     )
     if test_config is None:
         # A no-op when the host (pytest, gunicorn) has configured logging already.
@@ -52,6 +60,12 @@ def create_app(test_config: dict | None = None) -> Flask:
         )
     else:
         app.config.update(test_config)
+    if app.config["AUTH"] and not app.config["SECRET_KEY"]:
+        raise config.ConfigError(
+            "SECRET_KEY must be set: it signs the pages' session cookies (make one with "
+            "`python -c 'import secrets; print(secrets.token_hex(32))'`), or set AUTH=off "
+            "for a local experiment without tokens"
+        )
     if app.config["ENGINE"] is None:
         app.config["ENGINE"] = models.make_engine(app.config["DATABASE_URL"], reads_only=True)
     if app.config["REDIS"] is None:
@@ -62,15 +76,29 @@ def create_app(test_config: dict | None = None) -> Flask:
     else:
         redis_location = "the client given in test_config"
     log.info(
-        "web app: Redis %s, database %s",
+        "web app: Redis %s, database %s, tokens %s",
         redis_location,
         _masked_url(app.config["ENGINE"]),
+        "required" if app.config["AUTH"] else "OFF",
     )
+    if not app.config["AUTH"]:
+        log.warning("AUTH=off: anyone who reaches this app reads every user's transactions")
 
+    access.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_error_handler(HTTPException, _http_error)
-    app.cli.add_command(init_db_command)
+    app.register_error_handler(RateLimitExceeded, access.rate_limited)
+    for outage in (redis.ConnectionError, redis.TimeoutError, OperationalError, InterfaceError):
+        app.register_error_handler(outage, _unavailable)
+    app.after_request(_security_headers)
+    for command in (
+        init_db_command,
+        create_token_command,
+        list_tokens_command,
+        revoke_token_command,
+    ):
+        app.cli.add_command(command)
     return app
 
 
@@ -79,6 +107,30 @@ def _http_error(exc: HTTPException):
     if api.owns(request.path):
         return api.http_error(exc)
     return pages.http_error(exc)
+
+
+def _unavailable(exc: Exception):
+    """Redis or the database is down: 503, never 500; what failed is logged."""
+    log.error("%s %s: a dependency is unavailable: %s", request.method, request.path, exc)
+    unavailable = ServiceUnavailable("a database or Redis is unavailable; try again shortly")
+    response = _http_error(unavailable)
+    response.headers["Retry-After"] = "5"
+    return response
+
+
+def _security_headers(response: Response) -> Response:
+    """What every response says to browsers: run nothing foreign, frame nothing, sniff nothing."""
+    headers = response.headers
+    headers.setdefault(
+        "Content-Security-Policy",
+        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    )
+    headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers.setdefault("X-Frame-Options", "DENY")
+    headers.setdefault("Referrer-Policy", "no-referrer")
+    if api.owns(request.path):
+        headers["Cache-Control"] = "no-store"
+    return response
 
 
 @click.command("init-db")
@@ -99,6 +151,51 @@ def init_db_command() -> None:
         click.echo(f"All tables exist already in {where}; nothing to create")
 
 
+@click.command("create-token")
+@click.argument("name")
+@with_appcontext
+def create_token_command(name: str) -> None:
+    """Make an API token called NAME and print it, once (its last line)."""
+    engine = _writer()
+    try:
+        models.create_schema(engine)
+        token = tokens.create(engine, name)
+    except tokens.TokenError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    click.echo(f"Created token {name!r}. It is shown only now; keep it like a password:")
+    click.echo(token)
+
+
+@click.command("list-tokens")
+@with_appcontext
+def list_tokens_command() -> None:
+    """List the tokens: name, created, last used (never the tokens themselves)."""
+    for info in tokens.listed(current_app.config["ENGINE"]):
+        used = format_time(info.last_used_at) if info.last_used_at else "never"
+        click.echo(f"{info.name}\tcreated {format_time(info.created_at)}\tlast used {used}")
+
+
+@click.command("revoke-token")
+@click.argument("name")
+@with_appcontext
+def revoke_token_command(name: str) -> None:
+    """Revoke the token called NAME: it fails from its next request on."""
+    engine = _writer()
+    try:
+        if not tokens.revoke(engine, name):
+            raise click.ClickException(f"there is no token called {name!r}")
+    finally:
+        engine.dispose()
+    click.echo(f"Revoked token {name!r}")
+
+
+def _writer() -> Engine:
+    """An engine that writes, for the commands (the app's own only reads)."""
+    return models.make_engine(current_app.config["ENGINE"].url.render_as_string(False))
+
+
 def _table_names(engine: Engine) -> set[str]:
     try:
         return set(inspect(engine).get_table_names())
@@ -112,4 +209,7 @@ def _masked_url(engine: Engine) -> str:
     return engine.url.render_as_string(hide_password=True)
 
 
-app = create_app()
+try:
+    app = create_app()
+except config.ConfigError as exc:
+    sys.exit(f"app: {exc}")

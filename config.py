@@ -10,11 +10,12 @@ import argparse
 import dataclasses
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from urllib.parse import urlsplit, urlunsplit
 
 from dotenv import load_dotenv
+from limits import parse_many  # flask-limiter's notation, e.g. 600/minute
 
 from txstream.keys import Keys
 
@@ -52,6 +53,10 @@ class Settings:
     claim_idle_ms: int = 30_000  # take over entries pending this long on another consumer
     max_deliveries: int = 5  # an entry delivered more often is a dead letter
     pubsub_buffer: int = 100_000  # messages read ahead of the database, at most
+    auth: bool = True  # the web app asks for a token; AUTH=off for local experiments only
+    secret_key: str = field(default="", repr=False)  # signs the pages' session cookie
+    rate_limit: str = "600/minute"  # API requests per token (flask-limiter's notation)
+    trusted_hosts: tuple[str, ...] = ()  # Host headers the web app answers; () = any
 
     @property
     def keys(self) -> Keys:
@@ -86,6 +91,12 @@ def load(env: dict[str, str] | None = None) -> Settings:
         claim_idle_ms=_positive_int(env, "CLAIM_IDLE_MS", defaults.claim_idle_ms),
         max_deliveries=_positive_int(env, "MAX_DELIVERIES", defaults.max_deliveries),
         pubsub_buffer=_positive_int(env, "PUBSUB_BUFFER", defaults.pubsub_buffer),
+        auth=_choice(env, "AUTH", ("on", "off"), "on") == "on",
+        secret_key=env.get("SECRET_KEY", ""),
+        rate_limit=_rate_limit(env.get("RATE_LIMIT") or defaults.rate_limit),
+        trusted_hosts=tuple(
+            h.strip() for h in env.get("TRUSTED_HOSTS", "").split(",") if h.strip()
+        ),
     )
     return settings
 
@@ -195,6 +206,16 @@ def _window_hours(raw: str | None, default: Decimal) -> Decimal:
             f"in whole seconds (got {raw!r})"
         )
     return hours
+
+
+def _rate_limit(raw: str) -> str:
+    try:
+        parse_many(raw)
+    except ValueError:
+        raise ConfigError(
+            f"RATE_LIMIT must be a limit like 600/minute or 10/second;100/minute (got {raw!r})"
+        ) from None
+    return raw
 
 
 def _log_level(raw: str) -> str:

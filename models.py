@@ -1,4 +1,4 @@
-"""The database: SQLAlchemy models of the two tables, and the engine that reaches them.
+"""The database: SQLAlchemy models of the tables, and the engine that reaches them.
 
 `schema.sql` creates the same tables for MySQL users (DataGrip, `mysql < schema.sql`);
 a test proves the two agree on a real MariaDB.
@@ -80,7 +80,32 @@ class UserWindowTotal(Base):
     updated_at: Mapped[datetime] = mapped_column(Timestamp, comment="UTC")
 
 
+class ApiToken(Base):
+    """A bearer token of the API and the pages: only its SHA-256 is stored (txstream.tokens)."""
+
+    __tablename__ = "api_tokens"
+    __table_args__ = (
+        UniqueConstraint("name", name="uq_api_tokens_name"),
+        UniqueConstraint("token_hash", name="uq_api_tokens_token_hash"),
+        _TABLE_OPTIONS,
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64))
+    token_hash: Mapped[str] = mapped_column(
+        String(64).with_variant(
+            mysql.CHAR(64, charset="ascii", collation="ascii_bin"), *MYSQL_NAMES
+        ),
+        comment="hex SHA-256 of the token",
+    )
+    created_at: Mapped[datetime] = mapped_column(Timestamp, comment="UTC")
+    last_used_at: Mapped[datetime | None] = mapped_column(
+        Timestamp, nullable=True, comment="UTC, to the minute"
+    )
+
+
 transactions = StoredTransaction.__table__
+api_tokens = ApiToken.__table__
 user_window_totals = UserWindowTotal.__table__
 
 

@@ -32,3 +32,16 @@ CREATE TABLE IF NOT EXISTS user_window_totals (
   updated_at   DATETIME(6) NOT NULL COMMENT 'UTC',
   PRIMARY KEY (user_id, window_start)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- The bearer tokens of the API and the pages: only a token's SHA-256 is kept.
+-- Made with `flask --app app create-token NAME`; revoking one deletes its row.
+CREATE TABLE IF NOT EXISTS api_tokens (
+  id           BIGINT NOT NULL AUTO_INCREMENT,
+  name         VARCHAR(64) NOT NULL,
+  token_hash   CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL COMMENT 'hex SHA-256 of the token',
+  created_at   DATETIME(6) NOT NULL COMMENT 'UTC',
+  last_used_at DATETIME(6) NULL COMMENT 'UTC, to the minute',
+  PRIMARY KEY (id),
+  UNIQUE KEY uq_api_tokens_name (name),
+  UNIQUE KEY uq_api_tokens_token_hash (token_hash)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

@@ -1,5 +1,6 @@
 -- wrk script of bench/api.py: GET args[1] with "{user}" replaced by a random user id
--- 1..args[2], count the responses that are not 2xx, and print one parseable result line.
+-- 1..args[2], with the bearer token args[3]; count the responses that are not 2xx, and
+-- print one parseable result line.
 
 local threads = {}
 
@@ -11,13 +12,14 @@ end
 function init(args)
   template = args[1]
   users = tonumber(args[2])
+  headers = {["Authorization"] = "Bearer " .. args[3]}
   non2xx = 0 -- a global, so that done() can read it from each thread
   math.randomseed(os.time() * 1000 + id) -- each thread its own sequence
 end
 
 function request()
   local path = template:gsub("{user}", tostring(math.random(users)))
-  return wrk.format("GET", path)
+  return wrk.format("GET", path, headers)
 end
 
 function response(status, headers, body)

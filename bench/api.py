@@ -19,6 +19,7 @@ import os
 import platform
 import random
 import runpy
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -42,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import config  # noqa: E402
 import models  # noqa: E402
+from txstream import tokens  # noqa: E402
 from txstream.keys import Keys  # noqa: E402
 from txstream.processes import ROOT, Script, free_port, wait_until  # noqa: E402
 from txstream.recent import RECENT_SIZE  # noqa: E402
@@ -227,9 +229,14 @@ def seeded(engine, client: redis.Redis, args) -> bool:
 
 
 def serve(args) -> tuple[Script, str]:
-    """The web app as `make serve` runs it, on a free port, on the benchmark's data."""
+    """The web app as `make serve` runs it, on a free port, on the benchmark's data.
+
+    With tokens required, as by default; the rate limit is set far above what wrk sends
+    (each request still counts itself in Redis, as in production).
+    """
     bind = f"127.0.0.1:{free_port()}"
     env = {"DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL, "KEY_PREFIX": KEYS.prefix}
+    env |= {"SECRET_KEY": secrets.token_hex(32), "RATE_LIMIT": "100000000/minute"}
     env |= {"WEB_BIND": bind, "WEB_WORKERS": str(args.workers), "WEB_THREADS": str(args.threads)}
     server = Script(*SERVE, env={**env, "LOG_LEVEL": "WARNING"})
 
@@ -246,10 +253,10 @@ def serve(args) -> tuple[Script, str]:
     return server, f"http://{bind}"
 
 
-def wrk(url: str, path: str, users: int, connections: int, seconds: int) -> dict:
+def wrk(url: str, path: str, users: int, connections: int, seconds: int, token: str) -> dict:
     """One wrk run, one thread keeping `connections` requests in flight: api.lua's result."""
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s"]
-    command += ["-s", str(ROOT / "bench" / "api.lua"), url, "--", path, str(users)]
+    command += ["-s", str(ROOT / "bench" / "api.lua"), url, "--", path, str(users), token]
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
 
@@ -297,18 +304,22 @@ def main() -> None:
     if args.reseed or not seeded(engine, client, args):
         seed(engine, client, args)
     server, url = serve(args)
+    token_name = f"bench-api-{os.getpid()}"
+    models.create_schema(engine)  # a seed older than the tokens has no table for them
+    token = tokens.create(engine, token_name)
     rows = []
     try:
         for name in args.endpoints:
-            wrk(url, ENDPOINTS[name], args.users, 8, 1)  # warm-up, not reported
+            wrk(url, ENDPOINTS[name], args.users, 8, 1, token)  # warm-up, not reported
             for connections in args.concurrency:
-                r = wrk(url, ENDPOINTS[name], args.users, connections, args.duration)
+                r = wrk(url, ENDPOINTS[name], args.users, connections, args.duration, token)
                 rps = r["requests"] / r["duration_us"] * 1e6
                 errors = r["non2xx"] + r["socket_errors"]
                 rows.append((ENDPOINTS[name], connections, rps, r["p50_us"], r["p99_us"], errors))
                 print(f"{name} x {connections}: {rps:,.0f} requests/s", file=sys.stderr)
     finally:
         server.stop()
+        tokens.revoke(engine, token_name)
     python = os.path.relpath(sys.executable, ROOT)
     print(f"\n{context(engine, args)}\n\n```sh\n{shlex.join([python, *sys.argv])}\n```\n")
     print("| endpoint | concurrency | requests/s | p50 ms | p99 ms | errors |")

@@ -19,7 +19,13 @@ from sqlalchemy.exc import OperationalError
 
 import config
 import models
-from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL, service_unavailable
+from tests.helpers import (
+    TEST_DATABASE_URL,
+    TEST_REDIS_URL,
+    TEST_SECRET_KEY,
+    service_unavailable,
+    signed_in_client,
+)
 from txstream.processes import Script, free_port
 from txstream.testing import PrivateMariaDB, PrivateRedis, ServerMissing, empty_tables
 
@@ -145,13 +151,20 @@ def app(sqlite_engine, fake_redis):
             "KEY_PREFIX": "txstream-test:",
             "WINDOW_HOURS": Decimal(6),
             "CLOCK": lambda: now,
+            "SECRET_KEY": TEST_SECRET_KEY,
         }
     )
 
 
 @pytest.fixture
 def client(app):
-    """A test client of `app`."""
+    """A test client of `app`, signed in: a valid bearer token and a page session."""
+    return signed_in_client(app)
+
+
+@pytest.fixture
+def anonymous(app):
+    """A test client of `app` that has no token and no session."""
     return app.test_client()
 
 

@@ -12,6 +12,7 @@ from datetime import datetime
 import pytest
 from sqlalchemy import make_url
 
+from txstream import tokens
 from txstream.keys import Keys
 from txstream.store import Store
 from txstream.times import format_epoch
@@ -28,6 +29,9 @@ _DATABASE_URL = make_url(
 TEST_DATABASE_URL = _DATABASE_URL.set(
     database=f"{_DATABASE_URL.database}_{secrets.token_hex(4)}"
 ).render_as_string(hide_password=False)
+
+# The scripts and apps under test sign sessions with this (`import app` needs one).
+TEST_SECRET_KEY = os.environ.setdefault("SECRET_KEY", "test-secret-" + secrets.token_hex(16))
 
 BIGGEST = "999999999999999999.99"  # the largest amount a transaction can have
 
@@ -55,3 +59,13 @@ def seed(app, *lines: str) -> list[Transaction]:
     committed = store.store(txns)
     assert len(committed.new) == len(txns)
     return txns
+
+
+def signed_in_client(app):
+    """A test client of `app` that sends a valid bearer token and has a page session."""
+    token = tokens.create(app.config["ENGINE"], f"test-{secrets.token_hex(6)}")
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    with client.session_transaction() as session:
+        session["token_hash"] = tokens.hash_of(token)
+    return client

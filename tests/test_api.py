@@ -236,6 +236,7 @@ def test_recent_does_not_query_the_database(app, client, closed_port):
     now = app.config["CLOCK"]()
     seed(app, line(4, "1.00", now, "only"))
     app.config["ENGINE"] = models.make_engine(f"mysql+pymysql://root@127.0.0.1:{closed_port}/x")
+    app.config["AUTH"] = False  # checking a token is the one read a request makes otherwise
 
     body = get_json(client, "/api/users/4/recent")
 
@@ -471,7 +472,13 @@ def test_init_db_creates_the_tables_once(app, tmp_path):
     second = runner.invoke(args=["init-db"])
 
     assert first.exit_code == 0, first.output
-    assert "Created tables transactions, user_window_totals in sqlite:///" in first.output
-    assert set(inspect(engine).get_table_names()) == {"transactions", "user_window_totals"}
+    assert "Created tables api_tokens, transactions, user_window_totals in sqlite:///" in (
+        first.output
+    )
+    assert set(inspect(engine).get_table_names()) == {
+        "api_tokens",
+        "transactions",
+        "user_window_totals",
+    }
     assert "nothing to create" in second.output
     engine.dispose()

@@ -6,12 +6,15 @@ import json
 import signal
 import urllib.request
 
+import models
+from txstream import tokens
 from txstream.processes import Script, free_port, wait_until
 
 
-def get_json(url: str):
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return json.load(response)
+def get_json(url: str, token: str | None = None):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
+        return json.load(r)
 
 
 def test_demo_runs_emitter_subscriber_and_web_app_without_servers(tmp_path):
@@ -21,23 +24,28 @@ def test_demo_runs_emitter_subscriber_and_web_app_without_servers(tmp_path):
         env={"REDIS_URL": "", "DATABASE_URL": ""},  # unset: the embedded defaults
     )
     try:
-        demo.wait_for_line(rf"Web +http://127\.0\.0\.1:{port}/", timeout=90)
+        demo.wait_for_line(rf"Web +http://127\.0\.0\.1:{port}/login ", timeout=90)
+        curl = demo.wait_for_line(r'API +curl -H "Authorization: Bearer (txs_\S+)" http://\S+')
+        token = curl.group(1)
         assert "embedded fakeredis server at redis://127.0.0.1:" in demo.output
         assert f"SQLite file {tmp_path / 'demo.sqlite3'}" in demo.output
         base = f"http://127.0.0.1:{port}"
         latest = wait_until(
-            lambda: get_json(f"{base}/api/transactions?limit=5")["items"],
+            lambda: get_json(f"{base}/api/transactions?limit=5", token)["items"],
             30,
             "transactions stored by the subscriber and served by the web app",
         )
         newest = latest[0]
         recent_url = f"{base}/api/users/{newest['user_id']}/recent"
         wait_until(  # Redis is written right after the database commit
-            lambda: newest in get_json(recent_url)["items"], 10, "the recent list in Redis"
+            lambda: newest in get_json(recent_url, token)["items"], 10, "the recent list in Redis"
         )
         assert get_json(f"{base}/healthz") == {"redis": "ok", "database": "ok"}
         assert demo.stop(signal.SIGINT, timeout=30) == 0, demo.output
         assert "[subscriber]" in demo.output and "stopped on SIGTERM" in demo.output
         assert "; 0 had no subscriber" in demo.output  # started after the subscriber
+        engine = models.make_engine(f"sqlite:///{tmp_path / 'demo.sqlite3'}")
+        assert tokens.listed(engine) == []  # the run's token is revoked with it
+        engine.dispose()
     finally:
         demo.kill()

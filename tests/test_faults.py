@@ -27,7 +27,7 @@ import redis
 from sqlalchemy import func, select
 
 import models
-from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL, signed_in_client
 from txstream.keys import Keys
 from txstream.processes import Script, wait_until
 from txstream.recent import RecentLists
@@ -354,7 +354,7 @@ def test_the_web_app_reads_again_after_a_database_restart(private_mariadb, fake_
     engine = app.config["ENGINE"]
     try:
         models.create_schema(engine)
-        client = app.test_client()
+        client = signed_in_client(app)
         assert client.get("/api/users/1/sum").status_code == 200  # a pooled connection now
         private_mariadb.restart()
         for path in ("/api/users/1/sum", "/api/users/1/transactions", "/users/1", "/healthz"):

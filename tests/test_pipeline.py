@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import make_url
 
 from app import create_app
-from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL
+from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL, signed_in_client
 from txstream.keys import Keys
 from txstream.processes import Script, wait_until
 from txstream.testing import (
@@ -176,7 +176,7 @@ def test_endpoints_serve_what_the_subscriber_stored(
             "CLOCK": lambda: datetime(2019, 10, 6, 12, 0, 0),
         }
     )
-    client = app.test_client()
+    client = signed_in_client(app)
 
     summary = client.get("/api/users/1/sum?hours=6").get_json()
     assert summary["count"] == 2

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import multiprocessing
 import os
+import secrets
 import signal
 import sys
 import time
@@ -22,6 +23,7 @@ from pathlib import Path
 
 import config
 import models
+from txstream import tokens
 from txstream.processes import ROOT, Script, TimedOut, free_port, wait_until
 from txstream.transport import listening
 
@@ -109,7 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         db_what = f"SQLite file {args.data_dir / 'demo.sqlite3'}"
     engine = models.make_engine(database_url)
     models.create_schema(engine)
-    engine.dispose()
+    # This run's own token and session key: revoked and forgotten when the demo stops.
+    token_name = f"demo-{os.getpid()}"
+    token = tokens.create(engine, token_name) if settings.auth else None
+    env.setdefault("SECRET_KEY", secrets.token_hex(32))
 
     web_port = free_port(args.port)
     url = f"http://127.0.0.1:{web_port}/"
@@ -130,16 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         emitter = child("emitter", "emitter_and_pub.py", "--rate", rate, "--users", users, env=env)
         children.append(emitter)
         wait_for(lambda: answers_200(url + "healthz"), "the web app answering", 60, children)
-        print(
-            "\n"
-            "  txstream demo is running\n"
-            f"    Redis     {redis_what}\n"
-            f"    Database  {db_what}\n"
-            f"    Web       {url}    <- open this\n"
-            f"    API       curl {url}api/transactions\n"
-            "  Press Ctrl-C to stop.\n",
-            flush=True,
-        )
+        print(access_lines(url, token, redis_what, db_what), flush=True)
         while all(c.proc.poll() is None for c in children):
             time.sleep(0.5)
         dead = [c.name for c in children if c.proc.poll() is not None]
@@ -158,7 +154,31 @@ def main(argv: list[str] | None = None) -> int:
         if fake_redis is not None:
             fake_redis.terminate()
             fake_redis.join(5)
+        if token is not None:
+            tokens.revoke(engine, token_name)
+        engine.dispose()
     return status
+
+
+def access_lines(url: str, token: str | None, redis_what: str, db_what: str) -> str:
+    """What the demo prints once it runs: where everything is, and how to get in."""
+    if token is None:
+        web, api = f"{url}    <- open this (AUTH=off)", f"curl {url}api/transactions"
+    else:
+        web = f"{url}login    <- open this, and paste the token"
+        api = f'curl -H "Authorization: Bearer {token}" {url}api/transactions'
+    lines = [
+        "",
+        "  txstream demo is running",
+        f"    Redis     {redis_what}",
+        f"    Database  {db_what}",
+        f"    Web       {web}",
+        *([f"    Token     {token}   (this run's; revoked when the demo stops)"] if token else []),
+        f"    API       {api}",
+        "  Press Ctrl-C to stop.",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def _interrupt(_signum, _frame) -> None:

@@ -1,0 +1,278 @@
+"""Who may read: bearer tokens on the API, a signed-in session on the pages, rate limits,
+and what every response tells browsers."""
+
+from __future__ import annotations
+
+import logging
+import re
+
+import pytest
+import redis
+from sqlalchemy import select
+
+import config
+import models
+from tests.helpers import TEST_SECRET_KEY, signed_in_client
+from txstream import tokens
+
+PAGES = ["/", "/users/1", "/users?user_id=1"]
+
+
+def create_token(app, name: str) -> str:
+    """`flask --app app create-token NAME`; the token from its last line."""
+    result = app.test_cli_runner().invoke(args=["create-token", name])
+    assert result.exit_code == 0, result.output
+    return result.output.strip().splitlines()[-1]
+
+
+def bearer(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+# --- the API ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "invalid"),
+    [
+        (None, False),
+        ("", False),
+        ("Basic dXNlcjpwYXNz", False),
+        ("Bearer", False),
+        ("Bearer not-a-token", True),
+        ("Bearer txs_" + "A" * 43, True),  # the form of one, but never made
+        ("Bearer " + "x" * 10_000, True),
+    ],
+    ids=["none", "empty", "basic", "no-token", "garbage", "unknown", "huge"],
+)
+def test_the_api_refuses_requests_without_a_valid_token(anonymous, header, invalid):
+    headers = {} if header is None else {"Authorization": header}
+    response = anonymous.get("/api/users/1/sum", headers=headers)
+    assert response.status_code == 401
+    assert response.is_json and response.get_json()["error"]
+    challenge = response.headers["WWW-Authenticate"]
+    assert challenge.startswith("Bearer ")
+    assert ('error="invalid_token"' in challenge) == invalid
+
+
+def test_a_token_made_by_the_command_opens_the_api(app, anonymous):
+    token = create_token(app, "analyst")
+    assert re.fullmatch(r"txs_[A-Za-z0-9_-]{43}", token)
+    assert anonymous.get("/api/users/1/sum", headers=bearer(token)).status_code == 200
+    assert anonymous.get("/api/transactions", headers=bearer(token.lower())).status_code == 401
+
+
+def test_only_a_hash_of_a_token_is_stored(app):
+    token = create_token(app, "stored")
+    with app.config["ENGINE"].connect() as conn:
+        rows = conn.execute(select(models.api_tokens)).mappings().all()
+    assert [row["token_hash"] for row in rows] == [tokens.hash_of(token)]
+    assert token not in str(rows)
+
+
+def test_tokens_are_listed_without_their_secret_and_revoked(app, anonymous, caplog):
+    token = create_token(app, "ci-bot")
+    anonymous.get("/api/transactions", headers=bearer(token))
+    listed = app.test_cli_runner().invoke(args=["list-tokens"]).output
+    assert re.search(r"^ci-bot\tcreated \S+Z\tlast used \S+Z$", listed, re.M)
+    assert token not in listed and token not in caplog.text
+    revoked = app.test_cli_runner().invoke(args=["revoke-token", "ci-bot"])
+    assert revoked.exit_code == 0 and "Revoked token 'ci-bot'" in revoked.output
+    assert anonymous.get("/api/transactions", headers=bearer(token)).status_code == 401
+    again = app.test_cli_runner().invoke(args=["revoke-token", "ci-bot"])
+    assert again.exit_code != 0 and "no token called 'ci-bot'" in again.output
+
+
+@pytest.mark.parametrize("name", ["", "a b", "x" * 65, "ümlaut", "semi;colon"])
+def test_a_token_name_must_be_plain(app, name):
+    result = app.test_cli_runner().invoke(args=["create-token", name])
+    assert result.exit_code != 0 and "a token name is 1-64 characters" in result.output
+
+
+def test_a_token_name_is_taken_once(app):
+    create_token(app, "twice")
+    result = app.test_cli_runner().invoke(args=["create-token", "twice"])
+    assert result.exit_code != 0 and "exists already" in result.output
+
+
+def test_healthz_needs_no_token(anonymous):
+    response = anonymous.get("/healthz")
+    assert response.status_code == 200
+    assert response.get_json() == {"redis": "ok", "database": "ok"}
+
+
+# --- the pages ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_a_page_without_a_session_redirects_to_the_login_and_shows_no_data(anonymous, path):
+    response = anonymous.get(path)
+    assert response.status_code == 302
+    assert response.headers["Location"].startswith("/login?next=")
+    assert b"<table" not in response.data
+
+
+def login_form(client, path: str = "/login") -> dict:
+    """The login page's hidden fields."""
+    page = client.get(path).get_data(as_text=True)
+    assert 'name="token"' in page
+    return dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', page))
+
+
+def test_signing_in_with_a_token_opens_the_pages_until_signing_out(app, anonymous):
+    token = create_token(app, "person")
+    fields = login_form(anonymous, "/login?next=/users/7")
+    response = anonymous.post("/login", data={**fields, "token": token})
+    assert response.status_code == 302 and response.headers["Location"] == "/users/7"
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Lax" in cookie and "Secure" not in cookie
+    assert token not in cookie
+    assert anonymous.get("/").status_code == 200
+    page = anonymous.get("/").get_data(as_text=True)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    assert anonymous.post("/logout", data={"csrf": csrf}).status_code == 302
+    assert anonymous.get("/").status_code == 302
+
+
+def test_the_session_cookie_is_secure_over_https(app):
+    client = app.test_client()
+    token = create_token(app, "https-user")
+    base = "https://localhost"
+    fields = login_form(client, base + "/login")
+    response = client.post(base + "/login", data={**fields, "token": token})
+    assert "Secure" in response.headers["Set-Cookie"]
+
+
+def test_a_wrong_token_does_not_sign_in(anonymous):
+    fields = login_form(anonymous)
+    response = anonymous.post("/login", data={**fields, "token": "txs_" + "B" * 43})
+    assert response.status_code == 401
+    assert "That token is not valid" in response.get_data(as_text=True)
+    assert anonymous.get("/").status_code == 302
+
+
+@pytest.mark.parametrize("csrf", [None, "", "forged"])
+def test_forms_without_their_csrf_token_are_refused(app, anonymous, csrf):
+    token = create_token(app, "csrf-victim")
+    fields = login_form(anonymous)
+    data = {"token": token, "next": ""} if csrf is None else {"token": token, "csrf": csrf}
+    assert anonymous.post("/login", data=data).status_code == 400
+    signed_in = signed_in_client(app)
+    form = {} if csrf is None else {"csrf": csrf}
+    assert signed_in.post("/logout", data=form).status_code == 400
+    assert signed_in.get("/").status_code == 200  # still signed in
+    assert fields["csrf"]
+
+
+def test_revoking_a_token_ends_its_sessions(app):
+    client = signed_in_client(app)
+    assert client.get("/").status_code == 200
+    (name,) = [t.name for t in tokens.listed(app.config["ENGINE"])]
+    tokens.revoke(app.config["ENGINE"], name)
+    assert client.get("/").status_code == 302
+
+
+@pytest.mark.parametrize(
+    "target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:x"]
+)
+def test_signing_in_never_redirects_to_another_host(app, anonymous, target):
+    token = create_token(app, "redirected")
+    fields = login_form(anonymous)
+    response = anonymous.post("/login", data={**fields, "token": token, "next": target})
+    assert response.headers["Location"] == "/"
+
+
+def test_untrusted_host_headers_are_refused(app, client):
+    app.config["TRUSTED_HOSTS"] = ["txstream.bank.example"]
+    assert client.get("/healthz", headers={"Host": "evil.example"}).status_code == 400
+    assert client.get("/healthz", headers={"Host": "txstream.bank.example"}).status_code == 200
+
+
+# --- without auth, and the settings ---------------------------------------------------------
+
+
+def test_auth_off_opens_everything_and_warns_at_start(sqlite_engine, fake_redis, caplog):
+    from app import create_app
+
+    with caplog.at_level(logging.WARNING):
+        app = create_app({"TESTING": True, "ENGINE": sqlite_engine, "REDIS": fake_redis,
+                          "AUTH": False, "SECRET_KEY": None})  # fmt: skip
+    assert "AUTH=off" in caplog.text
+    client = app.test_client()
+    assert client.get("/api/users/1/sum").status_code == 200
+    assert client.get("/").status_code == 200
+
+
+def test_the_app_will_not_start_with_auth_and_no_secret_key(sqlite_engine, fake_redis):
+    from app import create_app
+
+    with pytest.raises(config.ConfigError, match="SECRET_KEY must be set"):
+        create_app({"ENGINE": sqlite_engine, "REDIS": fake_redis, "SECRET_KEY": ""})
+
+
+@pytest.mark.parametrize("value", ["sometimes", "ON ", "1"])
+def test_auth_takes_on_or_off_only(value):
+    with pytest.raises(config.ConfigError, match="AUTH must be one of on, off"):
+        config.load({"AUTH": value})
+
+
+@pytest.mark.parametrize("value", ["lots", "10/fortnight", "-1/minute"])
+def test_rate_limit_must_be_in_its_notation(value):
+    with pytest.raises(config.ConfigError, match="RATE_LIMIT"):
+        config.load({"RATE_LIMIT": value})
+
+
+# --- rate limits ----------------------------------------------------------------------------
+
+
+def test_each_token_has_its_own_rate_limit(sqlite_engine, fake_redis):
+    from app import create_app
+
+    app = create_app({"TESTING": True, "ENGINE": sqlite_engine, "REDIS": fake_redis,
+                      "SECRET_KEY": TEST_SECRET_KEY, "RATE_LIMIT": "3/minute",
+                      "KEY_PREFIX": "rate-test:"})  # fmt: skip
+    first, second = signed_in_client(app), signed_in_client(app)
+    assert [first.get("/api/users/1/sum").status_code for _ in range(3)] == [200] * 3
+    refused = first.get("/api/users/1/sum")
+    assert refused.status_code == 429
+    assert refused.is_json and "too many requests" in refused.get_json()["error"]
+    assert 0 < int(refused.headers["Retry-After"]) <= 60
+    assert second.get("/api/users/1/sum").status_code == 200
+    assert first.get("/healthz").status_code == 200  # not limited
+    assert fake_redis.keys("rate-test:ratelimit*")
+
+
+# --- what every response says -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/users/1/sum", "/", "/login", "/healthz", "/nowhere"])
+def test_every_response_carries_the_security_headers(client, path):
+    headers = client.get(path).headers
+    csp = headers["Content-Security-Policy"]
+    assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert "unsafe-inline" not in csp
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "no-referrer"
+    json_api = path.startswith("/api/") or path == "/healthz"
+    assert (headers.get("Cache-Control") == "no-store") == json_api
+
+
+# --- outages --------------------------------------------------------------------------------
+
+
+def test_with_redis_down_the_api_answers_503(app, client, closed_port):
+    app.config["REDIS"] = redis.Redis(port=closed_port, socket_connect_timeout=1)
+    response = client.get("/api/users/1/recent")
+    assert response.status_code == 503 and response.is_json
+    assert int(response.headers["Retry-After"]) >= 5
+
+
+def test_with_the_database_down_the_api_and_pages_answer_503(app, client, closed_port):
+    client.get("/")  # signed in while the database was up
+    app.config["ENGINE"] = models.make_engine(f"mysql+pymysql://root@127.0.0.1:{closed_port}/x")
+    api = client.get("/api/users/1/sum")
+    assert api.status_code == 503 and api.is_json
+    page = client.get("/")
+    assert page.status_code == 503 and page.mimetype == "text/html"
+    assert "unavailable" in page.get_data(as_text=True)
+    app.config["ENGINE"].dispose()
