@@ -237,6 +237,7 @@ def serve(args) -> tuple[Script, str]:
     bind = f"127.0.0.1:{free_port()}"
     env = {"DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL, "KEY_PREFIX": KEYS.prefix}
     env |= {"SECRET_KEY": secrets.token_hex(32), "RATE_LIMIT": "100000000/minute"}
+    env["AUTH"] = args.auth
     env |= {"WEB_BIND": bind, "WEB_WORKERS": str(args.workers), "WEB_THREADS": str(args.threads)}
     server = Script(*SERVE, env={**env, "LOG_LEVEL": "WARNING"})
 
@@ -273,7 +274,8 @@ def context(engine, args) -> str:
         f"{datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} cores ({cpu}), Python "
         f"{platform.python_version()}, MariaDB {mariadb.split('-')[0]}, gunicorn "
         f"{version('gunicorn')} ({args.workers} workers x {args.threads} threads) and wrk "
-        f"(1 thread) on the same machine; {describe(args)}; {args.duration} s per run."
+        f"(1 thread) on the same machine; {describe(args)}; {args.duration} s per run; "
+        f"AUTH={args.auth}."
     )
     if size > pool:
         words += (
@@ -295,6 +297,9 @@ def main() -> None:
     parser.add_argument("--endpoints", nargs="+", choices=ENDPOINTS, default=list(ENDPOINTS))
     parser.add_argument("--workers", type=number, default=conf["workers"])
     parser.add_argument("--threads", type=number, default=conf["threads"])
+    parser.add_argument(
+        "--auth", choices=["on", "off"], default="on", help="AUTH of the app (default: on)"
+    )
     args = parser.parse_args()
     args.window_seconds = config.load().window_seconds  # WINDOW_HOURS, as the app reads it
     if not shutil.which("wrk"):
