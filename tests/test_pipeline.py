@@ -42,6 +42,8 @@ MALFORMED = [
     b"\xff\xfe,10,1570358269",
     b"1,10,1570358269,bad id",
     b"1," + b"9" * 1100 + b",1570358269",
+    b"1,10,946684799.999999",  # before 2000
+    b"1,10,253402300799,year-9999",  # after now + MAX_CLOCK_SKEW: its window end overflows
 ]
 
 
@@ -130,7 +132,7 @@ def test_emitter_and_raw_messages_are_stored_exactly_once(
     dead_key = Keys(key_prefix).dead
     wait_until(lambda: count_rows(mysql_engine) == 300 + 4 + 1, 30, "all rows stored")
     wait_until(lambda: redis_client.llen(dead_key) == len(MALFORMED), 10, "dead letters")
-    subscriber.wait_for_line(r"stored=305 duplicates=1 dead=9 received=315")
+    subscriber.wait_for_line(r"stored=305 duplicates=1 dead=11 received=317")
 
     stored = {tx.txn_id: tx for tx in stored_transactions(mysql_engine)}
     for tx in emitted:
@@ -153,6 +155,7 @@ def test_emitter_and_raw_messages_are_stored_exactly_once(
         raw.decode("utf-8", "backslashreplace") for raw in MALFORMED
     ]
     assert dead[6]["raw"] == "\\xff\\xfe,10,1570358269"
+    assert all(d["reason"].startswith("timestamp out of range (") for d in dead[-2:])
     assert all(d["reason"] and re.fullmatch(r"\d{4}-.*T.*Z", d["at"]) for d in dead)
 
     assert subscriber.stop(signal.SIGTERM) == 0
