@@ -22,7 +22,7 @@ from txstream.testing import (
     count_rows,
     stored_transactions,
 )
-from txstream.wire import parse
+from txstream.wire import format_line, parse
 
 pytestmark = pytest.mark.services
 
@@ -160,6 +160,27 @@ def test_emitter_and_raw_messages_are_stored_exactly_once(
 
     assert subscriber.stop(signal.SIGTERM) == 0
     assert "stopped on SIGTERM" in subscriber.output
+
+
+def test_a_txn_id_again_with_other_values_is_a_dead_letter_an_exact_repeat_a_duplicate(
+    subscriber, send_raw, redis_client, mysql_engine, key_prefix
+):
+    first = "5,12.34,1570358300.5,same-id"
+    conflicting = [
+        "6,12.34,1570358300.5,same-id",
+        "5,12.35,1570358300.5,same-id",
+        "5,12.34,1570358300.500001,same-id",
+    ]
+    for raw in [first, first, *conflicting, first]:
+        send_raw(raw)
+    subscriber.wait_for_line(r"stored=1 duplicates=2 dead=3 received=6")
+    assert stored_transactions(mysql_engine) == [parse(first)]
+    dead = [json.loads(item) for item in redis_client.lrange(Keys(key_prefix).dead, 0, -1)]
+    assert [(d["raw"], d["reason"]) for d in dead] == [
+        (format_line(parse(raw)), "conflicts with the stored transaction") for raw in conflicting
+    ]
+    assert_totals_match_raw_rows(mysql_engine, WINDOW_SECONDS)
+    assert_recent_lists_match_db(mysql_engine, redis_client, key_prefix)
 
 
 def test_endpoints_serve_what_the_subscriber_stored(

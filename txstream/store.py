@@ -6,8 +6,10 @@ This is the one place that writes a batch, for the subscriber and for the tests 
 The database: one transaction per batch keeps the raw rows and `user_window_totals`
 equal. On every backend the same steps: insert the batch, skipping the txn_ids stored
 before; when that did not insert every row cleanly, undo it, look up what is stored and
-insert only the rest; then add the rows inserted now to their windows. The SQL that
-differs between MySQL and SQLite is in txstream.dialect.
+insert only the rest; then add the rows inserted now to their windows. A txn_id that
+comes again unchanged is a duplicate; with another user, amount or time, a dead letter:
+the first one stored wins. The SQL that differs between MySQL and SQLite is in
+txstream.dialect.
 
 Redis, after the commit, so that it never shows what the database lacks: one script call
 merges the batch into the recent lists (txstream.recent), appends its dead letters and
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 # A concurrent subscriber may insert the same txn_id between our look-up and our insert;
 # the batch is then rolled back and stored again.
 _CONFLICT_RETRIES = 5
+CONFLICT = "conflicts with the stored transaction"
 _UNPACK = 1000  # arguments per Lua unpack(): its stack holds a few thousand at most
 
 # KEYS: the dead letters, the stream, then the recent lists. ARGV: the consumer group ('' for
@@ -81,8 +84,10 @@ class Committed:
     # Stored by an earlier batch: a redelivery, maybe after a crash between commit and
     # the Redis write, so they go to the recent lists again (the merge skips repeats).
     stored_before: list[Transaction] = field(default_factory=list)
-    duplicates: int = 0  # txn_ids stored before, or repeated within the batch
-    rejected: list[dict] = field(default_factory=list)  # dead letters from the database
+    duplicates: int = 0  # exact repeats of what was stored before or earlier in the batch
+    # Dead letters: rows the database refused, and transactions whose txn_id came first
+    # (stored before, or earlier in the batch) with another user, amount or time.
+    rejected: list[dict] = field(default_factory=list)
 
 
 def dead_letter(raw: bytes | str, reason: str, at: datetime | None = None) -> dict:
@@ -123,18 +128,12 @@ class Store:
 
         Connection errors propagate, with nothing committed, for the caller to retry.
         """
-        first: dict[str, Transaction] = {}
-        for tx in txns:
-            first.setdefault(tx.txn_id, tx)
-        unique = list(first.values())
         try:
-            committed = self._commit_with_retry(unique)
+            return self._commit_with_retry(txns)
         except DataError:
             # Not expected after parsing; but one bad row must not cost the others.
             log.exception("the database rejected a batch; storing it row by row")
-            committed = self._commit_one_by_one(unique)
-        committed.duplicates += len(txns) - len(unique)
-        return committed
+            return self._commit_one_by_one(txns)
 
     def write_redis(
         self, committed: Committed, dead: Sequence[dict], entry_ids: Sequence = ()
@@ -157,7 +156,7 @@ class Store:
                 dropped,
             )
 
-    def _commit_with_retry(self, txns: list[Transaction]) -> Committed:
+    def _commit_with_retry(self, txns: Sequence[Transaction]) -> Committed:
         for attempt in range(1, _CONFLICT_RETRIES + 1):
             try:
                 with self.engine.begin() as conn:
@@ -168,7 +167,7 @@ class Store:
                 log.info("txn_id conflict with another writer; retrying the batch")
         raise AssertionError("unreachable")
 
-    def _commit_one_by_one(self, txns: list[Transaction]) -> Committed:
+    def _commit_one_by_one(self, txns: Sequence[Transaction]) -> Committed:
         committed = Committed()
         for tx in txns:
             try:
@@ -180,37 +179,62 @@ class Store:
             committed.new += one.new
             committed.stored_before += one.stored_before
             committed.duplicates += one.duplicates
+            committed.rejected += one.rejected
         return committed
 
-    def _insert_new(self, conn: Connection, txns: list[Transaction]) -> Committed:
+    def _insert_new(self, conn: Connection, txns: Sequence[Transaction]) -> Committed:
         """The storing steps, the same on every database.
 
         Usually one INSERT that skips stored txn_ids, kept when it inserted every row
         without a warning: nothing was stored before, and no value was clipped. Else (a
-        redelivery, a bad value) it is undone, and only the new rows are inserted, by a
-        plain INSERT that raises on a bad value.
+        redelivery, a txn_id stored before, a bad value) it is undone, the batch is sorted
+        out against the stored rows, and only the new rows are inserted, by a plain INSERT
+        that raises on a bad value.
         """
         if not txns:
             return Committed()
         sql = statements(conn.dialect)
         now = utcnow()
+        committed = _sort_out(txns, {})
         attempt = conn.begin_nested()  # a savepoint
-        inserted = conn.exec_driver_sql(sql.insert_ignore.format(rows=_rows(txns, now))).rowcount
-        if inserted == len(txns) and (
+        rows = _rows(committed.new, now)
+        inserted = conn.exec_driver_sql(sql.insert_ignore.format(rows=rows)).rowcount
+        if inserted == len(committed.new) and (
             sql.warning_count is None or conn.exec_driver_sql(sql.warning_count).scalar() == 0
         ):
             attempt.commit()
-            stored, new = {}, txns
         else:
             attempt.rollback()
-            stored = _stored(conn, txns)
-            new = [tx for tx in txns if tx.txn_id not in stored]
-            if new:
-                conn.exec_driver_sql(PLAIN_INSERT.format(rows=_rows(new, now)))
-        if new:
-            totals = window_totals(new, self.window_seconds)
+            committed = _sort_out(txns, _stored(conn, committed.new))
+            if committed.new:
+                conn.exec_driver_sql(PLAIN_INSERT.format(rows=_rows(committed.new, now)))
+        if committed.new:
+            totals = window_totals(committed.new, self.window_seconds)
             conn.exec_driver_sql(sql.add_to_windows.format(rows=_window_rows(totals, now)))
-        return Committed(new, list(stored.values()), duplicates=len(stored))
+        return committed
+
+
+def _sort_out(txns: Sequence[Transaction], stored: dict[str, Transaction]) -> Committed:
+    """What storing `txns` does, given the `stored` transactions of their txn_ids.
+
+    A txn_id's first comer wins: the stored transaction, else its first in `txns`, which
+    is new. One that comes again unchanged is a duplicate; with another user, amount or
+    time, a conflict (a dead letter).
+    """
+    committed, first, again = Committed(), dict(stored), {}
+    for tx in txns:
+        winner = first.get(tx.txn_id)
+        if winner is None:
+            first[tx.txn_id] = tx
+            committed.new.append(tx)
+        elif winner == tx:
+            committed.duplicates += 1
+            if tx.txn_id in stored:
+                again[tx.txn_id] = winner
+        else:
+            committed.rejected.append(dead_letter(format_line(tx), CONFLICT))
+    committed.stored_before = list(again.values())
+    return committed
 
 
 def _stored(conn: Connection, txns: list[Transaction]) -> dict[str, Transaction]:
