@@ -23,6 +23,7 @@ DEFAULT_DATABASE_URL = "mysql+pymysql://root@127.0.0.1:3306/txstream"
 # Event times are accepted up to now + this, in seconds: senders' clocks run ahead a little.
 DEFAULT_MAX_CLOCK_SKEW = 86_400
 MAX_CLOCK_SKEW_LIMIT = 366 * 86_400  # at most: stored times stay far from year 10000
+DEFAULT_DEAD_LETTERS_MAX = 100_000  # dead letters kept in Redis, the newest
 
 #: The seed's log format: `10/06/2019 06:37:49 PM INFO pub_transactions: ...`
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -56,6 +57,7 @@ class Settings:
     max_deliveries: int = 5  # an entry delivered more often is a dead letter
     pubsub_buffer: int = 100_000  # messages read ahead of the database, at most
     max_clock_skew: int = DEFAULT_MAX_CLOCK_SKEW  # seconds: latest event time is now + this
+    dead_letters_max: int = DEFAULT_DEAD_LETTERS_MAX  # the dead-letter list's cap
 
     @property
     def keys(self) -> Keys:
@@ -93,6 +95,7 @@ def load(env: dict[str, str] | None = None) -> Settings:
         max_clock_skew=_whole(
             env, "MAX_CLOCK_SKEW", defaults.max_clock_skew, 0, maximum=MAX_CLOCK_SKEW_LIMIT
         ),
+        dead_letters_max=_positive_int(env, "DEAD_LETTERS_MAX", defaults.dead_letters_max),
     )
     return settings
 

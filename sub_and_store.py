@@ -355,7 +355,14 @@ def main(argv: list[str] | None = None) -> int:
         client_name=f"sub_and_store-{os.getpid()}",  # who is who in CLIENT LIST
     )
     source = make_source(settings, client)
-    store = Store(engine, client, settings.keys, settings.window_seconds, source.group)
+    store = Store(
+        engine,
+        client,
+        settings.keys,
+        settings.window_seconds,
+        source.group,
+        settings.dead_letters_max,
+    )
     subscriber = Subscriber(settings, source, store, stop, args.stats_interval)
     try:
         create_schema = functools.partial(models.create_schema, engine)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import signal
@@ -181,6 +182,28 @@ def test_a_txn_id_again_with_other_values_is_a_dead_letter_an_exact_repeat_a_dup
     ]
     assert_totals_match_raw_rows(mysql_engine, WINDOW_SECONDS)
     assert_recent_lists_match_db(mysql_engine, redis_client, key_prefix)
+
+
+def test_a_5_mb_message_is_a_small_dead_letter_and_stalls_nothing(
+    subscriber, transport, send_raw, redis_client, mysql_engine, key_prefix
+):
+    huge = b"1,1.00,1570358269," + b"\xff" * (5 << 20)  # 20 MB once escaped
+    send_raw(huge)
+    send_raw("1,1.00,1570358270,after-the-huge-one")
+    subscriber.wait_for_line(r"stored=1 duplicates=0 dead=1 received=2")
+    assert [tx.txn_id for tx in stored_transactions(mysql_engine)] == ["after-the-huge-one"]
+    (item,) = redis_client.lrange(Keys(key_prefix).dead, 0, -1)
+    assert len(item) < 21_000
+    assert json.loads(item) | {"at": "-"} == {
+        "raw": huge[:4096].decode("utf-8", "backslashreplace"),
+        "size": len(huge),
+        "sha256": hashlib.sha256(huge).hexdigest(),
+        "reason": "line longer than 1024 bytes",
+        "at": "-",
+    }
+    if transport == "stream":
+        stream = subscriber_stream(key_prefix)
+        wait_until(lambda: redis_client.xpending(stream, "store")["pending"] == 0, 10, "acks")
 
 
 def test_endpoints_serve_what_the_subscriber_stored(

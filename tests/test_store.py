@@ -8,6 +8,7 @@ rows give.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -279,6 +280,41 @@ def test_dead_letters_are_appended_as_json(store):
     assert dead == [first, second]
     assert dead[0]["raw"] == "1,\\xff,2"
     assert [tx.txn_id for tx in recent(store, 1)] == ["ok"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "raw"),
+    [
+        (b"x" * 4096, "x" * 4096),
+        (b"x" * 4097, "x" * 4096),
+        (b"\xff" * (5 << 20), "\\xff" * 4096),  # 5 MB, escaped: 16 KiB of text
+        ("é" * 3000, "é" * 2048),
+        ("é" * 2048 + "x", "é" * 2048),
+        (b"x" + "é".encode() * 2048, "x" + "é" * 2047 + "\\xc3"),  # cut inside a character
+    ],
+    ids=["4-KiB", "4-KiB-and-1", "5-MB-not-UTF-8", "UTF-8", "UTF-8-and-1", "cut-character"],
+)
+def test_a_dead_letter_keeps_4_kib_of_the_message_its_size_and_hash(payload, raw):
+    data = payload.encode() if isinstance(payload, str) else payload
+    letter = dead_letter(payload, "why", T0)
+    assert letter == {
+        "raw": raw,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "reason": "why",
+        "at": "2019-10-06T10:37:49.483609Z",
+    }
+    assert len(json.dumps(letter)) < 21_000  # at most 5 characters a byte, escaped in JSON
+
+
+def test_the_dead_letter_list_keeps_the_newest(store):
+    store.dead_letters_max = 3
+    store.store([], [dead_letter(f"d{i}", "why") for i in range(2)])
+    store.store([tx("ok")], [dead_letter(f"d{i}", "why") for i in range(2, 4)])
+    assert [raw for raw, _ in dead_letters(store)] == ["d1", "d2", "d3"]
+    store.store([], [dead_letter(f"d{i}", "why") for i in range(4, 9)])
+    assert [raw for raw, _ in dead_letters(store)] == ["d6", "d7", "d8"]
+    assert recent(store, 1) == [tx("ok")]
 
 
 def test_an_empty_batch_changes_nothing(store):

@@ -18,6 +18,7 @@ acknowledges its stream entries, atomically.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ import redis
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import DataError, IntegrityError
 
+import config
 from models import transactions
 from txstream.dialect import PLAIN_INSERT, statements
 from txstream.keys import Keys
@@ -44,32 +46,40 @@ log = logging.getLogger(__name__)
 _CONFLICT_RETRIES = 5
 CONFLICT = "conflicts with the stored transaction"
 _UNPACK = 1000  # arguments per Lua unpack(): its stack holds a few thousand at most
+# Bytes of a message kept in its dead letter: a dead letter stays small whatever was sent
+# (escaped, a 5 MB message made a 30 MB one, and an argument over Redis's bulk limit
+# would fail the batch script on every try). Its size and SHA-256 identify the whole.
+DEAD_RAW_BYTES = 4096
 
 # KEYS: the dead letters, the stream, then the recent lists. ARGV: the consumer group ('' for
-# none), how many entry ids and how many dead letters; the ids; the dead letters; then for
-# each recent list its number of new items and the items. Nothing is acknowledged unless
-# everything before it was written.
+# none), how many entry ids and how many dead letters, the dead-letter list's cap; the ids;
+# the dead letters; then for each recent list its number of new items and the items.
+# Nothing is acknowledged unless everything before it was written.
 _WRITE_BATCH = (
     MERGE_RECENT_LUA
     + f"""
-local n_ids, n_dead = tonumber(ARGV[2]), tonumber(ARGV[3])
+local n_ids, n_dead, dead_max = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ids, dead = 5, 5 + n_ids  -- where the entry ids and the dead letters begin in ARGV
 if n_dead > 0 then
   local kind = redis.call('TYPE', KEYS[1])['ok']
   if kind ~= 'none' and kind ~= 'list' then
     return redis.error_reply('WRONGTYPE dead-letter key ' .. KEYS[1] .. ' holds a ' .. kind)
   end
 end
-local pos, replaced, dropped = 4 + n_ids + n_dead, 0, 0
+local pos, replaced, dropped = dead + n_dead, 0, 0
 for k = 3, #KEYS do
   local n = tonumber(ARGV[pos])
   local r, d = merge_recent(KEYS[k], pos + 1, pos + n)
   replaced, dropped, pos = replaced + r, dropped + d, pos + n + 1
 end
-for i = 4 + n_ids, 3 + n_ids + n_dead, {_UNPACK} do
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, 3 + n_ids + n_dead)))
+for i = dead, dead + n_dead - 1, {_UNPACK} do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, dead + n_dead - 1)))
 end
-for i = 4, 3 + n_ids, {_UNPACK} do
-  redis.call('XACK', KEYS[2], ARGV[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, 3 + n_ids)))
+if n_dead > 0 then
+  redis.call('LTRIM', KEYS[1], -dead_max, -1)  -- the newest dead_max
+end
+for i = ids, dead - 1, {_UNPACK} do
+  redis.call('XACK', KEYS[2], ARGV[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, dead - 1)))
 end
 return {{replaced, dropped}}
 """
@@ -91,10 +101,16 @@ class Committed:
 
 
 def dead_letter(raw: bytes | str, reason: str, at: datetime | None = None) -> dict:
-    """The dead-letter record of a message; non-UTF-8 bytes are kept escaped."""
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", "backslashreplace")
-    return {"raw": raw, "reason": reason, "at": format_time(at or utcnow())}
+    """The dead-letter record of a message: its first 4 KiB (non-UTF-8 bytes kept
+    escaped), the whole message's size in bytes and SHA-256, why, and when."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    return {
+        "raw": data[:DEAD_RAW_BYTES].decode("utf-8", "backslashreplace"),
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "reason": reason,
+        "at": format_time(at or utcnow()),
+    }
 
 
 class Store:
@@ -107,12 +123,14 @@ class Store:
         keys: Keys,
         window_seconds: int,
         group: str | None = None,
+        dead_letters_max: int = config.DEFAULT_DEAD_LETTERS_MAX,
     ) -> None:
         self.engine = engine
         self.client = client
         self.keys = keys
         self.window_seconds = window_seconds
         self.group = group  # the stream's consumer group, whose entries are acknowledged
+        self.dead_letters_max = dead_letters_max  # the dead-letter list keeps the newest
         self._write_batch = client.register_script(_WRITE_BATCH)
 
     def store(
@@ -146,7 +164,7 @@ class Store:
         )
         ids = list(entry_ids) if self.group else []
         keys = [self.keys.dead, self.keys.stream, *recent_keys]
-        args = [self.group or "", len(ids), len(dead), *ids]
+        args = [self.group or "", len(ids), len(dead), self.dead_letters_max, *ids]
         args += (json.dumps(d) for d in dead)
         replaced, dropped = self._write_batch(keys=keys, args=args + recent_args)
         if replaced or dropped:
