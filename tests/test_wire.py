@@ -179,6 +179,7 @@ def test_longest_line_is_accepted():
         ("1,1,1570358269." + "1" * 300, "too precise"),
         (b"1,1,\xff", "UTF-8"),
         (b"1,\xc3,1", "UTF-8"),
+        ("1,1,1570358269,\ud800", "UTF-8"),  # a lone surrogate in a str
         (_line_of(MAX_LINE_BYTES + 1), "longer than 1024 bytes"),
         (b"1,1,1," + b"a" * 2000, "longer than 1024 bytes"),
     ],

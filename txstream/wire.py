@@ -49,7 +49,8 @@ def parse(
     The event time must be from 2000-01-01 to `latest` (epoch microseconds; default
     `latest_accepted()`): the subscriber works that out once per batch, not per message.
     """
-    data = raw.encode() if isinstance(raw, str) else raw
+    # surrogatepass: a lone surrogate is then bad UTF-8 below, not an UnicodeEncodeError
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     if data.endswith(b"\r\n"):
         data = data[:-2]
     elif data.endswith(b"\n"):
