@@ -14,6 +14,7 @@ import uuid
 import fakeredis
 import pytest
 import redis
+from hypothesis import settings
 from sqlalchemy import make_url, text
 from sqlalchemy.exc import OperationalError
 
@@ -22,6 +23,11 @@ import models
 from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL, service_unavailable
 from txstream.processes import Script, free_port
 from txstream.testing import PrivateMariaDB, PrivateRedis, ServerMissing, empty_tables
+
+# hypothesis: the same examples on every run, here and in CI, and no example database, so a
+# failure always reproduces and a pass never depends on luck; a few seconds in all.
+settings.register_profile("txstream", derandomize=True, database=None, deadline=None)
+settings.load_profile("txstream")
 
 
 @pytest.fixture
