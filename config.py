@@ -21,6 +21,10 @@ from txstream.keys import Keys
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_DATABASE_URL = "mysql+pymysql://root@127.0.0.1:3306/txstream"
+# Event times are accepted up to now + this, in seconds: senders' clocks run ahead a little.
+DEFAULT_MAX_CLOCK_SKEW = 86_400
+MAX_CLOCK_SKEW_LIMIT = 366 * 86_400  # at most: stored times stay far from year 10000
+DEFAULT_DEAD_LETTERS_MAX = 100_000  # dead letters kept in Redis, the newest
 
 #: The seed's log format: `10/06/2019 06:37:49 PM INFO pub_transactions: ...`
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -53,6 +57,8 @@ class Settings:
     claim_idle_ms: int = 30_000  # take over entries pending this long on another consumer
     max_deliveries: int = 5  # an entry delivered more often is a dead letter
     pubsub_buffer: int = 100_000  # messages read ahead of the database, at most
+    max_clock_skew: int = DEFAULT_MAX_CLOCK_SKEW  # seconds: latest event time is now + this
+    dead_letters_max: int = DEFAULT_DEAD_LETTERS_MAX  # the dead-letter list's cap
     auth: bool = True  # the web app asks for a token; AUTH=off for local experiments only
     secret_key: str = field(default="", repr=False)  # signs the pages' session cookie
     rate_limit: str = "600/minute"  # API requests per token (flask-limiter's notation)
@@ -91,6 +97,10 @@ def load(env: dict[str, str] | None = None) -> Settings:
         claim_idle_ms=_positive_int(env, "CLAIM_IDLE_MS", defaults.claim_idle_ms),
         max_deliveries=_positive_int(env, "MAX_DELIVERIES", defaults.max_deliveries),
         pubsub_buffer=_positive_int(env, "PUBSUB_BUFFER", defaults.pubsub_buffer),
+        max_clock_skew=_whole(
+            env, "MAX_CLOCK_SKEW", defaults.max_clock_skew, 0, maximum=MAX_CLOCK_SKEW_LIMIT
+        ),
+        dead_letters_max=_positive_int(env, "DEAD_LETTERS_MAX", defaults.dead_letters_max),
         auth=_choice(env, "AUTH", ("on", "off"), "on") == "on",
         secret_key=env.get("SECRET_KEY", ""),
         rate_limit=_rate_limit(env.get("RATE_LIMIT") or defaults.rate_limit),
@@ -172,7 +182,9 @@ def _positive_int(env: dict[str, str], name: str, default: int) -> int:
     return _whole(env, name, default, minimum=1)
 
 
-def _whole(env: dict[str, str], name: str, default: int, minimum: int) -> int:
+def _whole(
+    env: dict[str, str], name: str, default: int, minimum: int, maximum: int | None = None
+) -> int:
     raw = env.get(name)
     if not raw:
         return default
@@ -180,8 +192,10 @@ def _whole(env: dict[str, str], name: str, default: int, minimum: int) -> int:
         value = int(raw)
     except ValueError:
         value = minimum - 1
-    if value < minimum:
+    if value < minimum or (maximum is not None and value > maximum):
         bound = "> 0" if minimum == 1 else f">= {minimum}"
+        if maximum is not None:
+            bound = f"from {minimum} to {maximum}"
         raise ConfigError(f"{name} must be a whole number {bound} (got {raw!r})")
     return value
 

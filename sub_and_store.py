@@ -37,7 +37,7 @@ from txstream.runtime import GiveUp, Outage, StopFlag, retry, short_error, with_
 from txstream.store import Committed, Store, dead_letter
 from txstream.transaction import Transaction
 from txstream.transport import Message, Source, is_redis_outage, make_source
-from txstream.wire import MalformedMessage, parse
+from txstream.wire import MalformedMessage, latest_accepted, parse
 
 log = logging.getLogger("sub_and_store")
 
@@ -48,24 +48,27 @@ MAX_WAIT = 0.2  # seconds: how soon a stop request is noticed
 class Batch:
     """Messages received since the last flush."""
 
+    clock_skew: int = config.DEFAULT_MAX_CLOCK_SKEW  # seconds: MAX_CLOCK_SKEW
     messages: list[Message] = field(default_factory=list)  # all of them, to acknowledge
     txns: list[Transaction] = field(default_factory=list)
     parsed: list[Message] = field(default_factory=list)  # the messages of `txns`
     dead: list[dict] = field(default_factory=list)
     started: float = 0.0  # monotonic time of the first message
+    latest: int = 0  # the latest event time accepted, epoch us: set at the first message
 
     def __len__(self) -> int:
         return len(self.messages)
 
     def add(self, message: Message) -> None:
         """Parse `message` into the batch, or keep it as a dead letter with its reason."""
-        if not self.messages:
+        if not self.messages:  # the clock is read once per batch: parsing is the hot path
             self.started = time.monotonic()
+            self.latest = latest_accepted(self.clock_skew)
         self.messages.append(message)
         try:
             if message.problem:
                 raise MalformedMessage(message.problem)
-            self.txns.append(parse(message.raw, message.missing_id))
+            self.txns.append(parse(message.raw, message.missing_id, self.latest))
             self.parsed.append(message)
         except MalformedMessage as exc:
             log.warning("dead letter (%s): %r", exc, message.raw[:200])
@@ -134,7 +137,7 @@ class Subscriber:
         follows its batch's commit; at most three batches are in hand.
         """
         interval = self.settings.batch_interval_ms / 1000
-        batch, flushing = Batch(), None
+        batch, flushing = Batch(self.settings.max_clock_skew), None
         next_report = time.monotonic() + self.stats_interval
         last_report = (time.monotonic(), 0)
         while not self.stop:
@@ -162,7 +165,7 @@ class Subscriber:
                 or time.monotonic() - batch.started >= interval
             ):
                 flushing = self._hand_over(flushing, batch)
-                batch = Batch()
+                batch = Batch(self.settings.max_clock_skew)
             if time.monotonic() >= next_report:
                 last_report = self._report(last_report)
                 next_report = time.monotonic() + self.stats_interval
@@ -352,7 +355,14 @@ def main(argv: list[str] | None = None) -> int:
         client_name=f"sub_and_store-{os.getpid()}",  # who is who in CLIENT LIST
     )
     source = make_source(settings, client)
-    store = Store(engine, client, settings.keys, settings.window_seconds, source.group)
+    store = Store(
+        engine,
+        client,
+        settings.keys,
+        settings.window_seconds,
+        source.group,
+        settings.dead_letters_max,
+    )
     subscriber = Subscriber(settings, source, store, stop, args.stats_interval)
     try:
         create_schema = functools.partial(models.create_schema, engine)

@@ -14,6 +14,7 @@ import uuid
 import fakeredis
 import pytest
 import redis
+from hypothesis import settings
 from sqlalchemy import make_url, text
 from sqlalchemy.exc import OperationalError
 
@@ -28,6 +29,11 @@ from tests.helpers import (
 )
 from txstream.processes import Script, free_port
 from txstream.testing import PrivateMariaDB, PrivateRedis, ServerMissing, empty_tables
+
+# hypothesis: the same examples on every run, here and in CI, and no example database, so a
+# failure always reproduces and a pass never depends on luck; a few seconds in all.
+settings.register_profile("txstream", derandomize=True, database=None, deadline=None)
+settings.load_profile("txstream")
 
 
 @pytest.fixture

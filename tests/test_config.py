@@ -56,6 +56,16 @@ def test_overrides():
     assert settings.window_seconds == 5400
 
 
+@pytest.mark.parametrize(("raw", "seconds"), [("", 86400), ("0", 0), ("31622400", 31622400)])
+def test_max_clock_skew_in_seconds(raw, seconds):
+    assert config.load({"MAX_CLOCK_SKEW": raw}).max_clock_skew == seconds
+
+
+def test_dead_letters_max():
+    assert config.load({}).dead_letters_max == 100_000
+    assert config.load({"DEAD_LETTERS_MAX": "10"}).dead_letters_max == 10
+
+
 @pytest.mark.parametrize(
     ("hours", "seconds"),
     [("1", 3600), ("0.25", 900), ("0.01", 36), ("24", 86400), ("8760", 31536000), ("6.0", 21600)],
@@ -86,6 +96,10 @@ def test_window_hours_in_whole_seconds(hours, seconds):
         ("WINDOW_HOURS", "six", "(got 'six')"),
         ("LOG_LEVEL", "verbose", "LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR (got 'verbose')"),
         ("CHANNEL", "", "CHANNEL must not be empty"),
+        ("MAX_CLOCK_SKEW", "-1", "MAX_CLOCK_SKEW must be a whole number from 0 to 31622400"),
+        ("MAX_CLOCK_SKEW", "31622401", "from 0 to 31622400 (got '31622401')"),
+        ("MAX_CLOCK_SKEW", "1d", "from 0 to 31622400 (got '1d')"),
+        ("DEAD_LETTERS_MAX", "0", "DEAD_LETTERS_MAX must be a whole number > 0 (got '0')"),
     ],
 )
 def test_bad_values_are_named_in_the_error(name, value, message):

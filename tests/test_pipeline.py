@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import signal
@@ -22,7 +23,7 @@ from txstream.testing import (
     count_rows,
     stored_transactions,
 )
-from txstream.wire import parse
+from txstream.wire import format_line, parse
 
 pytestmark = pytest.mark.services
 
@@ -42,6 +43,8 @@ MALFORMED = [
     b"\xff\xfe,10,1570358269",
     b"1,10,1570358269,bad id",
     b"1," + b"9" * 1100 + b",1570358269",
+    b"1,10,946684799.999999",  # before 2000
+    b"1,10,253402300799,year-9999",  # after now + MAX_CLOCK_SKEW: its window end overflows
 ]
 
 
@@ -130,7 +133,7 @@ def test_emitter_and_raw_messages_are_stored_exactly_once(
     dead_key = Keys(key_prefix).dead
     wait_until(lambda: count_rows(mysql_engine) == 300 + 4 + 1, 30, "all rows stored")
     wait_until(lambda: redis_client.llen(dead_key) == len(MALFORMED), 10, "dead letters")
-    subscriber.wait_for_line(r"stored=305 duplicates=1 dead=9 received=315")
+    subscriber.wait_for_line(r"stored=305 duplicates=1 dead=11 received=317")
 
     stored = {tx.txn_id: tx for tx in stored_transactions(mysql_engine)}
     for tx in emitted:
@@ -153,10 +156,54 @@ def test_emitter_and_raw_messages_are_stored_exactly_once(
         raw.decode("utf-8", "backslashreplace") for raw in MALFORMED
     ]
     assert dead[6]["raw"] == "\\xff\\xfe,10,1570358269"
+    assert all(d["reason"].startswith("timestamp out of range (") for d in dead[-2:])
     assert all(d["reason"] and re.fullmatch(r"\d{4}-.*T.*Z", d["at"]) for d in dead)
 
     assert subscriber.stop(signal.SIGTERM) == 0
     assert "stopped on SIGTERM" in subscriber.output
+
+
+def test_a_txn_id_again_with_other_values_is_a_dead_letter_an_exact_repeat_a_duplicate(
+    subscriber, send_raw, redis_client, mysql_engine, key_prefix
+):
+    first = "5,12.34,1570358300.5,same-id"
+    conflicting = [
+        "6,12.34,1570358300.5,same-id",
+        "5,12.35,1570358300.5,same-id",
+        "5,12.34,1570358300.500001,same-id",
+    ]
+    for raw in [first, first, *conflicting, first]:
+        send_raw(raw)
+    subscriber.wait_for_line(r"stored=1 duplicates=2 dead=3 received=6")
+    assert stored_transactions(mysql_engine) == [parse(first)]
+    dead = [json.loads(item) for item in redis_client.lrange(Keys(key_prefix).dead, 0, -1)]
+    assert [(d["raw"], d["reason"]) for d in dead] == [
+        (format_line(parse(raw)), "conflicts with the stored transaction") for raw in conflicting
+    ]
+    assert_totals_match_raw_rows(mysql_engine, WINDOW_SECONDS)
+    assert_recent_lists_match_db(mysql_engine, redis_client, key_prefix)
+
+
+def test_a_5_mb_message_is_a_small_dead_letter_and_stalls_nothing(
+    subscriber, transport, send_raw, redis_client, mysql_engine, key_prefix
+):
+    huge = b"1,1.00,1570358269," + b"\xff" * (5 << 20)  # 20 MB once escaped
+    send_raw(huge)
+    send_raw("1,1.00,1570358270,after-the-huge-one")
+    subscriber.wait_for_line(r"stored=1 duplicates=0 dead=1 received=2")
+    assert [tx.txn_id for tx in stored_transactions(mysql_engine)] == ["after-the-huge-one"]
+    (item,) = redis_client.lrange(Keys(key_prefix).dead, 0, -1)
+    assert len(item) < 21_000
+    assert json.loads(item) | {"at": "-"} == {
+        "raw": huge[:4096].decode("utf-8", "backslashreplace"),
+        "size": len(huge),
+        "sha256": hashlib.sha256(huge).hexdigest(),
+        "reason": "line longer than 1024 bytes",
+        "at": "-",
+    }
+    if transport == "stream":
+        stream = subscriber_stream(key_prefix)
+        wait_until(lambda: redis_client.xpending(stream, "store")["pending"] == 0, 10, "acks")
 
 
 def test_endpoints_serve_what_the_subscriber_stored(

@@ -8,6 +8,7 @@ rows give.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -19,7 +20,8 @@ from sqlalchemy import func, select
 from models import transactions, user_window_totals
 from txstream.keys import Keys
 from txstream.recent import RecentLists
-from txstream.store import Committed, Store, dead_letter
+from txstream.store import CONFLICT, Committed, Store, dead_letter
+from txstream.times import MICROSECOND
 from txstream.transaction import Transaction, to_json_text
 from txstream.windows import window_totals
 from txstream.wire import format_line
@@ -104,8 +106,7 @@ def test_commit_reports_what_it_stored(store):
 
 def test_repeat_within_a_batch_is_stored_and_counted_once(store):
     first = tx("a", amount="5")
-    (committed,) = store_batches(store, [first, tx("b"), tx("a", amount="7"), first])
-    # the first arrival wins, as it does across batches
+    (committed,) = store_batches(store, [first, tx("b"), tx("a", amount="5.00"), first])
     assert sorted(committed.new, key=lambda t: t.txn_id) == [first, tx("b")]
     assert (committed.duplicates, committed.rejected) == (2, [])
     assert stored_rows(store) == [first, tx("b")]
@@ -118,7 +119,7 @@ def test_repeat_across_batches_is_stored_and_counted_once(store):
     results = store_batches(
         store,
         [tx("a", amount="5"), tx("b")],
-        [tx("b", amount="9"), tx("c", amount="2"), tx("a", amount="5")],
+        [tx("b"), tx("c", amount="2"), tx("a", amount="5")],
         [tx("c", amount="2")],
     )
     assert [(len(c.new), c.duplicates) for c in results] == [(2, 0), (1, 2), (0, 1)]
@@ -128,16 +129,49 @@ def test_repeat_across_batches_is_stored_and_counted_once(store):
     assert [tx.txn_id for tx in recent(store, 1)] == ["c", "b", "a"]
 
 
+CONFLICTING = [  # each differs from tx("a", amount="5") in one field: user, amount, time
+    tx("a", user_id=2, amount="5"),
+    tx("a", amount="5.01"),
+    tx("a", amount="5", at=T0 + MICROSECOND),
+]
+
+
+def dead_letters(store: Store) -> list[tuple[str, str]]:
+    """The raw line and reason of each dead letter in Redis, oldest first."""
+    items = store.client.lrange(store.keys.dead, 0, -1)
+    return [(d["raw"], d["reason"]) for d in map(json.loads, items)]
+
+
+def test_a_txn_id_again_with_another_user_amount_or_time_is_a_dead_letter(store):
+    """The first one stored wins; within a batch as across batches. An exact repeat
+    stays a counted duplicate."""
+    first = tx("a", amount="5")
+    in_batch, across = store_batches(
+        store, [first, *CONFLICTING, first], [*CONFLICTING, tx("b"), first]
+    )
+    conflicts = [(format_line(t), CONFLICT) for t in CONFLICTING]
+    assert (in_batch.new, in_batch.duplicates) == ([first], 1)
+    assert [(d["raw"], d["reason"]) for d in in_batch.rejected] == conflicts
+    assert (across.new, across.stored_before, across.duplicates) == ([tx("b")], [first], 1)
+    assert [(d["raw"], d["reason"]) for d in across.rejected] == conflicts
+    assert stored_rows(store) == [first, tx("b")]
+    assert dead_letters(store) == conflicts * 2
+    assert recent(store, 1) == [tx("b"), first]
+    assert recent(store, 2) == []
+
+
 def test_txn_ids_are_case_sensitive(store):
     (committed,) = store_batches(store, [tx("a", amount="1"), tx("A", amount="2")])
     assert len(committed.new) == 2
-    (committed,) = store_batches(store, [tx("A", amount="3"), tx("a", amount="4")])
+    (committed,) = store_batches(store, [tx("A", amount="2"), tx("a", amount="1")])
     assert (committed.new, committed.duplicates, committed.rejected) == ([], 2, [])
-    # What was stored first, not what came again: that is what goes to the Redis lists.
+    # What was stored first goes to the Redis lists again (the merge skips repeats).
     assert sorted((t.txn_id, t.amount) for t in committed.stored_before) == [
         ("A", Decimal("2.00")),
         ("a", Decimal("1.00")),
     ]
+    (committed,) = store_batches(store, [tx("A", amount="1")])  # as "a", not as "A"
+    assert [d["raw"] for d in committed.rejected] == [format_line(tx("A", amount="1"))]
     assert [row.txn_id for row in stored_rows(store)] == ["A", "a"]
     assert table_totals(store)[0][2:] == (2, Decimal(3), Decimal(1), Decimal(2))
 
@@ -154,8 +188,9 @@ def _mixed_traffic() -> list[list[Transaction]]:
         for i in range(60)
     ]
     batches = [txns[i : i + 7] for i in range(0, len(txns), 7)]
-    # repeats of earlier ids, with other amounts, and a repeat inside one batch
+    # ids again, with other amounts (conflicts), across batches and inside one; repeats
     batches.append([tx("t3", amount="1000"), tx("t61", amount="0.01"), tx("t61", amount="2")])
+    batches.append([txns[5], tx("t61", amount="0.01")])
     return batches
 
 
@@ -163,6 +198,7 @@ def test_totals_equal_the_raw_rows_after_every_batch(store):
     results = store_batches(store, *_mixed_traffic())  # checks after each batch
     assert sum(len(c.new) for c in results) == 61
     assert sum(c.duplicates for c in results) == 2
+    assert sum(len(c.rejected) for c in results) == 2
     assert sum(row[2] for row in table_totals(store)) == 61
     assert len(table_totals(store)) > 3
 
@@ -244,6 +280,41 @@ def test_dead_letters_are_appended_as_json(store):
     assert dead == [first, second]
     assert dead[0]["raw"] == "1,\\xff,2"
     assert [tx.txn_id for tx in recent(store, 1)] == ["ok"]
+
+
+@pytest.mark.parametrize(
+    ("payload", "raw"),
+    [
+        (b"x" * 4096, "x" * 4096),
+        (b"x" * 4097, "x" * 4096),
+        (b"\xff" * (5 << 20), "\\xff" * 4096),  # 5 MB, escaped: 16 KiB of text
+        ("é" * 3000, "é" * 2048),
+        ("é" * 2048 + "x", "é" * 2048),
+        (b"x" + "é".encode() * 2048, "x" + "é" * 2047 + "\\xc3"),  # cut inside a character
+    ],
+    ids=["4-KiB", "4-KiB-and-1", "5-MB-not-UTF-8", "UTF-8", "UTF-8-and-1", "cut-character"],
+)
+def test_a_dead_letter_keeps_4_kib_of_the_message_its_size_and_hash(payload, raw):
+    data = payload.encode() if isinstance(payload, str) else payload
+    letter = dead_letter(payload, "why", T0)
+    assert letter == {
+        "raw": raw,
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "reason": "why",
+        "at": "2019-10-06T10:37:49.483609Z",
+    }
+    assert len(json.dumps(letter)) < 21_000  # at most 5 characters a byte, escaped in JSON
+
+
+def test_the_dead_letter_list_keeps_the_newest(store):
+    store.dead_letters_max = 3
+    store.store([], [dead_letter(f"d{i}", "why") for i in range(2)])
+    store.store([tx("ok")], [dead_letter(f"d{i}", "why") for i in range(2, 4)])
+    assert [raw for raw, _ in dead_letters(store)] == ["d1", "d2", "d3"]
+    store.store([], [dead_letter(f"d{i}", "why") for i in range(4, 9)])
+    assert [raw for raw, _ in dead_letters(store)] == ["d6", "d7", "d8"]
+    assert recent(store, 1) == [tx("ok")]
 
 
 def test_an_empty_batch_changes_nothing(store):

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
+from txstream.times import MICROSECOND, format_epoch, to_micros, utcnow
 from txstream.transaction import Transaction
-from txstream.wire import MAX_LINE_BYTES, MalformedMessage, format_line, parse
+from txstream.wire import MAX_LINE_BYTES, MalformedMessage, format_line, latest_accepted, parse
 
 # The seed's lines, exactly as its emitter printed them.
 SEED = [
@@ -18,6 +19,7 @@ SEED = [
     ("1,-27269658564,1570358277.493473", 1, "-27269658564", "2019-10-06 10:37:57.493473"),
     ("3,41603904384,1570358279.49744", 3, "41603904384", "2019-10-06 10:37:59.497440"),
 ]
+Y2K_1 = datetime(2000, 1, 1, 0, 0, 1)
 
 
 @pytest.mark.parametrize(("line", "user_id", "amount", "ts"), SEED)
@@ -37,24 +39,26 @@ def test_fourth_field_is_the_txn_id():
 
 
 @pytest.mark.parametrize(
-    "raw", [b"1,2.50,100,t", b"1,2.50,100,t\n", b"1,2.50,100,t\r\n", "1,2.50,100,t\n"]
-)
+    "raw",
+    [b"1,2.50,946684900,t", b"1,2.50,946684900,t\n", b"1,2.50,946684900,t\r\n",
+     "1,2.50,946684900,t\n"],
+)  # fmt: skip
 def test_one_trailing_newline_is_tolerated(raw):
-    assert parse(raw) == Transaction("t", 1, Decimal("2.50"), datetime(1970, 1, 1, 0, 1, 40))
+    assert parse(raw) == Transaction("t", 1, Decimal("2.50"), datetime(2000, 1, 1, 0, 1, 40))
 
 
 @pytest.mark.parametrize(
     ("line", "user_id", "amount", "ts"),
     [
-        ("1,0,1", 1, "0", datetime(1970, 1, 1, 0, 0, 1)),
-        (f"{2**63 - 1},1,1", 2**63 - 1, "1", datetime(1970, 1, 1, 0, 0, 1)),
-        ("1,999999999999999999.99,1", 1, "999999999999999999.99", datetime(1970, 1, 1, 0, 0, 1)),
-        ("1,-999999999999999999.99,1", 1, "-999999999999999999.99", datetime(1970, 1, 1, 0, 0, 1)),
-        ("1,+5.5,1", 1, "5.50", datetime(1970, 1, 1, 0, 0, 1)),
-        ("1,-0.01,1", 1, "-0.01", datetime(1970, 1, 1, 0, 0, 1)),
-        ("1,1,0.000001", 1, "1", datetime(1970, 1, 1, 0, 0, 0, 1)),
+        ("1,0,946684801", 1, "0", Y2K_1),
+        (f"{2**63 - 1},1,946684801", 2**63 - 1, "1", Y2K_1),
+        ("1,999999999999999999.99,946684801", 1, "999999999999999999.99", Y2K_1),
+        ("1,-999999999999999999.99,946684801", 1, "-999999999999999999.99", Y2K_1),
+        ("1,+5.5,946684801", 1, "5.50", Y2K_1),
+        ("1,-0.01,946684801", 1, "-0.01", Y2K_1),
+        ("1,1,946684800.000001", 1, "1", datetime(2000, 1, 1, 0, 0, 0, 1)),
         ("1,1,1570358269.4836095", 1, "1", datetime(2019, 10, 6, 10, 37, 49, 483610)),
-        ("1,1,253402300799.999999", 1, "1", datetime(9999, 12, 31, 23, 59, 59, 999999)),
+        ("1,1,+1570358269", 1, "1", datetime(2019, 10, 6, 10, 37, 49)),
     ],
 )
 def test_valid_edges(line, user_id, amount, ts):
@@ -62,9 +66,42 @@ def test_valid_edges(line, user_id, amount, ts):
     assert (tx.user_id, tx.amount, tx.ts) == (user_id, Decimal(amount), ts)
 
 
+NOW = datetime(2026, 11, 28, 23, 55, 8, 323301)
+SKEW = timedelta(days=1)  # MAX_CLOCK_SKEW's default
+
+
+@pytest.mark.parametrize(
+    ("ts", "accepted"),
+    [
+        (datetime(1999, 12, 31, 23, 59, 59, 999999), False),
+        (datetime(2000, 1, 1), True),
+        (NOW, True),
+        (NOW + SKEW, True),
+        (NOW + SKEW + MICROSECOND, False),
+        (datetime(9999, 12, 31, 23, 59, 59, 999999), False),
+    ],
+    ids=["before-2000", "2000-exactly", "now", "now+skew", "just-past-now+skew", "year-9999"],
+)
+def test_event_times_run_from_2000_to_now_plus_the_clock_skew(ts, accepted):
+    line = f"1,1.00,{format_epoch(ts)},t"
+    latest = to_micros(NOW + SKEW)
+    if accepted:
+        assert parse(line, latest=latest).ts == ts
+    else:
+        with pytest.raises(MalformedMessage, match=r"timestamp out of range \(2000-01-01T"):
+            parse(line, latest=latest)
+
+
+def test_the_latest_time_accepted_is_now_plus_the_skew():
+    before = to_micros(utcnow())
+    latest = latest_accepted(3600)
+    assert before + 3600 * 10**6 <= latest <= to_micros(utcnow()) + 3600 * 10**6
+    assert latest_accepted() - latest_accepted(0) == pytest.approx(86400 * 10**6, abs=10**6)
+
+
 def test_txn_id_of_64_allowed_characters():
     txn_id = ("AZaz09._:-" * 7)[:64]
-    assert parse(f"1,1,1,{txn_id}").txn_id == txn_id
+    assert parse(f"1,1,1570358269,{txn_id}").txn_id == txn_id
 
 
 def _line_of(size: int) -> bytes:
@@ -127,10 +164,12 @@ def test_longest_line_is_accepted():
         ("1,1,1,a b", "txn_id"),
         ("1,1,1,a/b", "txn_id"),
         ("1,1,1,é", "txn_id"),
-        ("1,1,0", "timestamp must be > 0"),
-        ("1,1,0.0000001", "timestamp must be > 0"),
-        ("1,1,-1", "timestamp must be > 0"),
-        ("1,1,-1570358269.5", "timestamp must be > 0"),
+        ("1,1,0", "timestamp out of range"),
+        ("1,1,0.0000001", "timestamp out of range"),
+        ("1,1,-1", "timestamp out of range"),
+        ("1,1,-1570358269.5", "timestamp out of range"),
+        ("1,1,1", "timestamp out of range"),
+        ("1,1,253402300799.999999", "timestamp out of range"),  # year 9999
         ("1,1,253402300800", "out of range"),
         ("1,1,1" + "0" * 300, "out of range"),
         ("1,1,253402300799.9999999", "out of range"),  # rounds up to year 10000
@@ -140,6 +179,7 @@ def test_longest_line_is_accepted():
         ("1,1,1570358269." + "1" * 300, "too precise"),
         (b"1,1,\xff", "UTF-8"),
         (b"1,\xc3,1", "UTF-8"),
+        ("1,1,1570358269,\ud800", "UTF-8"),  # a lone surrogate in a str
         (_line_of(MAX_LINE_BYTES + 1), "longer than 1024 bytes"),
         (b"1,1,1," + b"a" * 2000, "longer than 1024 bytes"),
     ],
@@ -151,7 +191,8 @@ def test_malformed(raw, reason):
 
 @pytest.mark.parametrize(
     "line",
-    [line for line, *_ in SEED] + ["9,0.10,1.000001,A:b.c_d-e", "5,-0,7", "5,+12.3,0.5"],
+    [line for line, *_ in SEED]
+    + ["9,0.10,946684800.000001,A:b.c_d-e", "5,-0,946684807", "5,+12.3,1570358269.5"],
 )
 def test_format_line_round_trips(line):
     tx = parse(line, missing_id="id-1")

@@ -6,8 +6,10 @@ This is the one place that writes a batch, for the subscriber and for the tests 
 The database: one transaction per batch keeps the raw rows and `user_window_totals`
 equal. On every backend the same steps: insert the batch, skipping the txn_ids stored
 before; when that did not insert every row cleanly, undo it, look up what is stored and
-insert only the rest; then add the rows inserted now to their windows. The SQL that
-differs between MySQL and SQLite is in txstream.dialect.
+insert only the rest; then add the rows inserted now to their windows. A txn_id that
+comes again unchanged is a duplicate; with another user, amount or time, a dead letter:
+the first one stored wins. The SQL that differs between MySQL and SQLite is in
+txstream.dialect.
 
 Redis, after the commit, so that it never shows what the database lacks: one script call
 merges the batch into the recent lists (txstream.recent), appends its dead letters and
@@ -16,6 +18,7 @@ acknowledges its stream entries, atomically.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -26,6 +29,7 @@ import redis
 from sqlalchemy import Connection, Engine, select
 from sqlalchemy.exc import DataError, IntegrityError
 
+import config
 from models import transactions
 from txstream.dialect import PLAIN_INSERT, statements
 from txstream.keys import Keys
@@ -40,33 +44,42 @@ log = logging.getLogger(__name__)
 # A concurrent subscriber may insert the same txn_id between our look-up and our insert;
 # the batch is then rolled back and stored again.
 _CONFLICT_RETRIES = 5
+CONFLICT = "conflicts with the stored transaction"
 _UNPACK = 1000  # arguments per Lua unpack(): its stack holds a few thousand at most
+# Bytes of a message kept in its dead letter: a dead letter stays small whatever was sent
+# (escaped, a 5 MB message made a 30 MB one, and an argument over Redis's bulk limit
+# would fail the batch script on every try). Its size and SHA-256 identify the whole.
+DEAD_RAW_BYTES = 4096
 
 # KEYS: the dead letters, the stream, then the recent lists. ARGV: the consumer group ('' for
-# none), how many entry ids and how many dead letters; the ids; the dead letters; then for
-# each recent list its number of new items and the items. Nothing is acknowledged unless
-# everything before it was written.
+# none), how many entry ids and how many dead letters, the dead-letter list's cap; the ids;
+# the dead letters; then for each recent list its number of new items and the items.
+# Nothing is acknowledged unless everything before it was written.
 _WRITE_BATCH = (
     MERGE_RECENT_LUA
     + f"""
-local n_ids, n_dead = tonumber(ARGV[2]), tonumber(ARGV[3])
+local n_ids, n_dead, dead_max = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ids, dead = 5, 5 + n_ids  -- where the entry ids and the dead letters begin in ARGV
 if n_dead > 0 then
   local kind = redis.call('TYPE', KEYS[1])['ok']
   if kind ~= 'none' and kind ~= 'list' then
     return redis.error_reply('WRONGTYPE dead-letter key ' .. KEYS[1] .. ' holds a ' .. kind)
   end
 end
-local pos, replaced, dropped = 4 + n_ids + n_dead, 0, 0
+local pos, replaced, dropped = dead + n_dead, 0, 0
 for k = 3, #KEYS do
   local n = tonumber(ARGV[pos])
   local r, d = merge_recent(KEYS[k], pos + 1, pos + n)
   replaced, dropped, pos = replaced + r, dropped + d, pos + n + 1
 end
-for i = 4 + n_ids, 3 + n_ids + n_dead, {_UNPACK} do
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, 3 + n_ids + n_dead)))
+for i = dead, dead + n_dead - 1, {_UNPACK} do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, dead + n_dead - 1)))
 end
-for i = 4, 3 + n_ids, {_UNPACK} do
-  redis.call('XACK', KEYS[2], ARGV[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, 3 + n_ids)))
+if n_dead > 0 then
+  redis.call('LTRIM', KEYS[1], -dead_max, -1)  -- the newest dead_max
+end
+for i = ids, dead - 1, {_UNPACK} do
+  redis.call('XACK', KEYS[2], ARGV[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, dead - 1)))
 end
 return {{replaced, dropped}}
 """
@@ -81,15 +94,23 @@ class Committed:
     # Stored by an earlier batch: a redelivery, maybe after a crash between commit and
     # the Redis write, so they go to the recent lists again (the merge skips repeats).
     stored_before: list[Transaction] = field(default_factory=list)
-    duplicates: int = 0  # txn_ids stored before, or repeated within the batch
-    rejected: list[dict] = field(default_factory=list)  # dead letters from the database
+    duplicates: int = 0  # exact repeats of what was stored before or earlier in the batch
+    # Dead letters: rows the database refused, and transactions whose txn_id came first
+    # (stored before, or earlier in the batch) with another user, amount or time.
+    rejected: list[dict] = field(default_factory=list)
 
 
 def dead_letter(raw: bytes | str, reason: str, at: datetime | None = None) -> dict:
-    """The dead-letter record of a message; non-UTF-8 bytes are kept escaped."""
-    if isinstance(raw, bytes):
-        raw = raw.decode("utf-8", "backslashreplace")
-    return {"raw": raw, "reason": reason, "at": format_time(at or utcnow())}
+    """The dead-letter record of a message: its first 4 KiB (non-UTF-8 bytes kept
+    escaped), the whole message's size in bytes and SHA-256, why, and when."""
+    data = raw.encode() if isinstance(raw, str) else raw
+    return {
+        "raw": data[:DEAD_RAW_BYTES].decode("utf-8", "backslashreplace"),
+        "size": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "reason": reason,
+        "at": format_time(at or utcnow()),
+    }
 
 
 class Store:
@@ -102,12 +123,14 @@ class Store:
         keys: Keys,
         window_seconds: int,
         group: str | None = None,
+        dead_letters_max: int = config.DEFAULT_DEAD_LETTERS_MAX,
     ) -> None:
         self.engine = engine
         self.client = client
         self.keys = keys
         self.window_seconds = window_seconds
         self.group = group  # the stream's consumer group, whose entries are acknowledged
+        self.dead_letters_max = dead_letters_max  # the dead-letter list keeps the newest
         self._write_batch = client.register_script(_WRITE_BATCH)
 
     def store(
@@ -123,18 +146,12 @@ class Store:
 
         Connection errors propagate, with nothing committed, for the caller to retry.
         """
-        first: dict[str, Transaction] = {}
-        for tx in txns:
-            first.setdefault(tx.txn_id, tx)
-        unique = list(first.values())
         try:
-            committed = self._commit_with_retry(unique)
+            return self._commit_with_retry(txns)
         except DataError:
             # Not expected after parsing; but one bad row must not cost the others.
             log.exception("the database rejected a batch; storing it row by row")
-            committed = self._commit_one_by_one(unique)
-        committed.duplicates += len(txns) - len(unique)
-        return committed
+            return self._commit_one_by_one(txns)
 
     def write_redis(
         self, committed: Committed, dead: Sequence[dict], entry_ids: Sequence = ()
@@ -147,7 +164,7 @@ class Store:
         )
         ids = list(entry_ids) if self.group else []
         keys = [self.keys.dead, self.keys.stream, *recent_keys]
-        args = [self.group or "", len(ids), len(dead), *ids]
+        args = [self.group or "", len(ids), len(dead), self.dead_letters_max, *ids]
         args += (json.dumps(d) for d in dead)
         replaced, dropped = self._write_batch(keys=keys, args=args + recent_args)
         if replaced or dropped:
@@ -157,7 +174,7 @@ class Store:
                 dropped,
             )
 
-    def _commit_with_retry(self, txns: list[Transaction]) -> Committed:
+    def _commit_with_retry(self, txns: Sequence[Transaction]) -> Committed:
         for attempt in range(1, _CONFLICT_RETRIES + 1):
             try:
                 with self.engine.begin() as conn:
@@ -168,7 +185,7 @@ class Store:
                 log.info("txn_id conflict with another writer; retrying the batch")
         raise AssertionError("unreachable")
 
-    def _commit_one_by_one(self, txns: list[Transaction]) -> Committed:
+    def _commit_one_by_one(self, txns: Sequence[Transaction]) -> Committed:
         committed = Committed()
         for tx in txns:
             try:
@@ -180,37 +197,62 @@ class Store:
             committed.new += one.new
             committed.stored_before += one.stored_before
             committed.duplicates += one.duplicates
+            committed.rejected += one.rejected
         return committed
 
-    def _insert_new(self, conn: Connection, txns: list[Transaction]) -> Committed:
+    def _insert_new(self, conn: Connection, txns: Sequence[Transaction]) -> Committed:
         """The storing steps, the same on every database.
 
         Usually one INSERT that skips stored txn_ids, kept when it inserted every row
         without a warning: nothing was stored before, and no value was clipped. Else (a
-        redelivery, a bad value) it is undone, and only the new rows are inserted, by a
-        plain INSERT that raises on a bad value.
+        redelivery, a txn_id stored before, a bad value) it is undone, the batch is sorted
+        out against the stored rows, and only the new rows are inserted, by a plain INSERT
+        that raises on a bad value.
         """
         if not txns:
             return Committed()
         sql = statements(conn.dialect)
         now = utcnow()
+        committed = _sort_out(txns, {})
         attempt = conn.begin_nested()  # a savepoint
-        inserted = conn.exec_driver_sql(sql.insert_ignore.format(rows=_rows(txns, now))).rowcount
-        if inserted == len(txns) and (
+        rows = _rows(committed.new, now)
+        inserted = conn.exec_driver_sql(sql.insert_ignore.format(rows=rows)).rowcount
+        if inserted == len(committed.new) and (
             sql.warning_count is None or conn.exec_driver_sql(sql.warning_count).scalar() == 0
         ):
             attempt.commit()
-            stored, new = {}, txns
         else:
             attempt.rollback()
-            stored = _stored(conn, txns)
-            new = [tx for tx in txns if tx.txn_id not in stored]
-            if new:
-                conn.exec_driver_sql(PLAIN_INSERT.format(rows=_rows(new, now)))
-        if new:
-            totals = window_totals(new, self.window_seconds)
+            committed = _sort_out(txns, _stored(conn, committed.new))
+            if committed.new:
+                conn.exec_driver_sql(PLAIN_INSERT.format(rows=_rows(committed.new, now)))
+        if committed.new:
+            totals = window_totals(committed.new, self.window_seconds)
             conn.exec_driver_sql(sql.add_to_windows.format(rows=_window_rows(totals, now)))
-        return Committed(new, list(stored.values()), duplicates=len(stored))
+        return committed
+
+
+def _sort_out(txns: Sequence[Transaction], stored: dict[str, Transaction]) -> Committed:
+    """What storing `txns` does, given the `stored` transactions of their txn_ids.
+
+    A txn_id's first comer wins: the stored transaction, else its first in `txns`, which
+    is new. One that comes again unchanged is a duplicate; with another user, amount or
+    time, a conflict (a dead letter).
+    """
+    committed, first, again = Committed(), dict(stored), {}
+    for tx in txns:
+        winner = first.get(tx.txn_id)
+        if winner is None:
+            first[tx.txn_id] = tx
+            committed.new.append(tx)
+        elif winner == tx:
+            committed.duplicates += 1
+            if tx.txn_id in stored:
+                again[tx.txn_id] = winner
+        else:
+            committed.rejected.append(dead_letter(format_line(tx), CONFLICT))
+    committed.stored_before = list(again.values())
+    return committed
 
 
 def _stored(conn: Connection, txns: list[Transaction]) -> dict[str, Transaction]:

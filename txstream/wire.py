@@ -3,6 +3,9 @@
 E.g. the seed's `1,-44690489068,1570358269.4836092`. The emitter, the subscriber, the
 tests and the benchmarks all use `parse` and `format_line` from here; the field rules
 (`parse_user_id`, `parse_txn_id`) serve the web app's parameters too.
+
+Event times are accepted from 2000-01-01 to now + MAX_CLOCK_SKEW: far enough from year
+10000 that no window end, cursor or format of a stored time can overflow.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import uuid
 from datetime import datetime
 from decimal import Decimal
 
+import config
 from txstream.money import AMOUNT_LIMIT, CENT, format_amount
-from txstream.times import MAX_MICROS, format_epoch, from_micros
+from txstream.times import format_epoch, format_time, from_micros, to_micros, utcnow
 from txstream.transaction import MAX_USER_ID, TXN_ID, Transaction
 
 MAX_LINE_BYTES = 1024
@@ -23,18 +27,30 @@ _USER_ID = re.compile(r"[0-9]{1,19}")
 _AMOUNT = re.compile(r"[+-]?[0-9]+(\.[0-9]{1,2})?")
 _TIMESTAMP = re.compile(r"[+-]?[0-9]+(\.[0-9]+)?")
 _MICROSECOND = Decimal("0.000001")
+EARLIEST = datetime(2000, 1, 1)  # the earliest event time accepted
+_EARLIEST_MICROS = to_micros(EARLIEST)
 
 
 class MalformedMessage(ValueError):
     """A message that is not a valid transaction line; the text says why."""
 
 
-def parse(raw: bytes | str, missing_id: str | None = None) -> Transaction:
+def latest_accepted(clock_skew: int = config.DEFAULT_MAX_CLOCK_SKEW) -> int:
+    """The latest event time accepted now, in epoch microseconds: now + `clock_skew` s."""
+    return to_micros(utcnow()) + clock_skew * 10**6
+
+
+def parse(
+    raw: bytes | str, missing_id: str | None = None, latest: int | None = None
+) -> Transaction:
     """Parse one wire line; raise `MalformedMessage` saying what is wrong.
 
     A 3-field line gets `missing_id` as its txn_id, or a new UUID when none is given.
+    The event time must be from 2000-01-01 to `latest` (epoch microseconds; default
+    `latest_accepted()`): the subscriber works that out once per batch, not per message.
     """
-    data = raw.encode() if isinstance(raw, str) else raw
+    # surrogatepass: a lone surrogate is then bad UTF-8 below, not an UnicodeEncodeError
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     if data.endswith(b"\r\n"):
         data = data[:-2]
     elif data.endswith(b"\n"):
@@ -55,7 +71,7 @@ def parse(raw: bytes | str, missing_id: str | None = None) -> Transaction:
         txn_id=parse_txn_id(txn_id),
         user_id=parse_user_id(fields[0]),
         amount=_parse_amount(fields[1]),
-        ts=_parse_timestamp(fields[2]),
+        ts=_parse_timestamp(fields[2], latest_accepted() if latest is None else latest),
     )
 
 
@@ -94,7 +110,7 @@ def _parse_amount(text: str) -> Decimal:
     return amount.quantize(CENT) + 0
 
 
-def _parse_timestamp(text: str) -> datetime:
+def _parse_timestamp(text: str, latest: int) -> datetime:
     if not _TIMESTAMP.fullmatch(text):
         raise MalformedMessage(f"timestamp must be unix epoch seconds, got {text[:40]!r}")
     whole, _, fraction = text.lstrip("+-").partition(".")
@@ -104,8 +120,9 @@ def _parse_timestamp(text: str) -> datetime:
         micros = int(whole) * 1_000_000 + int(fraction.ljust(6, "0"))
     else:  # rounded to the microsecond, half to even
         micros = int(Decimal(text).quantize(_MICROSECOND).scaleb(6))
-    if micros <= 0:
-        raise MalformedMessage(f"timestamp must be > 0, got {text!r}")
-    if micros >= MAX_MICROS:
-        raise MalformedMessage(f"timestamp out of range (before year 10000), got {text!r}")
+    if not _EARLIEST_MICROS <= micros <= latest:
+        raise MalformedMessage(
+            f"timestamp out of range ({format_time(EARLIEST)} to "
+            f"{format_time(from_micros(latest))}, now + MAX_CLOCK_SKEW), got {text!r}"
+        )
     return from_micros(micros)
