@@ -24,7 +24,7 @@ VERSION = "0.1.0"  # pyproject.toml's (a test compares them)
 # (1 microsecond is 1/3,600,000,000 hour).
 _FRACTION = r"[0-9]{1,8}(?:[05]0?|[27]5)?"
 # The same, not all zeros: a 9th or 10th digit that is not 0, or else a digit before.
-_NONZERO_UP_TO_8 = "|".join("0" * k + f"[1-9][0-9]{{0,{7 - k}}}" for k in range(8))
+_NONZERO_UP_TO_8 = "|".join(f"{'0' * k}[1-9][0-9]{{0,{7 - k}}}" for k in range(7)) + "|0{7}[1-9]"
 _NONZERO_FRACTION = rf"[0-9]{{1,8}}(?:5|50|[27]5)|(?:{_NONZERO_UP_TO_8})0{{0,2}}"
 _ONE_TO_8759 = (
     r"0{0,9}[1-9]|0{0,8}[1-9][0-9]|0{0,7}[1-9][0-9]{2}"
@@ -202,7 +202,9 @@ _RESPONSES = {
         "description": "No bearer token, or not a valid one (never made, or revoked)",
         "headers": {
             "WWW-Authenticate": {
-                "description": 'Bearer realm="txstream" (, error="invalid_token" for a bad one)',
+                "description": (
+                    'Bearer realm="txstream", and error="invalid_token" if a token was sent'
+                ),
                 "required": True,
                 "schema": {"type": "string", "pattern": "^Bearer "},
             }
