@@ -3,8 +3,9 @@
 Every `/api/...` request needs `Authorization: Bearer <token>` (txstream.tokens); a page
 needs a session, made by pasting a token into /login. The session cookie is signed with
 SECRET_KEY and holds the token's hash, so revoking the token ends the session too. Forms
-carry a CSRF token kept in the session. `/healthz`, the login page and static files are
-open. With AUTH=off (local experiments only) nothing is asked, and every start says so.
+carry a CSRF token kept in the session. `/healthz`, the API's description
+(/api/openapi.json, /api/docs), the login page and static files are open. With AUTH=off
+(local experiments only) nothing is asked, and every start says so.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from txstream import queries, tokens
 log = logging.getLogger(__name__)
 bp = Blueprint("access", __name__)
 
-OPEN_ENDPOINTS = {"access.login", "static", "api.healthz"}
+OPEN_ENDPOINTS = {"access.login", "static", "api.healthz", "api.openapi_document", "api.docs"}
 MAX_TOKEN_CHARS = 200
 
 

@@ -11,11 +11,11 @@ import logging
 from decimal import Decimal
 
 import redis
-from flask import Blueprint, Response, current_app, jsonify, request
+from flask import Blueprint, Response, current_app, jsonify, render_template, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from txstream import queries
+from txstream import openapi, queries
 from txstream.keys import Keys
 from txstream.money import format_amount
 from txstream.params import (
@@ -118,6 +118,25 @@ def user_windows(user_id: str):
         for row in rows
     ]
     return {"items": items}
+
+
+@bp.get("/api/openapi.json")
+def openapi_document():
+    """The API's OpenAPI 3.1 document (open: no token needed)."""
+    return openapi.document(current_app.config["WINDOW_HOURS"])
+
+
+@bp.get("/api/docs")
+def docs():
+    """The OpenAPI document as a web page (open: no token needed)."""
+    spec = openapi.document(current_app.config["WINDOW_HOURS"])
+    return render_template(
+        "api_docs.html",
+        spec=spec,
+        operations=openapi.operations(spec),
+        rule=openapi.rule,
+        base_url=request.host_url.rstrip("/"),
+    )
 
 
 @bp.get("/healthz")

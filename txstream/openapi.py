@@ -1,0 +1,443 @@
+"""The API's contract: its OpenAPI 3.1 document, served at /api/openapi.json and /api/docs.
+
+Built here from the constants the app checks against (txstream.params and friends), so
+that the rules it states are the app's own; tests/test_openapi.py keeps it equal to the
+app's routes and rules, and tests/test_contract.py runs schemathesis against it.
+"""
+
+from __future__ import annotations
+
+import functools
+from decimal import Decimal
+
+from txstream.params import DEFAULT_LIMIT, MAX_HOURS, MAX_LIMIT
+from txstream.queries import MAX_CURSOR_CHARS
+from txstream.recent import RECENT_SIZE
+from txstream.transaction import MAX_USER_ID
+
+VERSION = "0.1.0"  # pyproject.toml's (a test compares them)
+
+# `hours` as one regular expression: exactly what params.parse_hours accepts (a test
+# compares the two), written without look-around so that every JSON Schema validator
+# can use it. A plain decimal of 1-10 digits, optionally a point and 1-10 more; > 0 and
+# <= 8760; whole microseconds: padded to 10 decimals, the last two are 00, 25, 50 or 75
+# (1 microsecond is 1/3,600,000,000 hour).
+_FRACTION = r"[0-9]{1,8}(?:[05]0?|[27]5)?"
+# The same, not all zeros: a 9th or 10th digit that is not 0, or else a digit before.
+_NONZERO_UP_TO_8 = "|".join(f"{'0' * k}[1-9][0-9]{{0,{7 - k}}}" for k in range(7)) + "|0{7}[1-9]"
+_NONZERO_FRACTION = rf"[0-9]{{1,8}}(?:5|50|[27]5)|(?:{_NONZERO_UP_TO_8})0{{0,2}}"
+_ONE_TO_8759 = (
+    r"0{0,9}[1-9]|0{0,8}[1-9][0-9]|0{0,7}[1-9][0-9]{2}"
+    r"|0{0,6}(?:[1-7][0-9]{3}|8[0-6][0-9]{2}|87[0-5][0-9])"
+)
+HOURS_PATTERN = (
+    rf"^(?:(?:{_ONE_TO_8759})(?:\.{_FRACTION})?"  # 1 <= hours < 8760
+    rf"|0{{1,10}}\.(?:{_NONZERO_FRACTION})"  # 0 < hours < 1
+    r"|0{0,6}8760(?:\.0{1,10})?)$"  # 8760 exactly
+)
+CURSOR_FORMAT = "txstream-cursor"  # a name of this API's own: what `next` holds
+
+
+def _ref(kind: str, name: str) -> dict:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _json(schema: dict) -> dict:
+    return {"application/json": {"schema": schema}}
+
+
+def _object(**properties: dict) -> dict:
+    """A JSON object with exactly these keys, in this order (the order the app writes)."""
+    return {
+        "type": "object",
+        "properties": properties,
+        "required": list(properties),
+        "additionalProperties": False,
+    }
+
+
+_TIME = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$",
+    "description": "ISO-8601 UTC with microseconds, e.g. 2026-11-28T23:55:08.323301Z",
+}
+_USER_ID = {"type": "integer", "minimum": 1, "maximum": MAX_USER_ID}
+_SCHEMAS = {
+    "Error": _object(error={"type": "string", "description": "What is wrong, in words"}),
+    "Amount": {
+        "type": "string",
+        "pattern": r"^-?[0-9]{1,18}\.[0-9]{2}$",
+        "description": "One transaction's amount: a decimal string, exactly two decimals",
+    },
+    "Total": {
+        "type": "string",
+        "pattern": r"^-?[0-9]+\.[0-9]{2}$",
+        "description": "An exact sum of amounts: a decimal string, exactly two decimals",
+    },
+    "Time": _TIME,
+    "Transaction": _object(
+        time=_ref("schemas", "Time"),
+        txn_id={"type": "string", "pattern": r"^[A-Za-z0-9._:-]{1,64}$"},
+        user_id=_USER_ID,
+        amount=_ref("schemas", "Amount"),
+        ts={"type": "number", "exclusiveMinimum": 0, "description": "Unix epoch seconds"},
+    ),
+    "TransactionPage": _object(
+        items={
+            "type": "array",
+            "items": _ref("schemas", "Transaction"),
+            "maxItems": MAX_LIMIT,
+            "description": "Newest first: by ts, then txn_id, descending",
+        },
+        next={
+            "type": ["string", "null"],
+            "format": CURSOR_FORMAT,
+            "maxLength": MAX_CURSOR_CHARS,
+            "pattern": "^[A-Za-z0-9_-]+$",
+            "description": "The `before` of the next (older) page; null on the last page",
+        },
+    ),
+    "Recent": _object(
+        items={
+            "type": "array",
+            "items": _ref("schemas", "Transaction"),
+            "maxItems": RECENT_SIZE,
+            "description": "Newest first, as the user's Redis list holds them",
+        },
+    ),
+    "Sum": _object(
+        user_id=_USER_ID,
+        hours={"type": "number", "exclusiveMinimum": 0, "maximum": MAX_HOURS},
+        **{"from": _ref("schemas", "Time")},
+        to=_ref("schemas", "Time"),
+        count={"type": "integer", "minimum": 0},
+        sum=_ref("schemas", "Total"),
+    ),
+    "Window": _object(
+        user_id=_USER_ID,
+        window_start=_ref("schemas", "Time"),
+        window_end=_ref("schemas", "Time"),
+        tx_count={"type": "integer", "minimum": 1},
+        amount_sum=_ref("schemas", "Total"),
+        amount_min=_ref("schemas", "Amount"),
+        amount_max=_ref("schemas", "Amount"),
+        updated_at=_ref("schemas", "Time"),
+    ),
+    "Windows": _object(
+        items={
+            "type": "array",
+            "items": _ref("schemas", "Window"),
+            "maxItems": MAX_LIMIT,
+            "description": "Newest window first",
+        },
+    ),
+    "Health": _object(
+        redis={"enum": ["ok", "down"]},
+        database={"enum": ["ok", "down"]},
+    ),
+}
+
+_PARAMETERS = {
+    "user_id": {
+        "name": "user_id",
+        "in": "path",
+        "required": True,
+        "description": f"A user id: 1 to 19 ASCII digits, 1 to {MAX_USER_ID} (2^63-1)",
+        "schema": {**_USER_ID, "format": "int64"},
+        "example": 1,
+    },
+    "hours": {
+        "name": "hours",
+        "in": "query",
+        "required": False,
+        "description": (
+            f"The length of the span ending now: a plain decimal number of hours > 0 and "
+            f"<= {MAX_HOURS}, in whole microseconds (e.g. 6 or 1.5; no sign, exponent or "
+            f"spaces); default WINDOW_HOURS"
+        ),
+        "schema": {"type": "string", "pattern": HOURS_PATTERN},
+        "example": "6",
+    },
+    "limit": {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": f"How many items, at most: a whole number from 1 to {MAX_LIMIT}",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+        "example": 2,
+    },
+    "before": {
+        "name": "before",
+        "in": "query",
+        "required": False,
+        "description": (
+            "The `next` of the previous page, as it came: an opaque cursor, valid only as "
+            "this API made it (anything else is a 400). Absent: the newest page"
+        ),
+        "schema": {
+            "type": "string",
+            "format": CURSOR_FORMAT,
+            "minLength": 1,
+            "maxLength": MAX_CURSOR_CHARS,
+            "pattern": "^[A-Za-z0-9_-]+$",
+        },
+    },
+}
+
+_RETRY_AFTER = {
+    "description": "Seconds to wait before trying again",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0},
+}
+_RESPONSES = {
+    "BadRequest": {
+        "description": (
+            "A parameter breaks its rule (the text names it and says why), or the Host "
+            "header is not one of TRUSTED_HOSTS"
+        ),
+        "content": _json(_ref("schemas", "Error")),
+    },
+    "Unauthorized": {
+        "description": "No bearer token, or not a valid one (never made, or revoked)",
+        "headers": {
+            "WWW-Authenticate": {
+                "description": (
+                    'Bearer realm="txstream", and error="invalid_token" if a token was sent'
+                ),
+                "required": True,
+                "schema": {"type": "string", "pattern": "^Bearer "},
+            }
+        },
+        "content": _json(_ref("schemas", "Error")),
+    },
+    "NotFound": {
+        "description": "No such endpoint (e.g. an empty user id)",
+        "content": _json(_ref("schemas", "Error")),
+    },
+    "MethodNotAllowed": {
+        "description": "Any method but GET (and HEAD, OPTIONS) on an endpoint",
+        "headers": {
+            "Allow": {
+                "description": "The methods the endpoint takes",
+                "required": True,
+                "schema": {"type": "string"},
+            }
+        },
+        "content": _json(_ref("schemas", "Error")),
+    },
+    "TooManyRequests": {
+        "description": "This token (or, without one, this address) made more than RATE_LIMIT",
+        "headers": {"Retry-After": _RETRY_AFTER},
+        "content": _json(_ref("schemas", "Error")),
+    },
+    "Unavailable": {
+        "description": "The database or Redis is down; try again shortly",
+        "headers": {"Retry-After": _RETRY_AFTER},
+        "content": _json(_ref("schemas", "Error")),
+    },
+}
+
+_DESCRIPTION = f"""\
+Card transactions as txstream stores them. Amounts are JSON strings with exactly two
+decimals (never floats); times are ISO-8601 UTC with microseconds; `ts` is epoch seconds.
+Objects have their keys in the order listed here.
+
+Every request under /api needs `Authorization: Bearer <token>` (made with `flask --app app
+create-token NAME`), except this document and /api/docs; /healthz is open too. Every
+error is a JSON object `{{"error": "..."}}`: 400 for a bad parameter, 401 (with
+WWW-Authenticate) without a valid token, 404 for an unknown path under /api, 405 (with
+Allow) for a method other than GET (or HEAD, OPTIONS), 429 (with Retry-After) past the
+rate limit, 503 (with Retry-After) while the database or Redis is down. Query parameters
+not listed here are ignored.
+
+Lists are paged by cursor: pass a page's `next` as `before` to get the older page; `limit`
+is 1 to {MAX_LIMIT}, {DEFAULT_LIMIT} by default."""
+
+
+def _operation(
+    operation_id: str,
+    summary: str,
+    ok: str,
+    content: dict,
+    parameters: tuple[str, ...] = (),
+    open_: bool = False,
+) -> dict:
+    """A GET path: its 200, and the errors that can answer it."""
+    operation: dict = {"operationId": operation_id, "summary": summary}
+    if open_:
+        operation["security"] = []  # no token needed
+    if parameters:
+        operation["parameters"] = [_ref("parameters", name) for name in parameters]
+    responses: dict = {"200": {"description": ok, "content": content}}
+    responses["400"] = _ref("responses", "BadRequest")
+    if not open_:
+        responses["401"] = _ref("responses", "Unauthorized")
+    if "user_id" in parameters:
+        responses["404"] = _ref("responses", "NotFound")
+    responses["429"] = _ref("responses", "TooManyRequests")
+    if not open_:
+        responses["503"] = _ref("responses", "Unavailable")
+    operation["responses"] = responses
+    return {"get": operation}
+
+
+_HEALTH = {
+    "get": {
+        "operationId": "health",
+        "summary": "Whether Redis and the database answer (not rate limited)",
+        "security": [],
+        "responses": {
+            "200": {"description": "Both answer", "content": _json(_ref("schemas", "Health"))},
+            "400": _ref("responses", "BadRequest"),
+            "503": {
+                "description": "One of them (or both) is down: named by `down`",
+                "content": _json(_ref("schemas", "Health")),
+            },
+        },
+    }
+}
+
+
+@functools.cache
+def document(window_hours: Decimal) -> dict:
+    """The OpenAPI 3.1 document of the API; `hours` defaults to `window_hours`."""
+    hours = _PARAMETERS["hours"]
+    parameters = {
+        **_PARAMETERS,
+        "hours": {**hours, "schema": {**hours["schema"], "default": str(window_hours)}},
+    }
+    user_id, page = ("user_id",), ("limit", "before")
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "txstream", "version": VERSION, "description": _DESCRIPTION},
+        "security": [{"bearer": []}],
+        "paths": {
+            "/api/users/{user_id}/sum": _operation(
+                "userSum",
+                "Count and exact sum of the user's transactions with now - hours < ts <= now",
+                "The count and the sum",
+                _json(_ref("schemas", "Sum")),
+                user_id + ("hours",),
+            ),
+            "/api/users/{user_id}/transactions": _operation(
+                "userTransactions",
+                "The user's transactions, newest first, one page at a time",
+                "A page",
+                _json(_ref("schemas", "TransactionPage")),
+                user_id + page,
+            ),
+            "/api/users/{user_id}/recent": _operation(
+                "userRecent",
+                f"The user's latest {RECENT_SIZE} transactions, from Redis only",
+                "The user's recent list (empty for an unknown user)",
+                _json(_ref("schemas", "Recent")),
+                user_id,
+            ),
+            "/api/users/{user_id}/windows": _operation(
+                "userWindows",
+                "The user's stored window totals, newest window first",
+                "The window totals",
+                _json(_ref("schemas", "Windows")),
+                user_id + ("limit",),
+            ),
+            "/api/transactions": _operation(
+                "allTransactions",
+                "The transactions of all users, newest first, one page at a time",
+                "A page",
+                _json(_ref("schemas", "TransactionPage")),
+                page,
+            ),
+            "/healthz": _HEALTH,
+            "/api/openapi.json": _operation(
+                "openapi",
+                "This API's OpenAPI 3.1 document",
+                "The document",
+                _json({"type": "object"}),
+                open_=True,
+            ),
+            "/api/docs": _operation(
+                "docs",
+                "The same document as a web page",
+                "The page",
+                {"text/html": {"schema": {"type": "string"}}},
+                open_=True,
+            ),
+        },
+        "components": {
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A token made with `flask --app app create-token NAME`",
+                }
+            },
+            "parameters": parameters,
+            "schemas": _SCHEMAS,
+            "responses": _RESPONSES,
+        },
+    }
+
+
+def resolve(spec: dict, node: dict) -> dict:
+    """`node`, or what its `$ref` points at within `spec`."""
+    while "$ref" in node:
+        for part in node["$ref"].removeprefix("#/").split("/"):
+            spec = spec[part]
+        node = spec
+    return node
+
+
+def rule(schema: dict) -> str:
+    """A schema's rules in a few words, for the docs page (e.g. `integer, >= 1, <= 500`)."""
+    if "$ref" in schema:
+        return schema["$ref"].rsplit("/", 1)[1]
+    if schema.get("type") == "array":
+        return f"array of {rule(schema['items'])}, at most {schema['maxItems']}"
+    kind = schema.get("type", "")
+    words = [" or ".join(kind) if isinstance(kind, list) else kind]
+    if "enum" in schema:
+        words.append("one of " + ", ".join(schema["enum"]))
+    for keyword, sign in (("minimum", ">="), ("exclusiveMinimum", ">"), ("maximum", "<=")):
+        if keyword in schema:
+            words.append(f"{sign} {schema[keyword]}")
+    if "maxLength" in schema:
+        words.append(f"{schema.get('minLength', 0)} to {schema['maxLength']} characters")
+    for keyword in ("format", "pattern", "default"):
+        if keyword in schema:
+            words.append(f"{keyword} {schema[keyword]}")
+    return ", ".join(word for word in words if word)
+
+
+def operations(spec: dict) -> list[dict]:
+    """Each operation of `spec` with its parameters and responses resolved, for the docs page."""
+    found = []
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            parameters = [resolve(spec, p) for p in operation.get("parameters", [])]
+            query = "&".join(
+                f"{p['name']}={p['example']}"
+                for p in parameters
+                if p["in"] == "query" and "example" in p
+            )
+            example = path
+            for p in parameters:
+                if p["in"] == "path":
+                    example = example.replace(f"{{{p['name']}}}", str(p["example"]))
+            if query:
+                example += f"?{query}"
+            found.append(
+                {
+                    "method": method.upper(),
+                    "path": path,
+                    "operation": operation,
+                    "token": operation.get("security", spec["security"]) != [],
+                    "parameters": parameters,
+                    "responses": {
+                        status: resolve(spec, response)
+                        for status, response in operation["responses"].items()
+                    },
+                    "example": example,
+                }
+            )
+    return found
