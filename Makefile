@@ -14,9 +14,10 @@ test: $(READY)            ## the whole test suite (integration tests need Redis 
 
 install: $(READY)         ## create .venv and install requirements-dev.lock (runtime + tools)
 
-lint: $(READY)            ## ruff lint and format check
+lint: $(READY)            ## ruff lint and format check; bandit (settings in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/bandit --quiet --configfile pyproject.toml --recursive .
 
 format: $(READY)
 	$(BIN)/ruff format .

@@ -17,7 +17,7 @@ import random
 import re
 import shutil
 import signal
-import subprocess
+import subprocess  # nosec B404 # starts the private servers
 import tempfile
 from collections import Counter
 from decimal import Decimal
@@ -87,7 +87,7 @@ class PrivateServer:
         """Start the server and wait until it answers."""
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} is running"
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
+            self.proc = subprocess.Popen(  # nosec B603 # the server's own command line, no shell
                 self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
 
@@ -208,7 +208,7 @@ class PrivateMariaDB(PrivateServer):
         """Initialise `datadir` (offline): system tables, root without a password, no test db."""
         binary = require_binary(MARIADB_INSTALL_DB)
         with tempfile.TemporaryDirectory(prefix="txstream-mariadb-install-") as tmpdir:
-            result = subprocess.run(
+            result = subprocess.run(  # nosec B603 # mariadb-install-db by its path, no shell
                 [
                     binary,
                     "--no-defaults",
@@ -273,7 +273,8 @@ class PrivateMariaDB(PrivateServer):
 @functools.cache
 def emitted(count: int, users: int, seed: int) -> tuple[Transaction, ...]:
     """What `emitter_and_pub.py --count count --users users --seed seed` sends (but `ts`)."""
-    source = FakeTransactions(users, random.Random(seed))
+    # bandit B311: made-up transactions, replayed from a seed
+    source = FakeTransactions(users, random.Random(seed))  # nosec B311
     return tuple(source.next() for _ in range(count))
 
 
