@@ -64,7 +64,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     log.info(
         "web app: Redis %s, database %s",
         redis_location,
-        _masked_url(app.config["ENGINE"]),
+        config.mask_url(app.config["ENGINE"].url.render_as_string(hide_password=False)),
     )
 
     app.register_blueprint(api.bp)
