@@ -36,8 +36,14 @@ def test_emitter_and_subscriber_store_over_tls(tls_redis, mysql_engine, run, key
     wait_until_stored(mysql_engine, COUNT, [subscriber])
     assert subscriber.stop() == 0, subscriber.output
     assert_stored_exactly(mysql_engine, emitted(COUNT, USERS, SEED))
-    with tls_redis.client() as client:  # what the web app reads, over TLS too
-        assert_recent_lists_match_db(mysql_engine, client, key_prefix)
+
+    from app import create_app  # here, not at the top: importing `app` builds an app
+
+    web = create_app(
+        {"TESTING": True, "ENGINE": mysql_engine, "REDIS_URL": url, "KEY_PREFIX": key_prefix}
+    )
+    assert web.test_client().get("/healthz").json == {"redis": "ok", "database": "ok"}
+    assert_recent_lists_match_db(mysql_engine, web.config["REDIS"], key_prefix)
 
 
 def test_a_certificate_from_another_authority_is_refused(tls_redis, tmp_path):
