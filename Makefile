@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 READY  := $(VENV)/.installed
 
-.PHONY: demo test install lint format init-db serve bench-ingest bench-api clean
+.PHONY: demo test install lint format lock init-db serve bench-ingest bench-api clean
 
 demo: $(READY)            ## emitter + subscriber + web app; embedded Redis/SQLite unless configured
 	$(BIN)/python -m txstream.demo
@@ -12,11 +12,12 @@ demo: $(READY)            ## emitter + subscriber + web app; embedded Redis/SQLi
 test: $(READY)            ## the whole test suite (integration tests need Redis and MariaDB)
 	$(BIN)/pytest
 
-install: $(READY)         ## create .venv and install requirements.txt
+install: $(READY)         ## create .venv and install requirements-dev.lock (runtime + tools)
 
-lint: $(READY)            ## ruff lint and format check
+lint: $(READY)            ## ruff lint and format check; bandit (settings in pyproject.toml)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/bandit --quiet --configfile pyproject.toml --recursive .
 
 format: $(READY)
 	$(BIN)/ruff format .
@@ -36,11 +37,25 @@ bench-api: $(READY)       ## API requests/s and p50/p99 at 10M rows under gunico
 	@command -v wrk >/dev/null || { echo "bench-api needs wrk: apt-get install wrk"; exit 1; }
 	$(BIN)/python bench/api.py
 
-$(READY): requirements.txt
+# The lock files pin every package, indirect ones too, with hashes: every install gets the
+# same files. Production: pip install --require-hashes -r requirements.lock
+$(READY): requirements-dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements.txt
+	$(BIN)/pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $@
+
+# pip-tools in a venv of its own, so that .venv holds exactly what the lock says. It reads
+# PyPI alone (--isolated: no local index or wheel folder), so the hashes are PyPI's.
+LOCKER := $(VENV)/pip-tools
+COMPILE = $(LOCKER)/bin/pip-compile --quiet --generate-hashes --strip-extras \
+	--no-emit-index-url --no-emit-find-links --pip-args=--isolated
+
+lock:                     ## after editing requirements*.txt: pin everything again into *.lock
+	test -x $(LOCKER)/bin/pip-compile || { $(PYTHON) -m venv $(LOCKER) && \
+	  $(LOCKER)/bin/pip install --quiet --isolated pip-tools==7.6.2; }
+	$(COMPILE) --output-file requirements.lock requirements.txt
+	$(COMPILE) --output-file requirements-dev.lock requirements-dev.txt
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache

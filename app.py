@@ -206,7 +206,8 @@ def _table_names(engine: Engine) -> set[str]:
 
 
 def _masked_url(engine: Engine) -> str:
-    return engine.url.render_as_string(hide_password=True)
+    """The engine's URL with every secret in it masked (query parameters too)."""
+    return config.mask_url(engine.url.render_as_string(hide_password=False))
 
 
 try:

@@ -10,9 +10,10 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus
 
 from dotenv import load_dotenv
 from limits import parse_many  # flask-limiter's notation, e.g. 600/minute
@@ -117,14 +118,31 @@ def is_set(name: str) -> bool:
     return bool(os.environ.get(name))
 
 
+# `scheme://user:password@`: the password runs to the last "@". Drivers disagree on where an
+# unescaped "/", "?", "#" or "@" in it ends it (SQLAlchemy, urllib), so masking up to the
+# last "@" is the one rule that hides it for all of them; at worst it hides a host too.
+_USERINFO_SECRET = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/?#]*):.*@", re.DOTALL)
+# Query parameters that hold secrets, by any part of their name, in any case: password,
+# passwd, pass, pwd, ssl_password, token, secret, key, api_key, auth, credentials, ...
+# Masking a harmless one (ssl_keyfile) costs nothing; missing one would log a secret.
+_SECRET_NAME = re.compile(r"pass|pwd|token|secret|key|auth|credential", re.IGNORECASE)
+
+
 def mask_url(url: str) -> str:
-    """`url` with its password replaced by `***`, safe to log."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """`url` with every secret in it (password, secret query parameters) as `***`: safe to log."""
+    url = _USERINFO_SECRET.sub(r"\g<head>:***@", url, count=1)
+    base, sep, query = url.partition("?")
+    if not sep:
         return url
-    netloc = parts.netloc.rsplit("@", 1)[1]
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+    return base + sep + "&".join(_mask_parameter(p) for p in query.split("&"))
+
+
+def _mask_parameter(parameter: str) -> str:
+    # Split on "&" alone, as both drivers do: a "#" or ";" belongs to the value.
+    name, sep, _value = parameter.partition("=")
+    if sep and _SECRET_NAME.search(unquote_plus(name)):
+        return f"{name}=***"
+    return parameter
 
 
 def configure_logging(level: str) -> None:

@@ -52,10 +52,10 @@ def drain_once(count: int, users: int) -> float:
         str(users),
         env=ENV,
     )
-    assert fill.wait(600) == 0, fill.output
+    fill.wait_ok(600)
     started = time.monotonic()
     subscriber = Script("sub_and_store.py", "--max-messages", str(count), env=ENV)
-    assert subscriber.wait(900) == 0, subscriber.output
+    subscriber.wait_ok(900)
     return count / (time.monotonic() - started)
 
 

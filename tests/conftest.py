@@ -10,6 +10,7 @@ per test, so they never touch real data, nor another run's.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable, Iterator
 
 import fakeredis
 import pytest
@@ -28,7 +29,16 @@ from tests.helpers import (
     signed_in_client,
 )
 from txstream.processes import Script, free_port
-from txstream.testing import PrivateMariaDB, PrivateRedis, ServerMissing, empty_tables
+from txstream.testing import (
+    ACL_FILE,
+    ADMIN_USER,
+    PrivateMariaDB,
+    PrivateRedis,
+    PrivateServer,
+    ServerMissing,
+    empty_tables,
+    make_tls_files,
+)
 
 # hypothesis: the same examples on every run, here and in CI, and no example database, so a
 # failure always reproduces and a pass never depends on luck; a few seconds in all.
@@ -185,29 +195,51 @@ def _mariadb_template(tmp_path_factory):
     return datadir
 
 
-@pytest.fixture
-def private_redis(tmp_path):
-    """A Redis server of this test's own (AOF, fsync always), free to stop, restart or kill."""
+def _serve(what: str, make: Callable[[], PrivateServer]) -> Iterator[PrivateServer]:
+    """Start the server that `make` builds; stop it at the end. Skips without its binary."""
     try:
-        server = PrivateRedis(tmp_path / "redis")
+        server = make()
     except ServerMissing as exc:
-        service_unavailable("A private Redis", exc)
+        service_unavailable(what, exc)
     try:
         server.start()
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path):
+    """A Redis server of this test's own (AOF, fsync always), free to stop, restart or kill."""
+    yield from _serve("A private Redis", lambda: PrivateRedis(tmp_path / "redis"))
+
+
+@pytest.fixture
+def acl_redis(tmp_path):
+    """A Redis server of this test's own with the users of deploy/redis.acl (`default` off),
+    each with a new password (`acl_redis.url_for(user)`); its own clients log in as admin."""
+    yield from _serve(
+        "A private Redis",
+        lambda: PrivateRedis(tmp_path / "redis", acl_file=ACL_FILE, login=ADMIN_USER),
+    )
+
+
+@pytest.fixture
+def tls_redis(tmp_path):
+    """A Redis server of this test's own that speaks TLS only, with a certificate made for it
+    (`tls_redis.tls.ca` is its CA); `tls_redis.url` checks the certificate."""
+
+    def make() -> PrivateRedis:
+        tls = make_tls_files(tmp_path / "tls")
+        return PrivateRedis(tmp_path / "redis", tls=tls)
+
+    yield from _serve("A private Redis with TLS (and openssl)", make)
 
 
 @pytest.fixture
 def private_mariadb(tmp_path, _mariadb_template):
     """A MariaDB server of this test's own (root, no password), free to stop or restart."""
-    try:
-        server = PrivateMariaDB(tmp_path / "mariadb", template=_mariadb_template)
-    except ServerMissing as exc:
-        service_unavailable("A private MariaDB", exc)
-    try:
-        server.start()
-        yield server
-    finally:
-        server.stop()
+    yield from _serve(
+        "A private MariaDB",
+        lambda: PrivateMariaDB(tmp_path / "mariadb", template=_mariadb_template),
+    )

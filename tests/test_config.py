@@ -131,7 +131,48 @@ def test_mask_url_hides_the_password(url, masked):
         "redis://cache",
         "sqlite:///demo.sqlite3",
         "sqlite://",
+        "sqlite:///var/a:b@c.sqlite3",
+        "redis://[::1]:6379/0",
+        "mysql+pymysql://root@h/txstream?charset=utf8mb4&ssl_ca=/etc/ca.pem",
+        "rediss://cache/0?ssl_cert_reqs=required&ssl_ca_certs=%2Fetc%2Fca.pem&db=2",
+        "redis://cache/0?client_name=sub&socket_timeout=5",
     ],
 )
 def test_mask_url_leaves_urls_without_password(url):
     assert config.mask_url(url) == url
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        # As query parameters: redis-py and SQLAlchemy (PyMySQL) both take them
+        ("redis://cache:6379/0?password=s3cr3t", "redis://cache:6379/0?password=***"),
+        ("mysql+pymysql://root@h/db?charset=utf8mb4&password=s3cr3t",
+         "mysql+pymysql://root@h/db?charset=utf8mb4&password=***"),
+        ("mysql+pymysql://root@h/db?passwd=s3cr3t", "mysql+pymysql://root@h/db?passwd=***"),
+        ("redis://cache/0?PassWord=s3cr3t&db=1", "redis://cache/0?PassWord=***&db=1"),
+        ("redis://cache/0?pass=a&pwd=b", "redis://cache/0?pass=***&pwd=***"),
+        ("redis://cache/0?token=a&secret=b&key=c", "redis://cache/0?token=***&secret=***&key=***"),
+        ("rediss://cache/0?ssl_password=a&ssl_keyfile=/k.pem",
+         "rediss://cache/0?ssl_password=***&ssl_keyfile=***"),
+        ("redis://cache/0?api_key=a&access_token=b&client_secret=c&auth=d&credentials=e",
+         "redis://cache/0?api_key=***&access_token=***&client_secret=***&auth=***&credentials=***"),
+        ("redis://cache/0?p%61ssword=s3cr3t", "redis://cache/0?p%61ssword=***"),  # escaped name
+        ("redis://cache/0?password=", "redis://cache/0?password=***"),
+        # "#" and ";" do not end a value: SQLAlchemy keeps them in it
+        ("redis://cache/0?password=ab#cd;ef&db=1", "redis://cache/0?password=***&db=1"),
+        # Both places at once
+        ("rediss://u:pw@cache/0?ssl_cert_reqs=required&password=s3cr3t",
+         "rediss://u:***@cache/0?ssl_cert_reqs=required&password=***"),
+        # Unescaped "/", "?", "#" or "@" in the password: SQLAlchemy reads them as its part
+        ("mysql+pymysql://u:pa/ss@h/db", "mysql+pymysql://u:***@h/db"),
+        ("mysql+pymysql://u:pa?ss@h/db", "mysql+pymysql://u:***@h/db"),
+        ("mysql+pymysql://u:p#a@ss@h/db?charset=utf8mb4",
+         "mysql+pymysql://u:***@h/db?charset=utf8mb4"),
+        # A user name with "@" in it (Azure: user@server)
+        ("mysql+pymysql://me@server:s3cr3t@h/db", "mysql+pymysql://me@server:***@h/db"),
+        ("redis://u:p%40ss@cache/0", "redis://u:***@cache/0"),
+    ],
+)  # fmt: skip
+def test_mask_url_hides_every_secret(url, masked):
+    assert config.mask_url(url) == masked

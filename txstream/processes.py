@@ -6,7 +6,7 @@ import os
 import re
 import signal
 import socket
-import subprocess
+import subprocess  # nosec B404 # starts the scripts, by fixed argument lists
 import sys
 import threading
 import time
@@ -65,7 +65,7 @@ class Script:
         self.name = echo_as or " ".join(args)  # for messages
         self.echo_as = echo_as
         self.lines: list[str] = []
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(  # nosec B603 # this Python and the repository's scripts
             [sys.executable, *args],
             cwd=cwd,
             env={**os.environ, **env},
@@ -118,6 +118,12 @@ class Script:
             raise AssertionError(f"{self.proc.args} did not exit:\n{self.output}") from None
         self._reader.join(5)
         return code
+
+    def wait_ok(self, timeout: float = 60) -> None:
+        """Wait for the process to exit; fail with its output unless it exited 0."""
+        code = self.wait(timeout)
+        if code != 0:
+            raise AssertionError(f"{self.proc.args} exited with {code}:\n{self.output}")
 
     def kill(self, timeout: float = 15) -> None:
         """Clean-up: SIGTERM (so it can stop what it started), SIGKILL after `timeout` s."""

@@ -39,6 +39,7 @@ LAYOUT = b"2"  # 1: sorted sets `latest:*` (score = time); 2: lists `recent:*`
 #   Lua compares strings with strcoll(), and Redis takes LC_COLLATE from its environment:
 # the fixed-width times compare by value in any locale, but txn_ids are compared byte by
 # byte, as MySQL's ascii_bin collation and Python do.
+#   It runs with the subscriber's Redis rights: deploy/redis.acl grants each command it calls.
 MERGE_RECENT_LUA = f"""
 local RECENT = {RECENT_SIZE}
 local function is_item(s)  -- {{"time":"YYYY-MM-DDTHH:MM:SS.ffffffZ","txn_id":"...

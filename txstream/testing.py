@@ -15,13 +15,16 @@ from __future__ import annotations
 import functools
 import random
 import re
+import secrets
 import shutil
 import signal
-import subprocess
+import subprocess  # nosec B404 # starts the private servers
 import tempfile
 from collections import Counter
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pymysql
 import redis
@@ -30,12 +33,16 @@ from sqlalchemy import delete, func, select
 import models
 from emitter_and_pub import FakeTransactions
 from txstream.keys import Keys
-from txstream.processes import Script, free_port, wait_until
+from txstream.processes import ROOT, Script, free_port, wait_until
 from txstream.recent import RECENT_SIZE, RecentLists
 from txstream.transaction import Transaction, to_json_text
 from txstream.windows import window_totals
 
 REDIS_SERVER = "redis-server"
+OPENSSL = "openssl"
+ACL_FILE = ROOT / "deploy" / "redis.acl"  # the Redis users txstream ships, and theirs:
+EMITTER_USER, SUBSCRIBER_USER = "txstream-emitter", "txstream-subscriber"
+WEB_USER, ADMIN_USER = "txstream-web", "txstream-admin"
 MARIADBD = "mariadbd"
 SBIN = "/usr/sbin:/usr/local/sbin"  # where mariadbd lives when it is not on PATH
 MARIADB_INSTALL_DB = "mariadb-install-db"
@@ -87,7 +94,7 @@ class PrivateServer:
         """Start the server and wait until it answers."""
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} is running"
         with self.log.open("ab") as out:
-            self.proc = subprocess.Popen(
+            self.proc = subprocess.Popen(  # nosec B603 # the server's own command line, no shell
                 self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
 
@@ -139,24 +146,112 @@ class PrivateServer:
             return "(no output)"
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A certificate authority and a server certificate for 127.0.0.1 that it signed."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """A new CA and a server certificate for 127.0.0.1 and localhost, valid for two days."""
+    binary = require_binary(OPENSSL)
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    files = TlsFiles(ca=d / "ca.pem", cert=d / "server.pem", key=d / "server.key")
+    # The extensions a strict verifier (Python 3.13's VERIFY_X509_STRICT) asks for.
+    (d / "server.ext").write_text(
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature,keyEncipherment\n"
+        "extendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost\n"
+        "subjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n"
+    )
+
+    def openssl(*args: object) -> None:
+        command = [binary, *map(str, args)]
+        subprocess.run(command, check=True, capture_output=True, timeout=60)  # nosec B603
+
+    ca_key, request = d / "ca.key", d / "server.csr"
+    new_key = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    openssl(
+        *("req", "-x509", *new_key, "-keyout", ca_key, "-out", files.ca, "-days", 2),
+        *("-subj", "/CN=txstream test CA", "-addext", "keyUsage=critical,keyCertSign"),
+    )
+    openssl("req", *new_key, "-keyout", files.key, "-out", request, "-subj", "/CN=localhost")
+    openssl(
+        *("x509", "-req", "-in", request, "-CA", files.ca, "-CAkey", ca_key, "-CAcreateserial"),
+        *("-out", files.cert, "-days", 2, "-extfile", d / "server.ext"),
+    )
+    return files
+
+
+def acl_with_passwords(source: Path, target: Path) -> dict[str, str]:
+    """Copy the ACL file `source` to `target`, each `>CHANGE-ME-...` placeholder replaced by a
+    new random password; {user: password}."""
+    passwords = {}
+    lines = []
+    for line in source.read_text().splitlines():
+        words = line.split(" ")
+        placeholders = [i for i, w in enumerate(words) if w.startswith(">CHANGE-ME-")]
+        if placeholders:
+            assert len(placeholders) == 1, f"one password per user: {line}"
+            passwords[words[1]] = secrets.token_hex(16)
+            words[placeholders[0]] = ">" + passwords[words[1]]
+        lines.append(" ".join(words))
+    target.write_text("\n".join(lines) + "\n")
+    return passwords
+
+
 class PrivateRedis(PrivateServer):
-    """redis-server with an fsync-always append-only file: a graceful restart loses nothing."""
+    """redis-server with an fsync-always append-only file: a graceful restart loses nothing.
+
+    `acl_file`: Redis users with `>CHANGE-ME-...` passwords (deploy/redis.acl). The server
+    runs a copy with a new password for each user (`passwords`), and this object's own
+    clients log in as the user `login`. `tls`: it speaks TLS only, with these files.
+    """
 
     name = "redis"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        acl_file: Path | None = None,
+        login: str | None = None,
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.binary = require_binary(REDIS_SERVER)
         super().__init__(directory)
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.tls = tls
+        self.acl_file = None if acl_file is None else self.dir / "users.acl"
+        self.passwords = {} if acl_file is None else acl_with_passwords(acl_file, self.acl_file)
+        self.url = self.url_for(login)
+
+    def url_for(self, user: str | None = None) -> str:
+        """The URL of this server, logging in as `user` if given; with TLS, checking it."""
+        login = f"{user}:{self.passwords[user]}@" if user else ""  # passwords are hex
+        if self.tls is None:
+            return f"redis://{login}127.0.0.1:{self.port}/0"
+        verify = urlencode({"ssl_cert_reqs": "required", "ssl_ca_certs": self.tls.ca})
+        return f"rediss://{login}127.0.0.1:{self.port}/0?{verify}"
 
     def command(self) -> list[str]:
         """The redis-server command line (not daemonized, no RDB snapshots)."""
-        return [
+        command = [
             self.binary,
-            *("--port", str(self.port), "--bind", "127.0.0.1"),
+            *("--bind", "127.0.0.1"),
             *("--appendonly", "yes", "--appendfsync", "always"),
             *("--dir", str(self.dir), "--save", ""),
         ]
+        if self.tls is None:
+            command += ["--port", str(self.port)]
+        else:  # TLS only; the clients check the server's certificate, not it theirs
+            command += ["--port", "0", "--tls-port", str(self.port)]
+            command += ["--tls-cert-file", str(self.tls.cert), "--tls-key-file", str(self.tls.key)]
+            command += ["--tls-ca-cert-file", str(self.tls.ca), "--tls-auth-clients", "no"]
+        if self.acl_file is not None:
+            command += ["--aclfile", str(self.acl_file)]
+        return command
 
     def client(self, **kwargs) -> redis.Redis:
         """A new client of this server."""
@@ -208,7 +303,7 @@ class PrivateMariaDB(PrivateServer):
         """Initialise `datadir` (offline): system tables, root without a password, no test db."""
         binary = require_binary(MARIADB_INSTALL_DB)
         with tempfile.TemporaryDirectory(prefix="txstream-mariadb-install-") as tmpdir:
-            result = subprocess.run(
+            result = subprocess.run(  # nosec B603 # mariadb-install-db by its path, no shell
                 [
                     binary,
                     "--no-defaults",
@@ -273,7 +368,8 @@ class PrivateMariaDB(PrivateServer):
 @functools.cache
 def emitted(count: int, users: int, seed: int) -> tuple[Transaction, ...]:
     """What `emitter_and_pub.py --count count --users users --seed seed` sends (but `ts`)."""
-    source = FakeTransactions(users, random.Random(seed))
+    # bandit B311: made-up transactions, replayed from a seed
+    source = FakeTransactions(users, random.Random(seed))  # nosec B311
     return tuple(source.next() for _ in range(count))
 
 

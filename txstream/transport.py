@@ -60,7 +60,8 @@ class Message:
 
 # The sinks send a whole chunk of lines as one script call: one command and one reply
 # instead of one per line, which more than doubled the emitter's burst (see
-# docs/BENCHMARKS.md). Lines are published or appended in order, as given.
+# docs/BENCHMARKS.md). Lines are published or appended in order, as given. A script runs
+# with the emitter's Redis rights: deploy/redis.acl grants each command it calls.
 _PUBLISH_ALL = """
 local receivers = {}
 for i = 2, #ARGV do receivers[i - 1] = redis.call('PUBLISH', ARGV[1], ARGV[i]) end

@@ -1,0 +1,214 @@
+"""Redis users (deploy/redis.acl): each process works with its own user, and can do no more.
+
+A private redis-server runs the shipped ACL file, each placeholder password replaced by a
+new one. The processes use the names that the file grants: key prefix `txstream:`,
+channel and stream `transactions`, group `store` (the defaults).
+"""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from limits import parse
+from limits.storage import RedisStorage
+from limits.strategies import (
+    FixedWindowRateLimiter,
+    MovingWindowRateLimiter,
+    SlidingWindowCounterRateLimiter,
+)
+
+from tests.helpers import TEST_DATABASE_URL
+from txstream.keys import Keys
+from txstream.processes import wait_until
+from txstream.recent import RecentLists
+from txstream.testing import (
+    EMITTER_USER,
+    SUBSCRIBER_USER,
+    WEB_USER,
+    assert_recent_lists_match_db,
+    assert_stored_exactly,
+    emitted,
+    emitter_args,
+    wait_for_log,
+    wait_until_stored,
+)
+from txstream.transaction import Transaction, to_json_text
+
+pytestmark = pytest.mark.services
+
+PREFIX = "txstream:"
+# How the web app keeps its rate limits (flask-limiter: RATELIMIT_STORAGE_OPTIONS): the
+# `limits` package names each key `{key_prefix}:...`, so they land in `txstream:ratelimit:*`.
+RATE_LIMIT_PREFIX = "txstream:ratelimit"
+STREAM = "transactions"  # and the channel
+NAMES = {"KEY_PREFIX": PREFIX, "CHANNEL": STREAM, "STREAM": STREAM, "GROUP": "store"}
+COUNT, USERS, SEED = 300, 20, 11
+FORGED = "1,1000000.00,1700000000,forged"
+# Redis's answers to a refused command: at top level, and inside a script
+REFUSED = r"no permissions|can't run|can't access"
+
+
+def client_of(server, user: str) -> redis.Redis:
+    """A client of `server` logged in as `user`."""
+    return redis.Redis.from_url(server.url_for(user))
+
+
+def refusals(server) -> list[dict]:
+    """What the server refused so far (ACL LOG). CLIENT SETINFO, which redis-py tries as it
+    connects and gets on without, is not txstream's."""
+    return [e for e in server.client().acl_log() if e["object"] != "client|setinfo"]
+
+
+@pytest.mark.parametrize("transport", ["pubsub", "stream"])
+def test_each_process_works_with_its_own_user(acl_redis, mysql_engine, run, transport):
+    env = {
+        **NAMES,
+        "DATABASE_URL": TEST_DATABASE_URL,
+        "TRANSPORT": transport,
+        "WINDOW_HOURS": "6",
+        "BATCH_INTERVAL_MS": "50",
+        "CLAIM_IDLE_MS": "200",
+    }
+    admin = acl_redis.client()
+    if transport == "stream":  # a bad line left pending by a subscriber that died
+        admin.xgroup_create(STREAM, "store", id="0", mkstream=True)
+        admin.xadd(STREAM, {"line": "not a transaction"})
+        admin.xreadgroup("store", "gone", {STREAM: ">"})
+    subscriber = run(
+        "sub_and_store.py", env={**env, "REDIS_URL": acl_redis.url_for(SUBSCRIBER_USER)}
+    )
+    wait_for_log(subscriber, r"reading .*; waiting for transactions")
+    if transport == "pubsub":
+        admin.publish(STREAM, "not a transaction")
+    emitter = run(
+        *emitter_args(COUNT, USERS, SEED, rate=0),
+        env={**env, "REDIS_URL": acl_redis.url_for(EMITTER_USER)},
+    )
+    assert emitter.wait() == 0, emitter.output
+    wait_until_stored(mysql_engine, COUNT, [subscriber])
+    wait_until(lambda: admin.llen("txstream:dead") == 1, 20, "the dead letter")
+    assert subscriber.stop() == 0, subscriber.output  # stores and acknowledges, then exits
+    assert_stored_exactly(mysql_engine, emitted(COUNT, USERS, SEED))
+    if transport == "stream":
+        assert admin.xpending(STREAM, "store")["pending"] == 0
+
+    from app import create_app  # here, not at the top: importing `app` builds an app
+
+    web = create_app(
+        {
+            "TESTING": True,
+            "ENGINE": mysql_engine,
+            "REDIS_URL": acl_redis.url_for(WEB_USER),
+            "KEY_PREFIX": PREFIX,
+        }
+    )
+    assert web.test_client().get("/healthz").json == {"redis": "ok", "database": "ok"}
+    assert_recent_lists_match_db(mysql_engine, web.config["REDIS"], PREFIX)
+    assert refusals(acl_redis) == []
+
+
+def test_the_subscriber_user_moves_the_old_layout(acl_redis):
+    """The one-time migration of the sorted sets `latest:*` (SCAN, ZRANGE, DEL, GET/SET)."""
+    from datetime import datetime
+    from decimal import Decimal
+
+    keys = Keys(PREFIX)
+    tx = Transaction("t1", 7, Decimal("12.50"), datetime(2026, 11, 28, 12, 0, 0))
+    acl_redis.client().zadd(keys.old_recent(7), {to_json_text(tx): tx.ts.timestamp()})
+    lists = RecentLists(client_of(acl_redis, SUBSCRIBER_USER), keys)
+    lists.migrate()
+    assert lists.read(7) == [tx]
+    assert not acl_redis.client().exists(keys.old_recent(7))
+    assert refusals(acl_redis) == []
+
+
+@pytest.mark.parametrize(
+    ("user", "command"),
+    [
+        # The emitter publishes: it reads nothing and deletes nothing, not even by a script.
+        (EMITTER_USER, ("LRANGE", "txstream:recent:1", 0, -1)),
+        (EMITTER_USER, ("XREAD", "STREAMS", "transactions", "0")),
+        (EMITTER_USER, ("XRANGE", "transactions", "-", "+")),
+        (EMITTER_USER, ("XREADGROUP", "GROUP", "store", "me", "STREAMS", "transactions", ">")),
+        (EMITTER_USER, ("DEL", "transactions")),
+        (EMITTER_USER, ("DEL", "txstream:recent:1")),
+        (EMITTER_USER, ("XTRIM", "transactions", "MAXLEN", 0)),
+        (EMITTER_USER, ("XDEL", "transactions", "1-1")),
+        (EMITTER_USER, ("EVAL", "return redis.call('XRANGE', KEYS[1], '-', '+')", 1, STREAM)),
+        (EMITTER_USER, ("EVAL", "return redis.call('DEL', KEYS[1])", 1, "transactions")),
+        (EMITTER_USER, ("EVAL", "return redis.call('LRANGE', 'txstream:recent:1', 0, -1)", 0)),
+        (EMITTER_USER, ("SUBSCRIBE", "transactions")),
+        # The web app reads: it writes nothing but its own rate-limit counters.
+        (WEB_USER, ("SET", "txstream:recent:1", "forged")),
+        (WEB_USER, ("LPUSH", "txstream:recent:1", "forged")),
+        (WEB_USER, ("DEL", "txstream:recent:1")),
+        (WEB_USER, ("DEL", "txstream:dead")),
+        (WEB_USER, ("RENAME", "txstream:ratelimit:x", "txstream:recent:1")),
+        (WEB_USER, ("PUBLISH", "transactions", FORGED)),
+        (WEB_USER, ("XADD", "transactions", "*", "line", FORGED)),
+        (WEB_USER, ("EVAL", "return redis.call('LPUSH', KEYS[1], 'x')", 1, "txstream:recent:1")),
+        (WEB_USER, ("LRANGE", "txstream:dead", 0, -1)),
+        (WEB_USER, ("KEYS", "*")),
+        # The subscriber stores what it reads: it cannot make transactions up.
+        (SUBSCRIBER_USER, ("PUBLISH", "transactions", FORGED)),
+        (SUBSCRIBER_USER, ("XADD", "transactions", "*", "line", FORGED)),
+        (SUBSCRIBER_USER, ("EVAL", "return redis.call('PUBLISH', 'transactions', 'x')", 0)),
+        # Nobody touches another application's keys, nor the server.
+        (SUBSCRIBER_USER, ("GET", "another-app:key")),
+        (WEB_USER, ("GET", "another-app:key")),
+        (EMITTER_USER, ("FLUSHALL",)),
+        (SUBSCRIBER_USER, ("CONFIG", "SET", "appendonly", "no")),
+        (WEB_USER, ("ACL", "SETUSER", "txstream-web", "+@all")),
+    ],
+)  # fmt: skip
+def test_each_user_is_refused_what_its_process_does_not_do(acl_redis, user, command):
+    with client_of(acl_redis, user) as client:
+        with pytest.raises(redis.ResponseError, match=REFUSED):
+            client.execute_command(*command)
+    assert acl_redis.client().dbsize() == 0  # and nothing was written
+
+
+@pytest.mark.parametrize("declared", ["txstream:recent:1", "txstream:ratelimit:x"])
+def test_the_web_user_cannot_write_with_a_script_of_its_own(acl_redis, declared):
+    """It may load scripts (the rate limiter's), but they run with its own rights."""
+    with client_of(acl_redis, WEB_USER) as web:
+        sha = web.script_load("return redis.call('LPUSH', 'txstream:recent:1', 'forged')")
+        with pytest.raises(redis.ResponseError, match=REFUSED):
+            web.evalsha(sha, 1, declared)
+    assert not acl_redis.client().exists("txstream:recent:1")
+
+
+def test_the_default_user_is_off(acl_redis):
+    with redis.Redis.from_url(acl_redis.url_for()) as anonymous:
+        with pytest.raises(redis.AuthenticationError):
+            anonymous.ping()
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [FixedWindowRateLimiter, MovingWindowRateLimiter, SlidingWindowCounterRateLimiter],
+)
+def test_the_web_user_keeps_rate_limits_under_its_prefix(acl_redis, strategy):
+    """Every Redis command of the `limits` package's storage (flask-limiter's), but reset()."""
+    storage = RedisStorage(acl_redis.url_for(WEB_USER), key_prefix=RATE_LIMIT_PREFIX)
+    limiter = strategy(storage)
+    two = parse("2/minute")
+    assert storage.check()
+    assert limiter.hit(two, "token-a") and limiter.hit(two, "token-a")
+    assert not limiter.hit(two, "token-a")
+    assert limiter.test(two, "token-b")
+    stats = limiter.get_window_stats(two, "token-a")
+    assert stats.remaining == 0 and stats.reset_time > 0
+    assert acl_redis.client().keys("*") and all(
+        key.startswith(f"{RATE_LIMIT_PREFIX}:".encode()) for key in acl_redis.client().keys("*")
+    )
+    limiter.clear(two, "token-a")
+    assert limiter.hit(two, "token-a")
+    assert refusals(acl_redis) == []
+
+
+def test_rate_limits_outside_the_prefix_are_refused(acl_redis):
+    """The `limits` default prefix (LIMITS) is not the web app's: configure the prefix."""
+    storage = RedisStorage(acl_redis.url_for(WEB_USER))
+    with pytest.raises(redis.ResponseError, match=REFUSED):
+        FixedWindowRateLimiter(storage).hit(parse("2/minute"), "token-a")
