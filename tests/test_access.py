@@ -16,6 +16,34 @@ from tests.helpers import TEST_SECRET_KEY, signed_in_client
 from txstream import tokens
 
 PAGES = ["/", "/users/1", "/users?user_id=1"]
+BACKENDS = {  # backend: (engine fixture, Redis client fixture)
+    "sqlite+fakeredis": ("sqlite_engine", "fake_redis"),
+    "mariadb+redis": ("mysql_engine", "redis_client"),
+}
+
+
+@pytest.fixture(
+    params=["sqlite+fakeredis", pytest.param("mariadb+redis", marks=pytest.mark.services)]
+)
+def backend(request):
+    """(engine, Redis client): every test here runs on SQLite with fakeredis and on the
+    real MariaDB and Redis."""
+    return tuple(request.getfixturevalue(name) for name in BACKENDS[request.param])
+
+
+def make_app(backend, key_prefix, **settings):
+    """The web app on `backend`, with this test's Redis keys and `settings` on top."""
+    from app import create_app  # here, not at the top: importing `app` builds an app
+
+    engine, client = backend
+    base = {"TESTING": True, "ENGINE": engine, "REDIS": client, "KEY_PREFIX": key_prefix}
+    return create_app({**base, "SECRET_KEY": TEST_SECRET_KEY, **settings})
+
+
+@pytest.fixture
+def app(backend, key_prefix):
+    """The web app, with tokens required, on each backend."""
+    return make_app(backend, key_prefix)
 
 
 def create_token(app, name: str) -> str:
@@ -190,23 +218,18 @@ def test_untrusted_host_headers_are_refused(app, client):
 # --- without auth, and the settings ---------------------------------------------------------
 
 
-def test_auth_off_opens_everything_and_warns_at_start(sqlite_engine, fake_redis, caplog):
-    from app import create_app
-
+def test_auth_off_opens_everything_and_warns_at_start(backend, key_prefix, caplog):
     with caplog.at_level(logging.WARNING):
-        app = create_app({"TESTING": True, "ENGINE": sqlite_engine, "REDIS": fake_redis,
-                          "AUTH": False, "SECRET_KEY": None})  # fmt: skip
+        app = make_app(backend, key_prefix, AUTH=False, SECRET_KEY=None)
     assert "AUTH=off" in caplog.text
     client = app.test_client()
     assert client.get("/api/users/1/sum").status_code == 200
     assert client.get("/").status_code == 200
 
 
-def test_the_app_will_not_start_with_auth_and_no_secret_key(sqlite_engine, fake_redis):
-    from app import create_app
-
+def test_the_app_will_not_start_with_auth_and_no_secret_key(backend, key_prefix):
     with pytest.raises(config.ConfigError, match="SECRET_KEY must be set"):
-        create_app({"ENGINE": sqlite_engine, "REDIS": fake_redis, "SECRET_KEY": ""})
+        make_app(backend, key_prefix, SECRET_KEY="")
 
 
 @pytest.mark.parametrize("value", ["sometimes", "ON ", "1"])
@@ -224,12 +247,8 @@ def test_rate_limit_must_be_in_its_notation(value):
 # --- rate limits ----------------------------------------------------------------------------
 
 
-def test_each_token_has_its_own_rate_limit(sqlite_engine, fake_redis):
-    from app import create_app
-
-    app = create_app({"TESTING": True, "ENGINE": sqlite_engine, "REDIS": fake_redis,
-                      "SECRET_KEY": TEST_SECRET_KEY, "RATE_LIMIT": "3/minute",
-                      "KEY_PREFIX": "rate-test:"})  # fmt: skip
+def test_each_token_has_its_own_rate_limit(backend, key_prefix):
+    app = make_app(backend, key_prefix, RATE_LIMIT="3/minute")
     first, second = signed_in_client(app), signed_in_client(app)
     assert [first.get("/api/users/1/sum").status_code for _ in range(3)] == [200] * 3
     refused = first.get("/api/users/1/sum")
@@ -238,7 +257,7 @@ def test_each_token_has_its_own_rate_limit(sqlite_engine, fake_redis):
     assert 0 < int(refused.headers["Retry-After"]) <= 60
     assert second.get("/api/users/1/sum").status_code == 200
     assert first.get("/healthz").status_code == 200  # not limited
-    assert fake_redis.keys("rate-test:ratelimit*")
+    assert backend[1].keys(f"{key_prefix}ratelimit*")
 
 
 # --- what every response says -------------------------------------------------------------

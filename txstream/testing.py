@@ -447,10 +447,10 @@ def count_rows(engine) -> int:
 
 
 def empty_tables(engine) -> None:
-    """Delete every stored transaction and window total."""
+    """Delete every stored transaction, window total and token."""
     with engine.begin() as conn:
-        conn.execute(delete(models.transactions))
-        conn.execute(delete(models.user_window_totals))
+        for table in models.Base.metadata.sorted_tables:
+            conn.execute(delete(table))
 
 
 def per_user_totals(engine) -> dict[int, tuple[int, Decimal]]:
