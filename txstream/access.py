@@ -13,6 +13,7 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+import time
 
 from flask import (
     Blueprint,
@@ -59,7 +60,9 @@ def init_app(app: Flask) -> None:
         app=app,
         default_limits=[app.config["RATE_LIMIT"]],
         default_limits_exempt_when=lambda: not request.path.startswith("/api/"),
-        headers_enabled=True,
+        # Its X-RateLimit-* headers would cost two more Redis calls per request: 429 says
+        # Retry-After itself, below.
+        headers_enabled=False,
         storage_uri="redis://",  # the app's own Redis client, below
         storage_options={
             "connection_pool": app.config["REDIS"].connection_pool,
@@ -174,7 +177,11 @@ def logout():
 
 
 def rate_limited(exc: RateLimitExceeded):
-    """429 as JSON; flask-limiter adds Retry-After."""
+    """429 as JSON, with Retry-After: the seconds until the token's window resets."""
     response = jsonify(error=f"too many requests: at most {exc.limit.limit}")
     response.status_code = 429
+    window = exc.limit.limit.get_expiry()  # seconds
+    current = current_app.extensions["txstream_limiter"].current_limit
+    wait = current.reset_at - time.time() if current is not None else window
+    response.headers["Retry-After"] = str(min(max(1, round(wait)), window))
     return response
