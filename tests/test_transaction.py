@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from decimal import Decimal
 
 import pytest
 
+from txstream.money import format_amount
 from txstream.times import MAX_MICROS
 from txstream.transaction import from_json_text, to_json, to_json_text
 from txstream.wire import parse
@@ -101,3 +103,17 @@ GOOD = to_json_text(parse(SEED_LINE, missing_id="s1"))
 def test_from_json_text_refuses_anything_else(text):
     with pytest.raises(ValueError):
         from_json_text(text)
+
+
+@pytest.mark.parametrize(
+    ("amount", "text"),
+    [
+        ("9" * 28 + ".99", "9" * 28 + ".99"),  # the largest window sum DECIMAL(30,2) holds
+        ("-" + "9" * 28 + ".99", "-" + "9" * 28 + ".99"),
+        ("-0.00", "0.00"),
+        ("-0.001", "0.00"),
+        ("1.005", "1.00"),  # half to even, as Decimal rounds
+    ],
+)
+def test_every_stored_amount_formats(amount, text):
+    assert format_amount(Decimal(amount)) == text

@@ -10,6 +10,11 @@ AMOUNT_LIMIT = Decimal(10) ** 18  # |amount| must stay below this: DECIMAL(20, 2
 MONEY_CONTEXT = Context(prec=40, traps=[InvalidOperation, Inexact])
 
 
+# Wide enough for any stored value: a window's sum is DECIMAL(30, 2).
+_FORMAT_CONTEXT = Context(prec=40)
+
+
 def format_amount(amount: Decimal) -> str:
     """`amount` with exactly two decimals, e.g. `-44690489068.00`."""
-    return f"{amount.quantize(CENT) + 0:.2f}"  # + 0 turns -0.00 into 0.00
+    cents = amount.quantize(CENT, context=_FORMAT_CONTEXT)
+    return f"{cents.copy_abs() if cents.is_zero() else cents:.2f}"  # never -0.00
