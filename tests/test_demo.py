@@ -35,15 +35,20 @@ def test_demo_runs_emitter_subscriber_and_web_app_without_servers(tmp_path):
             30,
             "transactions stored by the subscriber and served by the web app",
         )
-        newest = latest[0]
-        recent_url = f"{base}/api/users/{newest['user_id']}/recent"
-        wait_until(  # Redis is written right after the database commit
-            lambda: newest in get_json(recent_url, token)["items"], 10, "the recent list in Redis"
-        )
+        user = latest[0]["user_id"]
+
+        def recent_are_stored() -> bool:
+            # Redis is written after the commit: read it first, then what is stored.
+            recent = get_json(f"{base}/api/users/{user}/recent", token)["items"]
+            stored = get_json(f"{base}/api/users/{user}/transactions?limit=50", token)["items"]
+            return bool(recent) and all(item in stored for item in recent)
+
+        wait_until(recent_are_stored, 10, "the user's recent list in Redis")
         assert get_json(f"{base}/healthz") == {"redis": "ok", "database": "ok"}
         assert demo.stop(signal.SIGINT, timeout=30) == 0, demo.output
         assert "[subscriber]" in demo.output and "stopped on SIGTERM" in demo.output
         assert "; 0 had no subscriber" in demo.output  # started after the subscriber
+        assert "Traceback" not in demo.output and "redis unavailable" not in demo.output
         engine = models.make_engine(f"sqlite:///{tmp_path / 'demo.sqlite3'}")
         assert tokens.listed(engine) == []  # the run's token is revoked with it
         engine.dispose()

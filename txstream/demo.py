@@ -21,6 +21,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
+import redis
+
 import config
 import models
 from txstream import tokens
@@ -33,11 +35,32 @@ log = logging.getLogger("demo")
 def serve_fake_redis(port: int) -> None:
     """Run fakeredis's TCP server (a Redis-protocol server in memory) until terminated."""
     from fakeredis import TcpFakeServer
+    from fakeredis._clients._tcp_server import TCPFakeRequestHandler
+
+    class KeepConnectionsOnErrors(TCPFakeRequestHandler):
+        """fakeredis 2.40-2.41 closes a connection after any error reply (its handler
+        catches the error it raises for one). redis-py answers NOSCRIPT by loading the
+        script on the same connection, so the first call of every script would fail, and
+        keep failing. Here an error reply is sent as a reply, as Redis does."""
+
+        def setup(self) -> None:
+            super().setup()
+            read = self.current_client.read_response
+
+            def read_response(**kwargs):
+                try:
+                    return read(**kwargs)
+                except redis.ResponseError as exc:
+                    return exc  # sent as an error reply
+
+            self.current_client.read_response = read_response
 
     # Ctrl-C reaches this process too; the demo terminates it last, after the
     # subscriber has written its final batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    TcpFakeServer(("127.0.0.1", port), server_type="redis").serve_forever()
+    server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
+    server.RequestHandlerClass = KeepConnectionsOnErrors
+    server.serve_forever()
 
 
 def wait_for(condition: Callable[[], bool], what: str, timeout: float, children: list[Script]):
