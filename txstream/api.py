@@ -89,7 +89,7 @@ def all_transactions():
 
 @bp.get("/api/users/<user_id>/recent")
 def user_recent(user_id: str):
-    """The user's latest transactions, from Redis only: what its recent list holds."""
+    """The user's latest transactions, read from its Redis list: what the list holds."""
     uid = parse_user_id(user_id)
     lists = RecentLists(current_app.config["REDIS"], Keys(current_app.config["KEY_PREFIX"]))
     return {"items": [to_json(tx) for tx in lists.read(uid)]}
