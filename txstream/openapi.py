@@ -329,7 +329,7 @@ def document(window_hours: Decimal) -> dict:
             ),
             "/api/users/{user_id}/recent": _operation(
                 "userRecent",
-                f"The user's latest {RECENT_SIZE} transactions, from Redis only",
+                f"The user's latest {RECENT_SIZE} transactions, read from its Redis list",
                 "The user's recent list (empty for an unknown user)",
                 _json(_ref("schemas", "Recent")),
                 user_id,
