@@ -7,8 +7,10 @@ flask --app app create-token NAME    # an API token (printed once); list-tokens,
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 
 import click
 import redis
@@ -156,14 +158,12 @@ def init_db_command() -> None:
 @with_appcontext
 def create_token_command(name: str) -> None:
     """Make an API token called NAME and print it, once (its last line)."""
-    engine = _writer()
-    try:
-        models.create_schema(engine)
-        token = tokens.create(engine, name)
-    except tokens.TokenError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        engine.dispose()
+    with _writer() as engine:
+        try:
+            models.create_schema(engine)
+            token = tokens.create(engine, name)
+        except tokens.TokenError as exc:
+            raise click.ClickException(str(exc)) from None
     click.echo(f"Created token {name!r}. It is shown only now; keep it like a password:")
     click.echo(token)
 
@@ -182,18 +182,20 @@ def list_tokens_command() -> None:
 @with_appcontext
 def revoke_token_command(name: str) -> None:
     """Revoke the token called NAME: it fails from its next request on."""
-    engine = _writer()
-    try:
+    with _writer() as engine:
         if not tokens.revoke(engine, name):
             raise click.ClickException(f"there is no token called {name!r}")
-    finally:
-        engine.dispose()
     click.echo(f"Revoked token {name!r}")
 
 
-def _writer() -> Engine:
+@contextlib.contextmanager
+def _writer() -> Iterator[Engine]:
     """An engine that writes, for the commands (the app's own only reads)."""
-    return models.make_engine(current_app.config["ENGINE"].url.render_as_string(False))
+    engine = models.make_engine(current_app.config["ENGINE"].url.render_as_string(False))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def _table_names(engine: Engine) -> set[str]:

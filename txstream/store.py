@@ -35,7 +35,7 @@ from txstream.dialect import PLAIN_INSERT, statements
 from txstream.keys import Keys
 from txstream.recent import MERGE_RECENT_LUA, merge_arguments
 from txstream.times import format_time, sql_time, utcnow
-from txstream.transaction import TXN_ID, Transaction
+from txstream.transaction import Transaction, checked_txn_id
 from txstream.windows import window_totals
 from txstream.wire import format_line
 
@@ -273,7 +273,7 @@ def _rows(txns: list[Transaction], now: datetime) -> str:
     """The VALUES rows of `txns` for INSERT INTO transactions."""
     received = sql_time(now)
     return ",".join(
-        f"('{_txn_id(t.txn_id)}',{t.user_id:d},'{_money(t.amount)}','{sql_time(t.ts)}',"
+        f"('{checked_txn_id(t.txn_id)}',{t.user_id:d},'{_money(t.amount)}','{sql_time(t.ts)}',"
         f"'{received}')"
         for t in txns
     )
@@ -287,12 +287,6 @@ def _window_rows(totals, now: datetime) -> str:
         f"'{_money(t.amount_min)}','{_money(t.amount_max)}','{updated}')"
         for t in totals
     )
-
-
-def _txn_id(text: str) -> str:
-    if not TXN_ID.fullmatch(text):
-        raise ValueError(f"not a txn_id: {text[:80]!r}")
-    return text
 
 
 def _money(amount) -> str:

@@ -33,6 +33,16 @@ class Transaction:
     ts: datetime
 
 
+def checked_txn_id(text: str) -> str:
+    """`text` if it is a txn_id (1-64 of A-Z a-z 0-9 . _ : -), else ValueError: so it can
+    be written into JSON, SQL or a Redis item as it is."""
+    if not TXN_ID.fullmatch(text):
+        raise ValueError(
+            f"txn_id must be 1-64 characters of A-Z a-z 0-9 . _ : -, got {text[:80]!r}"
+        )
+    return text
+
+
 def to_json(tx: Transaction) -> dict:
     """The API's JSON object for `tx`; the amount is a string, never a float."""
     return {
@@ -46,10 +56,9 @@ def to_json(tx: Transaction) -> dict:
 
 def to_json_text(tx: Transaction) -> str:
     """`to_json(tx)` as compact JSON text, built directly: this runs for every transaction."""
-    if not TXN_ID.fullmatch(tx.txn_id):
-        raise ValueError(f"txn_id must be 1-64 characters of A-Z a-z 0-9 . _ : -: {tx.txn_id!r}")
     return (
-        f'{{"time":"{format_time(tx.ts)}","txn_id":"{tx.txn_id}","user_id":{tx.user_id:d},'
+        f'{{"time":"{format_time(tx.ts)}","txn_id":"{checked_txn_id(tx.txn_id)}",'
+        f'"user_id":{tx.user_id:d},'
         f'"amount":"{format_amount(tx.amount)}","ts":{epoch_seconds(tx.ts)!r}}}'
     )
 

@@ -18,7 +18,7 @@ from decimal import Decimal
 import config
 from txstream.money import AMOUNT_LIMIT, CENT, format_amount
 from txstream.times import format_epoch, format_time, from_micros, to_micros, utcnow
-from txstream.transaction import MAX_USER_ID, TXN_ID, Transaction
+from txstream.transaction import MAX_USER_ID, Transaction, checked_txn_id
 
 MAX_LINE_BYTES = 1024
 
@@ -92,11 +92,10 @@ def parse_user_id(text: str) -> int:
 
 def parse_txn_id(text: str) -> str:
     """A txn_id: 1-64 characters of A-Z a-z 0-9 . _ : -."""
-    if not TXN_ID.fullmatch(text):
-        raise MalformedMessage(
-            f"txn_id must be 1-64 characters of A-Z a-z 0-9 . _ : -, got {text[:80]!r}"
-        )
-    return text
+    try:
+        return checked_txn_id(text)
+    except ValueError as exc:
+        raise MalformedMessage(str(exc)) from None
 
 
 def _parse_amount(text: str) -> Decimal:
