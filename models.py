@@ -80,6 +80,35 @@ class UserWindowTotal(Base):
     updated_at: Mapped[datetime] = mapped_column(Timestamp, comment="UTC")
 
 
+class UserBucketTotal(Base):
+    """A user's count and sum over one bucket: finer than a window, so that a sum over any
+    range reads whole windows, then whole buckets, and raw rows only at its two edges."""
+
+    __tablename__ = "user_bucket_totals"
+    __table_args__ = (_TABLE_OPTIONS,)
+
+    user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    bucket_start: Mapped[datetime] = mapped_column(DateTime, primary_key=True, comment="UTC")
+    tx_count: Mapped[int] = mapped_column(BigInteger)
+    amount_sum: Mapped[Decimal] = mapped_column(Money(30))
+
+
+class Setting(Base):
+    """A fact about the stored data that every process must agree on, such as the
+    length of the windows the aggregates were built with (txstream.aggregates)."""
+
+    __tablename__ = "settings"
+    __table_args__ = (_TABLE_OPTIONS,)
+
+    name: Mapped[str] = mapped_column(
+        String(64).with_variant(
+            mysql.VARCHAR(64, charset="ascii", collation="ascii_bin"), *MYSQL_NAMES
+        ),
+        primary_key=True,
+    )
+    value: Mapped[str] = mapped_column(String(255))
+
+
 class ApiToken(Base):
     """A bearer token of the API and the pages: only its SHA-256 is stored (txstream.tokens)."""
 
@@ -107,6 +136,8 @@ class ApiToken(Base):
 transactions = StoredTransaction.__table__
 api_tokens = ApiToken.__table__
 user_window_totals = UserWindowTotal.__table__
+user_bucket_totals = UserBucketTotal.__table__
+settings = Setting.__table__
 
 
 def make_engine(url: str, reads_only: bool = False) -> Engine:

@@ -33,6 +33,25 @@ CREATE TABLE IF NOT EXISTS user_window_totals (
   PRIMARY KEY (user_id, window_start)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
+-- Per user, per bucket of BUCKET seconds (60 with the default window; it divides the
+-- window): a sum over any range reads whole windows, whole buckets, and raw rows only at
+-- its two edges (txstream/aggregates.py).
+CREATE TABLE IF NOT EXISTS user_bucket_totals (
+  user_id      BIGINT NOT NULL,
+  bucket_start DATETIME NOT NULL COMMENT 'UTC',
+  tx_count     BIGINT NOT NULL,
+  amount_sum   DECIMAL(30,2) NOT NULL,
+  PRIMARY KEY (user_id, bucket_start)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- Facts every process must agree on: window_seconds and bucket_seconds, the lengths the
+-- aggregates are built with (written by the first subscriber or `flask --app app init-db`).
+CREATE TABLE IF NOT EXISTS settings (
+  name  VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL,
+  value VARCHAR(255) NOT NULL,
+  PRIMARY KEY (name)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
 -- The bearer tokens of the API and the pages: only a token's SHA-256 is kept.
 -- Made with `flask --app app create-token NAME`; revoking one deletes its row.
 CREATE TABLE IF NOT EXISTS api_tokens (
