@@ -24,6 +24,8 @@ from werkzeug.exceptions import HTTPException, ServiceUnavailable
 import config
 import models
 from txstream import access, api, pages, tokens
+from txstream.aggregates import KnownLayout, Layout, LayoutMismatch
+from txstream.store import prepare_database
 from txstream.times import format_time, utcnow
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,7 @@ def create_app(test_config: dict | None = None) -> Flask:
         CLOCK=utcnow,
         ENGINE=None,
         REDIS=None,
+        LAYOUT=KnownLayout(),  # the aggregates' lengths, read from the database
         AUTH=settings.auth,
         SECRET_KEY=settings.secret_key or None,
         RATE_LIMIT=settings.rate_limit,
@@ -142,15 +145,21 @@ def init_db_command() -> None:
     engine = current_app.config["ENGINE"]
     where = _masked_url(engine)
     before = _table_names(engine)
+    layout = Layout.for_window(int(current_app.config["WINDOW_HOURS"] * 3600))
     try:
-        models.create_schema(engine)
+        with _writer() as writer:
+            models.create_schema(writer)
+            prepare_database(writer, layout)
     except OperationalError as exc:
         raise click.ClickException(f"cannot create the schema in {where}: {exc.orig}") from None
+    except LayoutMismatch as exc:
+        raise click.ClickException(str(exc)) from None
     created = sorted((_table_names(engine) - before) & set(models.Base.metadata.tables))
     if created:
         click.echo(f"Created tables {', '.join(created)} in {where}")
     else:
         click.echo(f"All tables exist already in {where}; nothing to create")
+    click.echo(f"Aggregates: {layout.describe()}")
 
 
 @click.command("create-token")

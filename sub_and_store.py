@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import functools
 import logging
 import math
 import os
@@ -31,6 +30,7 @@ import redis
 
 import config
 import models
+from txstream.aggregates import LayoutMismatch
 from txstream.dialect import UnsupportedDatabase, is_transient
 from txstream.recent import RecentLists
 from txstream.runtime import GiveUp, Outage, StopFlag, retry, short_error, with_traceback
@@ -364,13 +364,20 @@ def main(argv: list[str] | None = None) -> int:
         settings.dead_letters_max,
     )
     subscriber = Subscriber(settings, source, store, stop, args.stats_interval)
+
+    def prepare() -> None:
+        models.create_schema(engine)
+        store.prepare()
+
     try:
-        create_schema = functools.partial(models.create_schema, engine)
         try:
-            retry(subscriber.database, create_schema, is_transient, stop, grace=0)
+            retry(subscriber.database, prepare, is_transient, stop, grace=0)
         except GiveUp:
             log.info("stopped before the database answered")
             return 0
+        except LayoutMismatch as exc:
+            log.error("cannot store: %s", exc)
+            return 2
         subscriber.run(args.max_messages)
     except GiveUp as exc:
         c = subscriber.counts

@@ -18,6 +18,7 @@ from sqlalchemy import inspect
 import models
 from tests.helpers import BIGGEST, line, seed
 from txstream import queries
+from txstream.aggregates import Layout, recorded_layout
 from txstream.keys import Keys
 from txstream.times import format_time
 from txstream.transaction import Transaction, to_json, to_json_text
@@ -124,14 +125,18 @@ def test_sum_of_a_user_without_transactions_is_zero(app, client):
     assert (body["count"], body["sum"]) == (0, "0.00")
 
 
-def test_user_sum_query_returns_exact_decimals(app):
+@pytest.mark.parametrize("from_aggregates", [True, False], ids=["aggregates", "raw-rows"])
+def test_user_sum_query_returns_exact_decimals(app, from_aggregates):
     now = app.config["CLOCK"]()
     seed(app, line(3, "0.10", now, "a"), line(3, "0.20", now - _MICRO, "b"))
 
     with app.config["ENGINE"].connect() as conn:
-        found = queries.user_sum(conn, 3, now - timedelta(hours=1), now)
-        empty = queries.user_sum(conn, 4, now - timedelta(hours=1), now)
+        recorded = recorded_layout(conn)
+        layout = recorded if from_aggregates else None
+        found = queries.user_sum(conn, 3, now - timedelta(hours=1), now, layout)
+        empty = queries.user_sum(conn, 4, now - timedelta(hours=1), now, layout)
 
+    assert recorded is not None  # the subscriber's Store recorded it
     assert found == (2, Decimal("0.30"))
     assert empty == (0, Decimal("0.00"))
 
@@ -472,13 +477,26 @@ def test_init_db_creates_the_tables_once(app, tmp_path):
     second = runner.invoke(args=["init-db"])
 
     assert first.exit_code == 0, first.output
-    assert "Created tables api_tokens, transactions, user_window_totals in sqlite:///" in (
-        first.output
-    )
-    assert set(inspect(engine).get_table_names()) == {
-        "api_tokens",
-        "transactions",
-        "user_window_totals",
-    }
-    assert "nothing to create" in second.output
+    tables = "api_tokens, settings, transactions, user_bucket_totals, user_window_totals"
+    assert f"Created tables {tables} in sqlite:///" in first.output
+    assert set(inspect(engine).get_table_names()) == set(tables.split(", "))
+    assert "Aggregates: windows of 6 h, buckets of 60 s" in first.output
+    with engine.connect() as conn:
+        assert recorded_layout(conn) == Layout(6 * 3600, 60)
+    assert "nothing to create" in second.output, second.output
+    assert second.exit_code == 0
+
+
+def test_init_db_refuses_a_database_of_another_window(app, tmp_path):
+    engine = models.make_engine(f"sqlite:///{tmp_path / 'new.sqlite3'}")
+    app.config["ENGINE"] = engine
+    runner = app.test_cli_runner()
+    runner.invoke(args=["init-db"])
+    app.config["WINDOW_HOURS"] = Decimal(1)
+
+    result = runner.invoke(args=["init-db"])
+
+    assert result.exit_code == 1
+    assert "windows of 6 h, buckets of 60 s, not windows of 1 h" in result.output
+    assert "set WINDOW_HOURS=6" in result.output
     engine.dispose()

@@ -62,8 +62,10 @@ def user_sum(user_id: str):
     hours = parse_hours(request.args.get("hours"), current_app.config["WINDOW_HOURS"])
     end = current_app.config["CLOCK"]()
     start = end - span(hours)
+    layout = current_app.config["LAYOUT"]
     count, total = queries.read(
-        current_app.config["ENGINE"], lambda conn: queries.user_sum(conn, uid, start, end)
+        current_app.config["ENGINE"],
+        lambda conn: queries.user_sum(conn, uid, start, end, layout.get(conn)),
     )
     return {
         "user_id": uid,

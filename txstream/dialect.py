@@ -72,6 +72,7 @@ class StoreStatements:
     insert_ignore: str  # INSERT of rows whose txn_id is stored already: skipped, no error
     warning_count: str | None  # the warnings of the statement before (None: never any)
     add_to_windows: str  # upsert of window totals: added to the stored ones
+    add_to_buckets: str  # upsert of bucket totals: added to the stored ones
 
 
 _INSERT = (
@@ -80,6 +81,10 @@ _INSERT = (
 _WINDOWS = (
     "INSERT INTO user_window_totals "
     "(user_id, window_start, tx_count, amount_sum, amount_min, amount_max, updated_at) "
+    "VALUES {{rows}} {merge}"
+)
+_BUCKETS = (
+    "INSERT INTO user_bucket_totals (user_id, bucket_start, tx_count, amount_sum) "
     "VALUES {{rows}} {merge}"
 )
 STATEMENTS = {
@@ -94,6 +99,11 @@ STATEMENTS = {
             "amount_max = GREATEST(amount_max, VALUES(amount_max)), "
             "updated_at = VALUES(updated_at)"
         ),
+        add_to_buckets=_BUCKETS.format(
+            merge="ON DUPLICATE KEY UPDATE "
+            "tx_count = tx_count + VALUES(tx_count), "
+            "amount_sum = amount_sum + VALUES(amount_sum)"
+        ),
     ),
     SQLITE: StoreStatements(
         insert_ignore=_INSERT.format(verb=" OR IGNORE"),
@@ -105,6 +115,11 @@ STATEMENTS = {
             "amount_min = dec_least(amount_min, excluded.amount_min), "
             "amount_max = dec_greatest(amount_max, excluded.amount_max), "
             "updated_at = excluded.updated_at"
+        ),
+        add_to_buckets=_BUCKETS.format(
+            merge="ON CONFLICT (user_id, bucket_start) DO UPDATE SET "
+            "tx_count = tx_count + excluded.tx_count, "
+            "amount_sum = dec_add(amount_sum, excluded.amount_sum)"
         ),
     ),
 }

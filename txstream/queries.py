@@ -18,11 +18,24 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TypeVar
 
-from sqlalchemy import Connection, Engine, Integer, Select, and_, bindparam, func, or_, select
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Integer,
+    Select,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.exc import DBAPIError
 
-from models import transactions, user_window_totals
+from models import transactions, user_bucket_totals, user_window_totals
+from txstream.aggregates import Layout, split_range
 from txstream.dialect import money_sum
+from txstream.money import MONEY_CONTEXT
 from txstream.times import MAX_MICROS, from_micros, to_micros
 from txstream.transaction import Transaction
 from txstream.wire import MalformedMessage, parse_txn_id
@@ -62,17 +75,56 @@ class WindowRow:
 
 # Each statement is built once, with bound parameters: building and hashing a new
 # statement on every request cost more than MariaDB's work (docs/BENCHMARKS.md).
-_t = transactions
-_USER_SUM = select(func.count(), money_sum(_t.c.amount)).where(
-    _t.c.user_id == bindparam("user_id"), _t.c.ts > bindparam("start"), _t.c.ts <= bindparam("end")
+_t, _w, _b = transactions, user_window_totals, user_bucket_totals
+_USER_ID = bindparam("user_id")
+_RAW_SUM = select(func.count(), money_sum(_t.c.amount)).where(
+    _t.c.user_id == _USER_ID, _t.c.ts > bindparam("start"), _t.c.ts <= bindparam("end")
+)
+# One statement, so one consistent snapshot of the rows and aggregates (each batch writes
+# them in one transaction). Its parts: see txstream.aggregates.
+_AGGREGATE_SUM = union_all(
+    select(func.count(), money_sum(_t.c.amount)).where(
+        _t.c.user_id == _USER_ID,
+        or_(
+            and_(_t.c.ts > bindparam("start"), _t.c.ts < bindparam("a")),
+            and_(_t.c.ts >= bindparam("b"), _t.c.ts <= bindparam("end")),
+        ),
+    ),
+    select(func.sum(_b.c.tx_count), money_sum(_b.c.amount_sum)).where(
+        _b.c.user_id == _USER_ID,
+        or_(
+            and_(_b.c.bucket_start >= bindparam("a"), _b.c.bucket_start < bindparam("wa")),
+            and_(_b.c.bucket_start >= bindparam("wb"), _b.c.bucket_start < bindparam("b")),
+        ),
+    ),
+    select(func.sum(_w.c.tx_count), money_sum(_w.c.amount_sum)).where(
+        _w.c.user_id == _USER_ID,
+        _w.c.window_start >= bindparam("wa"),
+        _w.c.window_start < bindparam("wb"),
+    ),
 )
 
 
-def user_sum(conn: Connection, user_id: int, start: datetime, end: datetime) -> tuple[int, Decimal]:
-    """Count and exact sum of the user's transactions with `start < ts <= end`."""
-    params = {"user_id": user_id, "start": start, "end": end}
-    count, total = conn.execute(_USER_SUM, params).one()
-    return count, Decimal("0.00") if total is None else total
+def user_sum(
+    conn: Connection, user_id: int, start: datetime, end: datetime, layout: Layout | None
+) -> tuple[int, Decimal]:
+    """Count and exact sum of the user's transactions with `start < ts <= end`.
+
+    Read from the aggregates of `layout`, at a cost bounded whatever the user's volume;
+    from the raw rows when `layout` is None (no aggregates recorded yet).
+    """
+    if layout is None:
+        params = {"user_id": user_id, "start": start, "end": end}
+        rows = conn.execute(_RAW_SUM, params).all()
+    else:
+        parts = split_range(start, end, layout)
+        rows = conn.execute(_AGGREGATE_SUM, {"user_id": user_id, **parts._asdict()}).all()
+    count, total = 0, Decimal("0.00")
+    for part_count, part_total in rows:
+        if part_count:
+            count += int(part_count)
+            total = MONEY_CONTEXT.add(total, part_total)
+    return count, total
 
 
 def transactions_page(
@@ -116,7 +168,6 @@ def _page_params(limit: int, user_id: int | None, before: Position | None) -> di
     return params
 
 
-_w = user_window_totals
 _USER_WINDOWS = (
     select(
         _w.c.user_id,

@@ -3,10 +3,11 @@
 This is the one place that writes a batch, for the subscriber and for the tests alike:
 `commit` (the database stage), then `write_redis` (the Redis stage); `store` does both.
 
-The database: one transaction per batch keeps the raw rows and `user_window_totals`
-equal. On every backend the same steps: insert the batch, skipping the txn_ids stored
-before; when that did not insert every row cleanly, undo it, look up what is stored and
-insert only the rest; then add the rows inserted now to their windows. A txn_id that
+The database: one transaction per batch keeps the raw rows and the aggregates
+(`user_window_totals`, `user_bucket_totals`: txstream.aggregates) equal. On every backend
+the same steps: insert the batch, skipping the txn_ids stored before; when that did not
+insert every row cleanly, undo it, look up what is stored and insert only the rest; then
+add the rows inserted now to their windows and buckets. A txn_id that
 comes again unchanged is a duplicate; with another user, amount or time, a dead letter:
 the first one stored wins. The SQL that differs between MySQL and SQLite is in
 txstream.dialect.
@@ -26,17 +27,18 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import redis
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine, delete, select
 from sqlalchemy.exc import DataError, IntegrityError
 
 import config
-from models import transactions
-from txstream.dialect import PLAIN_INSERT, statements
+from models import transactions, user_bucket_totals, user_window_totals
+from txstream.aggregates import Layout, LayoutMismatch, record_layout, recorded_layout
+from txstream.dialect import PLAIN_INSERT, StoreStatements, statements
 from txstream.keys import Keys
 from txstream.recent import MERGE_RECENT_LUA, merge_arguments
 from txstream.times import format_time, sql_time, utcnow
 from txstream.transaction import Transaction, checked_txn_id
-from txstream.windows import window_totals
+from txstream.windows import bucket_totals, window_totals
 from txstream.wire import format_line
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ log = logging.getLogger(__name__)
 # the batch is then rolled back and stored again.
 _CONFLICT_RETRIES = 5
 CONFLICT = "conflicts with the stored transaction"
+_REBUILD_CHUNK = 20_000  # stored rows read at a time when building the aggregates
 _UNPACK = 1000  # arguments per Lua unpack(): its stack holds a few thousand at most
 # Bytes of a message kept in its dead letter: a dead letter stays small whatever was sent
 # (escaped, a 5 MB message made a 30 MB one, and an argument over Redis's bulk limit
@@ -128,7 +131,8 @@ class Store:
         self.engine = engine
         self.client = client
         self.keys = keys
-        self.window_seconds = window_seconds
+        self.layout = Layout.for_window(window_seconds)
+        self._prepared = False  # whether the database's layout was checked
         self.group = group  # the stream's consumer group, whose entries are acknowledged
         self.dead_letters_max = dead_letters_max  # the dead-letter list keeps the newest
         self._write_batch = client.register_script(_WRITE_BATCH)
@@ -141,11 +145,19 @@ class Store:
         self.write_redis(committed, dead, entry_ids)
         return committed
 
+    def prepare(self) -> None:
+        """Check (or record) the database's layout of aggregates: see `prepare_database`."""
+        prepare_database(self.engine, self.layout)
+        self._prepared = True
+
     def commit(self, txns: Sequence[Transaction]) -> Committed:
         """Insert the new transactions and add them to their windows, in one DB transaction.
 
         Connection errors propagate, with nothing committed, for the caller to retry.
+        Raises `LayoutMismatch` when the database's aggregates are of another layout.
         """
+        if not self._prepared:
+            self.prepare()
         try:
             return self._commit_with_retry(txns)
         except DataError:
@@ -227,9 +239,66 @@ class Store:
             if committed.new:
                 conn.exec_driver_sql(PLAIN_INSERT.format(rows=_rows(committed.new, now)))
         if committed.new:
-            totals = window_totals(committed.new, self.window_seconds)
-            conn.exec_driver_sql(sql.add_to_windows.format(rows=_window_rows(totals, now)))
+            add_to_aggregates(conn, sql, committed.new, self.layout, now)
         return committed
+
+
+def add_to_aggregates(
+    conn: Connection, sql: StoreStatements, txns: list[Transaction], layout: Layout, now: datetime
+) -> None:
+    """Add `txns` to their windows and buckets."""
+    windows = window_totals(txns, layout.window_seconds)
+    conn.exec_driver_sql(sql.add_to_windows.format(rows=_window_rows(windows, now)))
+    buckets = bucket_totals(txns, layout.bucket_seconds)
+    conn.exec_driver_sql(sql.add_to_buckets.format(rows=_bucket_rows(buckets)))
+
+
+def prepare_database(engine: Engine, layout: Layout) -> None:
+    """Make sure that the database's aggregates are of `layout`.
+
+    A database with no layout recorded gets `layout`, and its aggregates are built anew
+    from the stored rows: it is new, or of a txstream that kept no buckets. Raises
+    `LayoutMismatch` when another layout is recorded.
+    """
+    with engine.connect() as conn:
+        recorded = recorded_layout(conn)
+    if recorded is None:
+        try:
+            with engine.begin() as conn:
+                record_layout(conn, layout)  # waits while another writer records one
+                _rebuild_aggregates(engine, conn, layout)
+        except IntegrityError:
+            pass  # another writer recorded one first: compared below
+        with engine.connect() as conn:
+            recorded = recorded_layout(conn)
+    if recorded != layout:
+        hours = f"{recorded.window_seconds / 3600:g}"
+        raise LayoutMismatch(
+            f"the database's aggregates are of {recorded.describe()}, not "
+            f"{layout.describe()}: set WINDOW_HOURS={hours}, or use another database"
+        )
+
+
+def _rebuild_aggregates(engine: Engine, conn: Connection, layout: Layout) -> None:
+    """Build the windows and buckets of every stored row, in `conn`'s transaction."""
+    t = transactions
+    if conn.execute(select(t.c.id).limit(1)).first() is None:
+        return  # a new database
+    log.warning(
+        "building the window and bucket totals (%s) of the stored transactions", layout.describe()
+    )
+    conn.execute(delete(user_window_totals))
+    conn.execute(delete(user_bucket_totals))
+    sql, now, done = statements(conn.dialect), utcnow(), 0
+    query = select(t.c.txn_id, t.c.user_id, t.c.amount, t.c.ts).order_by(t.c.user_id, t.c.ts)
+    with engine.connect() as reader:  # one statement: one consistent snapshot of the rows
+        result = reader.execution_options(yield_per=_REBUILD_CHUNK).execute(query)
+        for rows in result.partitions():
+            add_to_aggregates(conn, sql, [Transaction(*row) for row in rows], layout, now)
+            done += len(rows)
+            if done % (50 * _REBUILD_CHUNK) < _REBUILD_CHUNK:
+                log.info("built the totals of %d stored transactions so far", done)
+    log.warning("built the window and bucket totals of %d stored transactions", done)
 
 
 def _sort_out(txns: Sequence[Transaction], stored: dict[str, Transaction]) -> Committed:
@@ -286,6 +355,14 @@ def _window_rows(totals, now: datetime) -> str:
         f"({t.user_id:d},'{sql_time(t.window_start)}',{t.tx_count:d},'{_money(t.amount_sum)}',"
         f"'{_money(t.amount_min)}','{_money(t.amount_max)}','{updated}')"
         for t in totals
+    )
+
+
+def _bucket_rows(totals) -> str:
+    """The VALUES rows of bucket totals for INSERT INTO user_bucket_totals."""
+    return ",".join(
+        f"({user_id:d},'{sql_time(start)}',{count:d},'{_money(amount_sum)}')"
+        for user_id, start, count, amount_sum in totals
     )
 
 

@@ -32,11 +32,12 @@ from sqlalchemy import delete, func, select
 
 import models
 from emitter_and_pub import FakeTransactions
+from txstream.aggregates import Layout, recorded_layout
 from txstream.keys import Keys
 from txstream.processes import ROOT, Script, free_port, wait_until
 from txstream.recent import RECENT_SIZE, RecentLists
 from txstream.transaction import Transaction, to_json_text
-from txstream.windows import window_totals
+from txstream.windows import bucket_totals, window_totals
 
 REDIS_SERVER = "redis-server"
 OPENSSL = "openssl"
@@ -486,17 +487,28 @@ def wait_until_stored(engine, n: int, scripts: list[Script]) -> None:
 
 
 def assert_totals_match_raw_rows(engine, window_seconds: int) -> None:
-    """user_window_totals must equal the totals rebuilt from the raw rows."""
-    expected = [
-        tuple(getattr(t, c) for c in _COLUMNS)
-        for t in window_totals(stored_transactions(engine), window_seconds)
+    """Every aggregate table must equal the totals rebuilt from the raw rows: the windows
+    of `window_seconds`, the buckets of its layout, and the layout recorded."""
+    layout = Layout.for_window(window_seconds)
+    stored = stored_transactions(engine)
+    expected_windows = [
+        tuple(getattr(t, c) for c in _COLUMNS) for t in window_totals(stored, window_seconds)
     ]
-    table = models.user_window_totals
+    w, b = models.user_window_totals, models.user_bucket_totals
     with engine.connect() as conn:
-        actual = conn.execute(
-            select(*(table.c[c] for c in _COLUMNS)).order_by(table.c.user_id, table.c.window_start)
+        windows = conn.execute(
+            select(*(w.c[c] for c in _COLUMNS)).order_by(w.c.user_id, w.c.window_start)
         ).all()
-    assert [tuple(row) for row in actual] == expected
+        buckets = conn.execute(
+            select(b.c.user_id, b.c.bucket_start, b.c.tx_count, b.c.amount_sum).order_by(
+                b.c.user_id, b.c.bucket_start
+            )
+        ).all()
+        recorded = recorded_layout(conn)
+    assert [tuple(row) for row in windows] == expected_windows
+    assert [tuple(row) for row in buckets] == bucket_totals(stored, layout.bucket_seconds)
+    if stored:
+        assert recorded == layout
 
 
 def assert_recent_lists_match_db(engine, client, prefix: str) -> None:

@@ -1,4 +1,4 @@
-"""Tumbling windows aligned to the epoch, and the per-window totals of a batch."""
+"""Tumbling windows and buckets aligned to the epoch, and the totals of a batch in each."""
 
 from __future__ import annotations
 
@@ -48,3 +48,23 @@ def window_totals(txns: Iterable[Transaction], window_seconds: int) -> list[Wind
         else:
             total.add(tx.amount)
     return [totals[key] for key in sorted(totals)]
+
+
+def bucket_totals(
+    txns: Iterable[Transaction], bucket_seconds: int
+) -> list[tuple[int, datetime, int, Decimal]]:
+    """(user_id, bucket_start, count, sum) per (user, bucket) of `txns`, sorted by key."""
+    length = bucket_seconds * 10**6
+    totals: dict[tuple[int, int], list] = {}
+    for tx in txns:
+        key = (tx.user_id, to_micros(tx.ts) // length)
+        total = totals.get(key)
+        if total is None:
+            totals[key] = [1, tx.amount]
+        else:
+            total[0] += 1
+            total[1] = MONEY_CONTEXT.add(total[1], tx.amount)
+    return [
+        (user_id, from_micros(bucket * length), *totals[user_id, bucket])
+        for user_id, bucket in sorted(totals)
+    ]
