@@ -39,15 +39,27 @@ class WindowTotal:
 
 def window_totals(txns: Iterable[Transaction], window_seconds: int) -> list[WindowTotal]:
     """Totals per (user, window) of `txns`, sorted by key so that locks are taken in order."""
-    totals: dict[tuple[int, datetime], WindowTotal] = {}
+    length = window_seconds * 10**6
+    # [count, sum, min, max] by (user, window number): the subscriber's hot path.
+    totals: dict[tuple[int, int], list] = {}
+    add = MONEY_CONTEXT.add
     for tx in txns:
-        key = (tx.user_id, window_start(tx.ts, window_seconds))
+        key = (tx.user_id, to_micros(tx.ts) // length)
         total = totals.get(key)
+        amount = tx.amount
         if total is None:
-            totals[key] = WindowTotal(*key, 1, tx.amount, tx.amount, tx.amount)
+            totals[key] = [1, amount, amount, amount]
         else:
-            total.add(tx.amount)
-    return [totals[key] for key in sorted(totals)]
+            total[0] += 1
+            total[1] = add(total[1], amount)
+            if amount < total[2]:
+                total[2] = amount
+            elif amount > total[3]:
+                total[3] = amount
+    return [
+        WindowTotal(user_id, from_micros(window * length), *totals[user_id, window])
+        for user_id, window in sorted(totals)
+    ]
 
 
 def bucket_totals(
@@ -56,6 +68,7 @@ def bucket_totals(
     """(user_id, bucket_start, count, sum) per (user, bucket) of `txns`, sorted by key."""
     length = bucket_seconds * 10**6
     totals: dict[tuple[int, int], list] = {}
+    add = MONEY_CONTEXT.add
     for tx in txns:
         key = (tx.user_id, to_micros(tx.ts) // length)
         total = totals.get(key)
@@ -63,7 +76,7 @@ def bucket_totals(
             totals[key] = [1, tx.amount]
         else:
             total[0] += 1
-            total[1] = MONEY_CONTEXT.add(total[1], tx.amount)
+            total[1] = add(total[1], tx.amount)
     return [
         (user_id, from_micros(bucket * length), *totals[user_id, bucket])
         for user_id, bucket in sorted(totals)
