@@ -18,7 +18,6 @@ import argparse
 import math
 import os
 import random
-import shlex
 import shutil
 import sys
 import tempfile
@@ -30,18 +29,16 @@ from decimal import Decimal
 from pathlib import Path
 
 import redis
-from sqlalchemy import Column, DateTime, MetaData, String, Table, create_engine, func, select, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.schema import CreateIndex, DropIndex
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from web import add_server_flags, context, serving, wrk  # noqa: E402
+from apibench import add_server_flags, mark_seeded, print_setup, seed_found, serving, wrk  # noqa: E402
 
 import config  # noqa: E402
 import models  # noqa: E402
 from txstream.keys import Keys  # noqa: E402
-from txstream.processes import ROOT  # noqa: E402
 from txstream.recent import RECENT_SIZE  # noqa: E402
 from txstream.store import Committed, Store  # noqa: E402
 from txstream.times import to_micros, utcnow  # noqa: E402
@@ -62,8 +59,6 @@ ROW = "| `{}` | {} | {:,.0f} | {:.2f} | {:.2f} | {} |"  # of the Markdown table
 BUCKET_GRAIN = 60  # seconds: a bucket is gcd(window, this) long, as the subscriber makes them
 LOAD_ROWS = 1_000_000  # rows per generated file and LOAD DATA: two files on disk at most
 FILL_ROWS = 50_000  # about this many rows per windows/recent-lists statement: sorts fit in memory
-# Which seed the database holds; written last, so a seed that stopped half-way has none.
-SEEDS = Table("bench_api_seed", MetaData(), Column("seed", String(200)), Column("at", DateTime))
 LOAD_SQL = text(
     "LOAD DATA LOCAL INFILE :path INTO TABLE transactions (txn_id, user_id, amount, @micros) "
     "SET ts = TIMESTAMP'1970-01-01 00:00:00' + INTERVAL @micros MICROSECOND,"
@@ -102,7 +97,6 @@ def seed(engine, client: redis.Redis, args) -> None:
         conn.execute(text(f"DROP DATABASE IF EXISTS {database}"))
     server.dispose()
     models.create_schema(engine)
-    SEEDS.create(engine)
     # Without them the load only appends (id, ts and txn_id grow with each row), and each is
     # then built once, sorted. Kept, (user_id, ts) would take every row at a random place.
     secondary = sorted(models.transactions.indexes, key=lambda index: index.name)
@@ -121,8 +115,7 @@ def seed(engine, client: redis.Redis, args) -> None:
         phase()
         spent[name] = time.monotonic() - started
     check(engine, args)
-    with engine.begin() as conn:
-        conn.execute(SEEDS.insert(), [{"seed": describe(args), "at": utcnow()}])
+    mark_seeded(engine, describe(args))
     total = sum(spent.values())
     parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in spent.items())
     print(f"seeded {args.rows:,} rows in {total:.1f} s: {args.rows / total:,.0f} rows/s ({parts})")
@@ -254,16 +247,11 @@ def describe(args) -> str:
 
 def seeded(engine, client: redis.Redis, args) -> bool:
     """Whether that seed is there, less than a day old. Refills the recent lists if lost."""
-    try:
-        with engine.connect() as conn:
-            found = conn.execute(select(SEEDS)).first()
-            t = models.transactions
-            newest = conn.execute(select(t.c.user_id).order_by(t.c.ts.desc()).limit(1)).scalar()
-    except SQLAlchemyError:  # no database or no table yet
+    if not seed_found(engine, describe(args), timedelta(days=1)):
         return False
-    if found is None or found.seed != describe(args) or utcnow() - found.at > timedelta(days=1):
-        return False
-    print(f"using the seed of {found.at:%Y-%m-%d %H:%M} UTC (--reseed makes a new one)")
+    with engine.connect() as conn:
+        t = models.transactions
+        newest = conn.execute(select(t.c.user_id).order_by(t.c.ts.desc()).limit(1)).scalar()
     if not client.exists(KEYS.recent(newest)):
         print("the recent lists are gone (Redis restarted?): filling them again")
         fill_recent(engine, client, args)
@@ -300,9 +288,7 @@ def main() -> None:
                     (ENDPOINTS[name], connections, r["rps"], r["p50_us"], r["p99_us"], r["errors"])
                 )
                 print(f"{name} x {connections}: {r['rps']:,.0f} requests/s", file=sys.stderr)
-    python = os.path.relpath(sys.executable, ROOT)
-    print(f"\n{context(engine, args, describe(args))}\n")
-    print(f"```sh\n{shlex.join([python, *sys.argv])}\n```\n")
+    print_setup(engine, args, describe(args))
     print("| endpoint | concurrency | requests/s | p50 ms | p99 ms | errors |")
     print("|---|--:|--:|--:|--:|--:|")
     for path, connections, rps, p50, p99, errors in rows:

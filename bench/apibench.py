@@ -1,5 +1,6 @@
-"""The web app as the API benchmarks run it: under gunicorn as `make serve` does, with a
-token of its own, measured by wrk (api.lua). Shared by bench/api.py and bench/heavy_user.py.
+"""What the API benchmarks (bench/api.py, bench/heavy_user.py) share: the mark of the seed
+a database holds, and the web app under gunicorn as `make serve` runs it, with a token of
+its own, measured by wrk (api.lua).
 """
 
 from __future__ import annotations
@@ -11,15 +12,17 @@ import os
 import platform
 import runpy
 import secrets
+import shlex
 import subprocess  # nosec B404 # runs wrk, by fixed argument lists
 import sys
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
 from pathlib import Path
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Column, DateTime, Engine, MetaData, String, Table, select, text
+from sqlalchemy.exc import SQLAlchemyError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -27,8 +30,32 @@ import config  # noqa: E402
 import models  # noqa: E402
 from txstream import tokens  # noqa: E402
 from txstream.processes import ROOT, Script, free_port, wait_until  # noqa: E402
+from txstream.times import utcnow  # noqa: E402
 
 SERVE = ("-m", "gunicorn", "--config", "gunicorn.conf.py", "app:app")  # as `make serve`
+# Which seed the database holds; written last, so a seed that stopped half-way has none.
+SEEDS = Table("bench_api_seed", MetaData(), Column("seed", String(200)), Column("at", DateTime))
+
+
+def seed_found(engine: Engine, description: str, fresh: timedelta) -> bool:
+    """Whether the database holds the seed `description`, made less than `fresh` ago."""
+    try:
+        with engine.connect() as conn:
+            found = conn.execute(select(SEEDS)).first()
+    except SQLAlchemyError:  # no database or no table yet
+        return False
+    if found is None or found.seed != description or utcnow() - found.at > fresh:
+        return False
+    print(f"using the seed of {found.at:%Y-%m-%d %H:%M} UTC (--reseed makes a new one)")
+    return True
+
+
+def mark_seeded(engine: Engine, description: str) -> None:
+    """Note that the database now holds the seed `description`, made now."""
+    SEEDS.create(engine, checkfirst=True)
+    with engine.begin() as conn:
+        conn.execute(SEEDS.delete())
+        conn.execute(SEEDS.insert(), [{"seed": description, "at": utcnow()}])
 
 
 def add_server_flags(parser: argparse.ArgumentParser) -> None:
@@ -118,3 +145,10 @@ def context(engine: Engine, args, data: str) -> str:
             f" The tables ({size >> 20:,} MiB) outgrow InnoDB's buffer pool ({pool >> 20:,} MiB)."
         )
     return words
+
+
+def print_setup(engine: Engine, args, data: str) -> None:
+    """Print the `context` of the figures and the command that measured them."""
+    python = os.path.relpath(sys.executable, ROOT)
+    print(f"\n{context(engine, args, data)}\n")
+    print(f"```sh\n{shlex.join([python, *sys.argv])}\n```\n")
