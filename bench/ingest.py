@@ -480,19 +480,20 @@ Results = dict[tuple[str, str, str], list[Run]]  # by (workload, mode, tree labe
 
 
 def measure(engine, client, args, trees: dict[str, Path]) -> Results:
-    """Every run of every mode of every workload; the trees take turns, run by run.
+    """Every run of every mode of every workload, in rounds.
 
-    Taking turns (before 1, after 1, before 2, ...) lets the machine's noise hit both
-    alike. (d) runs no script, so it runs once a round, labelled "".
+    Each round runs every mode of every workload once, each mode once per tree, in
+    turns (before, after): so the machine's noise hits before and after, and each mode
+    and its workload's ceiling, alike. (d) runs no script, so it runs once a round,
+    labelled "".
     """
     results: Results = {}
-    for workload in args.workloads:
-        load = Load(workload, args.count, args.users)
-        for key in args.modes.split(","):
-            run = MODES[key][1]
-            plan = {"": ROOT} if key == "d" else trees
-            for i in range(args.runs):
-                for label, tree in plan.items():
+    for i in range(args.runs):
+        for workload in args.workloads:
+            load = Load(workload, args.count, args.users)
+            for key in args.modes.split(","):
+                run = MODES[key][1]
+                for label, tree in ({"": ROOT} if key == "d" else trees).items():
                     result = run(engine, client, load, tree)
                     results.setdefault((workload, key, label), []).append(result)
                     name = f"{workload}: {row_name(key, label)}"
