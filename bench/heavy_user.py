@@ -46,7 +46,7 @@ from ingest import check_exactly_once, git  # noqa: E402
 import config  # noqa: E402
 import models  # noqa: E402
 from emitter_and_pub import BURST_CHUNK, uuid4_text  # noqa: E402
-from txstream.processes import ROOT, Script  # noqa: E402
+from txstream.processes import ROOT, Script, wait_until  # noqa: E402
 from txstream.times import from_micros, to_micros, utcnow  # noqa: E402
 from txstream.transaction import Transaction  # noqa: E402
 from txstream.transport import StreamSink  # noqa: E402
@@ -60,7 +60,7 @@ STREAM = "benchheavy"
 FRESH = timedelta(hours=1)
 CONNECTIONS = 8
 SUBSCRIBER_CODE = ("sub_and_store.py", "config.py", "models.py", "txstream")
-ROW = "| {} | {} | {:,.0f} | {:.2f} | {:.2f} | {} | {} |"  # of the Markdown table
+ROW = "| {} | {} | {:,.1f} | {:.2f} | {:.2f} | {} | {} |"  # of the Markdown table
 
 
 def transactions(args) -> Iterator[Transaction]:
@@ -117,9 +117,11 @@ def seed(engine, client: redis.Redis, args) -> None:
 
 
 def describe(args) -> str:
-    """The seed that `args` ask for, in words, with the code that stores it."""
+    """The seed that `args` ask for, in words, with the code that stores it: the last
+    commit that changed it, and whether it has changed since."""
     changed = git("status", "--porcelain", "--", *SUBSCRIBER_CODE)
-    code = git("rev-parse", "--short", "HEAD") + (" with changes" if changed else "")
+    code = git("log", "-1", "--format=%h", "--", *SUBSCRIBER_CODE)
+    code += " with changes" if changed else ""
     return (
         f"{args.heavy:,} transactions of user {args.heavy_user} and {args.light:,} of each of "
         f"{args.light_users:,} light users over {args.days} days, stored by txstream {code}"
@@ -134,6 +136,12 @@ def one_request(url: str, path: str, token: str) -> tuple[float, str]:
     with urllib.request.urlopen(request, timeout=30) as response:  # nosec B310
         body = response.read().decode()
     return (time.perf_counter() - started) * 1e3, body
+
+
+def settle(url: str, token: str) -> None:
+    """Wait until the server has served what the last wrk run left queued (wrk stops
+    waiting for its requests, the workers do not): until a request comes back at once."""
+    wait_until(lambda: one_request(url, "/healthz", token)[0] < 100, 120, "the queue to drain")
 
 
 def main() -> None:
@@ -158,14 +166,14 @@ def main() -> None:
     kinds = {"light": ("{user}", args.light_users), "heavy": (str(args.heavy_user), 1)}
     rows = []
     with serving(engine, REDIS_URL, KEY_PREFIX, args) as (url, token):
-        for user, users in kinds.values():  # warm-up, not reported
-            wrk(url, f"/api/users/{user}/sum?hours={args.hours[0]}", users, CONNECTIONS, 1, token)
         single_path = f"/api/users/{args.heavy_user}/sum?hours=168"
         single = [one_request(url, single_path, token) for _ in range(2)]
         for hours in args.hours:
             p99 = {}
             for kind, (user, users) in kinds.items():
                 path = f"/api/users/{user}/sum?hours={hours}"
+                settle(url, token)
+                wrk(url, path, users, CONNECTIONS, 1, token)  # warm-up, not reported
                 r = wrk(url, path, users, CONNECTIONS, args.duration, token)
                 p99[kind] = r["p99_us"]
                 ratio = f"{p99['heavy'] / p99['light']:.2f}" if kind == "heavy" else ""
