@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 READY  := $(VENV)/.installed
 
-.PHONY: demo test install lint format lock init-db serve bench-ingest bench-api clean
+.PHONY: demo test install lint format lock init-db serve bench-ingest bench-api bench-heavy clean
 
 demo: $(READY)            ## emitter + subscriber + web app; embedded Redis/SQLite unless configured
 	$(BIN)/python -m txstream.demo
@@ -36,6 +36,10 @@ bench-ingest: $(READY)    ## ingest tx/s per mode (needs Redis, MariaDB); writes
 bench-api: $(READY)       ## API requests/s and p50/p99 at 10M rows under gunicorn (needs wrk)
 	@command -v wrk >/dev/null || { echo "bench-api needs wrk: apt-get install wrk"; exit 1; }
 	$(BIN)/python bench/api.py
+
+bench-heavy: $(READY)     ## one user with 1M transactions: their sums' p99 against light users' (needs wrk)
+	@command -v wrk >/dev/null || { echo "bench-heavy needs wrk: apt-get install wrk"; exit 1; }
+	$(BIN)/python bench/heavy_user.py
 
 # The lock files pin every package, indirect ones too, with hashes: every install gets the
 # same files. Production: pip install --require-hashes -r requirements.lock

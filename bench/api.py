@@ -1,51 +1,44 @@
 """API latency and throughput on a bulk-seeded MariaDB and Redis, served by gunicorn, under wrk.
 
 Seeds `--rows` transactions of `--users` users (uniformly) over the last `--days` days, with
-their window totals and recent lists, unless that seed is there already and less than a day
-old (`--reseed` forces it). Then starts the web app as `make serve` does, runs wrk on each
-endpoint at each concurrency, and prints a Markdown table for docs/BENCHMARKS.md.
+their window and bucket totals and recent lists, unless that seed is there already and less
+than a day old (`--reseed` forces it). Then starts the web app as `make serve` does, runs
+wrk on each endpoint at each concurrency, and prints a Markdown table for docs/BENCHMARKS.md.
 
     .venv/bin/python bench/api.py [--rows 10000000] [--users 100000] [--duration 10]
 
-Uses the database `txstream_bench_api` (or BENCH_API_DATABASE_URL) and Redis db 12, keys
-`benchapi:`. Needs wrk (`apt-get install wrk`) and a server with local_infile on (the default).
+Uses the database `txstream_bench_api` (or BENCH_API_DATABASE_URL) and Redis db 12 (or
+BENCH_API_REDIS_URL), keys `benchapi:`. Needs wrk (`apt-get install wrk`) and a server
+with local_infile on (the default).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
-import platform
 import random
-import runpy
-import secrets
-import shlex
 import shutil
-import subprocess  # nosec B404 # runs gunicorn and wrk, by fixed argument lists
 import sys
 import tempfile
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from decimal import Decimal
-from importlib.metadata import version
 from pathlib import Path
 
 import redis
-from sqlalchemy import Column, DateTime, MetaData, String, Table, create_engine, func, select, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.schema import CreateIndex, DropIndex
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from apibench import add_server_flags, mark_seeded, print_setup, seed_found, serving, wrk  # noqa: E402
+
 import config  # noqa: E402
 import models  # noqa: E402
-from txstream import tokens  # noqa: E402
 from txstream.keys import Keys  # noqa: E402
-from txstream.processes import ROOT, Script, free_port, wait_until  # noqa: E402
 from txstream.recent import RECENT_SIZE  # noqa: E402
 from txstream.store import Committed, Store  # noqa: E402
 from txstream.times import to_micros, utcnow  # noqa: E402
@@ -54,7 +47,7 @@ from txstream.windows import window_totals  # noqa: E402
 
 DEFAULT_URL = "mysql+pymysql://root@127.0.0.1:3306/txstream_bench_api"
 DATABASE_URL = os.environ.get("BENCH_API_DATABASE_URL") or DEFAULT_URL
-REDIS_URL = "redis://127.0.0.1:6379/12"
+REDIS_URL = os.environ.get("BENCH_API_REDIS_URL") or "redis://127.0.0.1:6379/12"
 KEYS = Keys("benchapi:")
 ENDPOINTS = {
     "sum": "/api/users/{user}/sum?hours=24",
@@ -63,24 +56,28 @@ ENDPOINTS = {
     "windows": "/api/users/{user}/windows",
 }
 ROW = "| `{}` | {} | {:,.0f} | {:.2f} | {:.2f} | {} |"  # of the Markdown table
-SERVE = ("-m", "gunicorn", "--config", "gunicorn.conf.py", "app:app")  # as `make serve`
+BUCKET_GRAIN = 60  # seconds: a bucket is gcd(window, this) long, as the subscriber makes them
 LOAD_ROWS = 1_000_000  # rows per generated file and LOAD DATA: two files on disk at most
 FILL_ROWS = 50_000  # about this many rows per windows/recent-lists statement: sorts fit in memory
-# Which seed the database holds; written last, so a seed that stopped half-way has none.
-SEEDS = Table("bench_api_seed", MetaData(), Column("seed", String(200)), Column("at", DateTime))
 LOAD_SQL = text(
     "LOAD DATA LOCAL INFILE :path INTO TABLE transactions (txn_id, user_id, amount, @micros) "
     "SET ts = TIMESTAMP'1970-01-01 00:00:00' + INTERVAL @micros MICROSECOND,"
     " received_at = UTC_TIMESTAMP(6)"
 )
-# A window starts at a whole multiple of :w seconds since the epoch, as in txstream/windows.py.
-WINDOWS_SQL = text("""
+# A window or bucket starts at a whole multiple of :w seconds since the epoch, as in
+# txstream/windows.py: arithmetic on DATETIMEs, whatever the session's time zone.
+START_SQL = """TIMESTAMP'1970-01-01 00:00:00' + INTERVAL
+               (TIMESTAMPDIFF(SECOND, TIMESTAMP'1970-01-01 00:00:00', ts) DIV :w * :w) SECOND
+               AS start"""
+WINDOWS_SQL = text(f"""
     INSERT INTO user_window_totals
         (user_id, window_start, tx_count, amount_sum, amount_min, amount_max, updated_at)
-    SELECT user_id, TIMESTAMP'1970-01-01 00:00:00' + INTERVAL
-               (TIMESTAMPDIFF(SECOND, TIMESTAMP'1970-01-01 00:00:00', ts) DIV :w * :w) SECOND
-               AS start,
+    SELECT user_id, {START_SQL},
            COUNT(*), SUM(amount), MIN(amount), MAX(amount), UTC_TIMESTAMP(6)
+    FROM transactions WHERE user_id BETWEEN :lo AND :hi GROUP BY user_id, start""")
+BUCKETS_SQL = text(f"""
+    INSERT INTO user_bucket_totals (user_id, bucket_start, tx_count, amount_sum)
+    SELECT user_id, {START_SQL}, COUNT(*), SUM(amount)
     FROM transactions WHERE user_id BETWEEN :lo AND :hi GROUP BY user_id, start""")
 NEWEST_SQL = text("""
     SELECT txn_id, user_id, amount, ts FROM (
@@ -100,7 +97,6 @@ def seed(engine, client: redis.Redis, args) -> None:
         conn.execute(text(f"DROP DATABASE IF EXISTS {database}"))
     server.dispose()
     models.create_schema(engine)
-    SEEDS.create(engine)
     # Without them the load only appends (id, ts and txn_id grow with each row), and each is
     # then built once, sorted. Kept, (user_id, ts) would take every row at a random place.
     secondary = sorted(models.transactions.indexes, key=lambda index: index.name)
@@ -109,6 +105,8 @@ def seed(engine, client: redis.Redis, args) -> None:
         "load": lambda: load(engine, args),
         "indexes": lambda: ddl(engine, map(CreateIndex, secondary)),
         "windows": lambda: fill_windows(engine, args),
+        "buckets": lambda: fill_buckets(engine, args),
+        "settings": lambda: write_settings(engine, args),
         "recent lists": lambda: fill_recent(engine, client, args),
     }
     spent = {}
@@ -117,8 +115,7 @@ def seed(engine, client: redis.Redis, args) -> None:
         phase()
         spent[name] = time.monotonic() - started
     check(engine, args)
-    with engine.begin() as conn:
-        conn.execute(SEEDS.insert(), [{"seed": describe(args), "at": utcnow()}])
+    mark_seeded(engine, describe(args))
     total = sum(spent.values())
     parts = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in spent.items())
     print(f"seeded {args.rows:,} rows in {total:.1f} s: {args.rows / total:,.0f} rows/s ({parts})")
@@ -168,11 +165,32 @@ def user_ranges(args) -> list[tuple[int, int]]:
     return [(lo, min(lo + step - 1, args.users)) for lo in range(1, args.users + 1, step)]
 
 
-def fill_windows(engine, args) -> None:
-    """Sum the rows into user_window_totals, a range of users at a time."""
+def fill_totals(engine, args, statement, seconds: int) -> None:
+    """Sum the rows into windows or buckets of `seconds` by `statement`, a range of users
+    at a time."""
     for lo, hi in user_ranges(args):
         with engine.begin() as conn:
-            conn.execute(WINDOWS_SQL, {"w": args.window_seconds, "lo": lo, "hi": hi})
+            conn.execute(statement, {"w": seconds, "lo": lo, "hi": hi})
+
+
+def fill_windows(engine, args) -> None:
+    """Sum the rows into user_window_totals."""
+    fill_totals(engine, args, WINDOWS_SQL, args.window_seconds)
+
+
+def fill_buckets(engine, args) -> None:
+    """Sum the rows into user_bucket_totals."""
+    fill_totals(engine, args, BUCKETS_SQL, args.bucket_seconds)
+
+
+def write_settings(engine, args) -> None:
+    """Note in `settings` the lengths the windows and the buckets were made with."""
+    lengths = {"window_seconds": args.window_seconds, "bucket_seconds": args.bucket_seconds}
+    with engine.begin() as conn:
+        conn.execute(
+            models.settings.insert(),
+            [{"name": name, "value": str(value)} for name, value in lengths.items()],
+        )
 
 
 def fill_recent(engine, client: redis.Redis, args) -> None:
@@ -186,110 +204,61 @@ def fill_recent(engine, client: redis.Redis, args) -> None:
 
 
 def check(engine, args) -> None:
-    """Fail unless the windows count each row once, and one user's equal txstream's own."""
-    t, w = models.transactions, models.user_window_totals
-    columns = ("user_id", "window_start", "tx_count", "amount_sum", "amount_min", "amount_max")
+    """Fail unless the windows and the buckets count each row once, and one user's equal
+    those txstream's own code adds up from that user's rows."""
+    t = models.transactions
+    # Each table's columns as they begin window_totals' WindowTotal, in the same order.
+    windows = ("window_start", "tx_count", "amount_sum", "amount_min", "amount_max")
+    totals = [
+        (models.user_window_totals, ("user_id", *windows), args.window_seconds),
+        (
+            models.user_bucket_totals,
+            ("user_id", "bucket_start", "tx_count", "amount_sum"),
+            args.bucket_seconds,
+        ),
+    ]
     with engine.connect() as conn:
-        counted = conn.execute(select(func.sum(w.c.tx_count))).scalar()
         user = conn.execute(select(t.c.user_id).order_by(t.c.id).limit(1)).scalar()
         txns = conn.execute(
             select(t.c["txn_id", "user_id", "amount", "ts"]).where(t.c.user_id == user)
-        )
-        expected = window_totals((Transaction(*row) for row in txns), args.window_seconds)
-        stored = conn.execute(
-            select(w.c[columns]).where(w.c.user_id == user).order_by(w.c.window_start)
-        )
-        if counted != args.rows or list(map(tuple, stored)) != list(map(astuple, expected)):
-            raise SystemExit(f"seed check failed: {counted} rows in windows; or user {user}")
+        ).all()
+        for table, columns, seconds in totals:
+            counted = conn.execute(select(func.sum(table.c.tx_count))).scalar()
+            expected = [
+                astuple(total)[: len(columns)]
+                for total in window_totals((Transaction(*row) for row in txns), seconds)
+            ]
+            stored = conn.execute(
+                select(table.c[columns])
+                .where(table.c.user_id == user)
+                .order_by(table.c[columns[1]])
+            )
+            if counted != args.rows or list(map(tuple, stored)) != expected:
+                raise SystemExit(f"seed check failed: {counted} rows in {table}; or user {user}")
 
 
 def describe(args) -> str:
     """The seed that `args` ask for, in words."""
     return (
         f"{args.rows:,} transactions of {args.users:,} users over {args.days} days, "
-        f"windows of {args.window_seconds} s"
+        f"windows of {args.window_seconds} s, buckets of {args.bucket_seconds} s"
     )
 
 
 def seeded(engine, client: redis.Redis, args) -> bool:
     """Whether that seed is there, less than a day old. Refills the recent lists if lost."""
-    try:
-        with engine.connect() as conn:
-            found = conn.execute(select(SEEDS)).first()
-            t = models.transactions
-            newest = conn.execute(select(t.c.user_id).order_by(t.c.ts.desc()).limit(1)).scalar()
-    except SQLAlchemyError:  # no database or no table yet
+    if not seed_found(engine, describe(args), timedelta(days=1)):
         return False
-    if found is None or found.seed != describe(args) or utcnow() - found.at > timedelta(days=1):
-        return False
-    print(f"using the seed of {found.at:%Y-%m-%d %H:%M} UTC (--reseed makes a new one)")
+    with engine.connect() as conn:
+        t = models.transactions
+        newest = conn.execute(select(t.c.user_id).order_by(t.c.ts.desc()).limit(1)).scalar()
     if not client.exists(KEYS.recent(newest)):
         print("the recent lists are gone (Redis restarted?): filling them again")
         fill_recent(engine, client, args)
     return True
 
 
-def serve(args) -> tuple[Script, str]:
-    """The web app as `make serve` runs it, on a free port, on the benchmark's data.
-
-    With tokens required, as by default; the rate limit is set far above what wrk sends
-    (each request still counts itself in Redis, as in production).
-    """
-    bind = f"127.0.0.1:{free_port()}"
-    env = {"DATABASE_URL": DATABASE_URL, "REDIS_URL": REDIS_URL, "KEY_PREFIX": KEYS.prefix}
-    env |= {"SECRET_KEY": secrets.token_hex(32), "RATE_LIMIT": "100000000/minute"}
-    env["AUTH"] = args.auth
-    env |= {"WEB_BIND": bind, "WEB_WORKERS": str(args.workers), "WEB_THREADS": str(args.threads)}
-    server = Script(*SERVE, env={**env, "LOG_LEVEL": "WARNING"})
-
-    def healthy() -> bool:
-        if server.proc.poll() is not None:
-            raise SystemExit(f"gunicorn exited:\n{server.output}")
-        try:
-            health = f"http://{bind}/healthz"  # bandit B310: an http:// URL made here
-            with urllib.request.urlopen(health, timeout=1) as response:  # nosec B310
-                return response.status == 200
-        except OSError:
-            return False
-
-    wait_until(healthy, 30, f"http://{bind}/healthz")
-    return server, f"http://{bind}"
-
-
-def wrk(url: str, path: str, users: int, connections: int, seconds: int, token: str) -> dict:
-    """One wrk run, one thread keeping `connections` requests in flight: api.lua's result."""
-    command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s"]
-    command += ["-s", str(ROOT / "bench" / "api.lua"), url, "--", path, str(users), token]
-    # bandit B603: wrk by a fixed argument list, no shell
-    done = subprocess.run(command, capture_output=True, text=True, check=True)  # nosec B603
-    output = done.stdout
-    return json.loads(next(line for line in output.splitlines() if line.startswith("RESULT "))[7:])
-
-
-def context(engine, args) -> str:
-    """Date, machine, versions and setup of the figures; a warning if the data outgrow RAM."""
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if "model name" in line), "?")
-    sizes = "SUM(data_length + index_length) FROM information_schema.tables"
-    with engine.connect() as conn:
-        mariadb, pool = conn.execute(text("SELECT VERSION(), @@innodb_buffer_pool_size")).one()
-        size = int(conn.execute(text(f"SELECT {sizes} WHERE table_schema = DATABASE()")).scalar())
-    words = (
-        f"{datetime.now(UTC):%Y-%m-%d}, {os.cpu_count()} cores ({cpu}), Python "
-        f"{platform.python_version()}, MariaDB {mariadb.split('-')[0]}, gunicorn "
-        f"{version('gunicorn')} ({args.workers} workers x {args.threads} threads) and wrk "
-        f"(1 thread) on the same machine; {describe(args)}; {args.duration} s per run; "
-        f"AUTH={args.auth}."
-    )
-    if size > pool:
-        words += (
-            f" The tables ({size >> 20:,} MiB) outgrow InnoDB's buffer pool ({pool >> 20:,} MiB)."
-        )
-    return words
-
-
 def main() -> None:
-    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))  # its defaults, or WEB_* if set
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     number = config.positive_int_flag
     parser.add_argument("--rows", type=number, default=10_000_000)
@@ -299,38 +268,27 @@ def main() -> None:
     parser.add_argument("--duration", type=number, default=10, help="seconds per run")
     parser.add_argument("--concurrency", type=number, nargs="+", default=[1, 8, 32])
     parser.add_argument("--endpoints", nargs="+", choices=ENDPOINTS, default=list(ENDPOINTS))
-    parser.add_argument("--workers", type=number, default=conf["workers"])
-    parser.add_argument("--threads", type=number, default=conf["threads"])
-    parser.add_argument(
-        "--auth", choices=["on", "off"], default="on", help="AUTH of the app (default: on)"
-    )
+    add_server_flags(parser)
     args = parser.parse_args()
     args.window_seconds = config.load().window_seconds  # WINDOW_HOURS, as the app reads it
+    args.bucket_seconds = math.gcd(args.window_seconds, BUCKET_GRAIN)
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install wrk")
     engine = create_engine(DATABASE_URL, connect_args={"local_infile": True})
     client = redis.Redis.from_url(REDIS_URL)
     if args.reseed or not seeded(engine, client, args):
         seed(engine, client, args)
-    server, url = serve(args)
-    token_name = f"bench-api-{os.getpid()}"
-    models.create_schema(engine)  # a seed older than the tokens has no table for them
-    token = tokens.create(engine, token_name)
     rows = []
-    try:
+    with serving(engine, REDIS_URL, KEYS.prefix, args) as (url, token):
         for name in args.endpoints:
             wrk(url, ENDPOINTS[name], args.users, 8, 1, token)  # warm-up, not reported
             for connections in args.concurrency:
                 r = wrk(url, ENDPOINTS[name], args.users, connections, args.duration, token)
-                rps = r["requests"] / r["duration_us"] * 1e6
-                errors = r["non2xx"] + r["socket_errors"]
-                rows.append((ENDPOINTS[name], connections, rps, r["p50_us"], r["p99_us"], errors))
-                print(f"{name} x {connections}: {rps:,.0f} requests/s", file=sys.stderr)
-    finally:
-        server.stop()
-        tokens.revoke(engine, token_name)
-    python = os.path.relpath(sys.executable, ROOT)
-    print(f"\n{context(engine, args)}\n\n```sh\n{shlex.join([python, *sys.argv])}\n```\n")
+                rows.append(
+                    (ENDPOINTS[name], connections, r["rps"], r["p50_us"], r["p99_us"], r["errors"])
+                )
+                print(f"{name} x {connections}: {r['rps']:,.0f} requests/s", file=sys.stderr)
+    print_setup(engine, args, describe(args))
     print("| endpoint | concurrency | requests/s | p50 ms | p99 ms | errors |")
     print("|---|--:|--:|--:|--:|--:|")
     for path, connections, rps, p50, p99, errors in rows:

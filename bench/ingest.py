@@ -1,10 +1,19 @@
-"""End-to-end ingest throughput: emitter burst -> Redis -> consumer(s) -> MariaDB.
+"""End-to-end ingest throughput: a burst of transactions -> Redis -> consumer(s) -> MariaDB.
 
-For each mode, the time from the emitter's start to the last row committed, on the real
+Two workloads, each measured in every mode: "typical", the emitter's burst (a few heavy
+users, every event time now); and "hard", users drawn uniformly from `--users` and event
+times spread uniformly over the last day, so that nearly every transaction of a batch has
+a (user, window) and a bucket of its own. The emitter cannot make the hard one: the
+harness makes it (same seed, same rows every run) and sends it with txstream's own sink,
+in the emitter's chunks, from a child process started when the emitter would be.
+
+For each mode, the time from the feed's start to the last row committed, on the real
 Redis and MariaDB: (a) the seed's naive design, one INSERT+COMMIT per message
 (bench/naive_subscriber.py); (b) txstream over pub/sub; (c) txstream over the stream with
-1 and 2 subscribers, each run checked for exactly once (rows and window totals); and (d)
-the raw ceiling: the same rows INSERTed straight into MariaDB in batches, nothing else.
+1 and 2 subscribers, each run checked for exactly once (rows, window totals, and bucket
+totals where the tree writes them); and (d) the raw ceiling: the same rows of the same
+workload INSERTed straight into MariaDB in batches, nothing else. Each mode's rate is also
+shown as a ratio to the ceiling of its workload.
 Also each subscriber's peak RSS and CPU seconds, the Redis server's CPU seconds, and for
 pub/sub how much backlog it absorbs before loss. Writes the table (Markdown) to stdout and
 a chart to docs/ingest.png.
@@ -16,6 +25,7 @@ run, so the table has a "before (REV)" and an "after" row per mode from the same
     .venv/bin/python bench/ingest.py                       # 200,000 tx, 10,000 users, 3 runs
     .venv/bin/python bench/ingest.py --count 1000000 --modes c1 --runs 1   # RSS at 1M
     .venv/bin/python bench/ingest.py --baseline b9c915c    # before (b9c915c) and after
+    .venv/bin/python bench/ingest.py --workloads hard --modes c1,d   # one workload
 
 Uses the database `txstream_bench` and Redis db 14 (emptied first); override with
 BENCH_DATABASE_URL / BENCH_REDIS_URL.
@@ -26,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import multiprocessing
 import os
 import platform
 import random
@@ -36,21 +47,25 @@ import subprocess  # nosec B404 # runs git, by fixed argument lists
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from itertools import islice
 from pathlib import Path
+from typing import NamedTuple
 
 import redis
-from sqlalchemy import func, select, text
+from sqlalchemy import func, inspect, select, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import config  # noqa: E402
 import models  # noqa: E402
-from emitter_and_pub import FakeTransactions  # noqa: E402
+from emitter_and_pub import BURST_CHUNK, FakeTransactions  # noqa: E402
 from txstream.processes import Script  # noqa: E402
-from txstream.times import utcnow  # noqa: E402
+from txstream.times import from_micros, to_micros, utcnow  # noqa: E402
+from txstream.transaction import Transaction  # noqa: E402
+from txstream.transport import make_sink  # noqa: E402
 from txstream.wire import format_line  # noqa: E402
 
 DATABASE_URL = os.environ.get(
@@ -58,36 +73,161 @@ DATABASE_URL = os.environ.get(
 )
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/14")
 SEED = 1
+NAME = "bench"  # the channel and the stream
+KEY_PREFIX = "bench:"
+DAY_MICROS = 86_400 * 10**6
 BATCH = config.Settings.batch_size  # rows per transaction of the raw ceiling, as the subscriber
 CHART = ROOT / "docs" / "ingest.png"
 PER = 200_000  # Redis CPU is also shown per this many transactions
 AFTER = "after"  # the current tree's label when there is a baseline
+# The tables that count each transaction once, besides the rows: (name, table).
+TOTALS = (("windows", models.user_window_totals), ("buckets", models.user_bucket_totals))
 
 
 @dataclass
 class Run:
     rate: float  # transactions per second, end to end
     peak_rss_mb: float | None = None  # the largest consumer's peak resident memory
-    redis_cpu_s: float | None = None  # the Redis server's CPU, emitter start to last row
+    redis_cpu_s: float | None = None  # the Redis server's CPU, feed start to last row
     consumer_cpu_s: float | None = None  # the consumers' own CPU, summed, until the last row
     batch_writes_s: float | None = None  # Redis's time in the subscribers' batch writes
+    checked: tuple[str, ...] = ()  # what counted each transaction exactly once
 
 
-def stored(engine) -> tuple[int, int]:
-    """(rows in transactions, transactions counted in user_window_totals)."""
-    with engine.connect() as conn:
-        rows = conn.scalar(select(func.count()).select_from(models.transactions))
-        counted = conn.scalar(
-            select(func.coalesce(func.sum(models.user_window_totals.c.tx_count), 0))
+@dataclass(frozen=True)
+class Load:
+    """What a run sends: `count` transactions of `users` users, made by `workload`."""
+
+    workload: str
+    count: int
+    users: int
+
+    def transactions(self) -> Iterator[Transaction]:
+        """The workload's transactions, the same every run (the seed is fixed)."""
+        return WORKLOADS[self.workload].transactions(self.count, self.users)
+
+
+def typical_transactions(count: int, users: int) -> Iterator[Transaction]:
+    """The emitter's burst: its own generator and seed (a few heavy users, times now)."""
+    # bandit B311: made-up transactions, the same every run
+    source = FakeTransactions(users, random.Random(SEED))  # nosec B311
+    return (source.next() for _ in range(count))
+
+
+def hard_transactions(count: int, users: int) -> Iterator[Transaction]:
+    """Users uniform over all `users`, event times uniform over the last day.
+
+    The emitter's amounts and txn_ids (its generator, seeded); only the user and the
+    time are drawn anew. Times lie in the past, within what the subscriber accepts.
+    """
+    rng = random.Random(SEED)  # nosec B311 # made-up transactions, the same every run
+    source = FakeTransactions(users, rng)
+    end = to_micros(utcnow())
+    for _ in range(count):
+        tx = source.next()
+        ts = from_micros(end - rng.randrange(DAY_MICROS))
+        yield Transaction(tx.txn_id, rng.randrange(users) + 1, tx.amount, ts)
+
+
+class Workload(NamedTuple):
+    description: str
+    transactions: Callable[[int, int], Iterator[Transaction]]  # (count, users) -> them
+
+
+WORKLOADS = {
+    "typical": Workload("the emitter's burst", typical_transactions),
+    "hard": Workload("uniform users, times over the last day", hard_transactions),
+}
+
+
+def feed(load: Load, transport: str) -> None:
+    """Send the load's transactions with txstream's sink, BURST_CHUNK lines per call."""
+    settings = config.Settings(
+        redis_url=REDIS_URL, transport=transport, channel=NAME, stream=NAME, key_prefix=KEY_PREFIX
+    )
+    client = redis.Redis.from_url(REDIS_URL)
+    sink = make_sink(settings, client)
+    txns = load.transactions()
+    while lines := [format_line(tx) for tx in islice(txns, BURST_CHUNK)]:
+        sink.send(lines)
+    client.close()
+
+
+class Feeder:
+    """`feed` in a child process: the harness's stand-in for the emitter, with a `wait_ok`."""
+
+    def __init__(self, load: Load, transport: str) -> None:
+        # fork: the child starts at once, without importing anything again
+        self.proc = multiprocessing.get_context("fork").Process(
+            target=feed, args=(load, transport), name="feeder", daemon=True
         )
-        return rows, int(counted)
+        self.proc.start()
+
+    def wait_ok(self, timeout: float) -> None:
+        """Wait until everything is sent; fail if the child failed or is still sending."""
+        self.proc.join(timeout)
+        if self.proc.exitcode != 0:
+            self.proc.kill()
+            raise AssertionError(f"the feeder exited with {self.proc.exitcode}")
+
+
+def start_feed(load: Load, env: dict, tree: Path) -> Script | Feeder:
+    """Start sending: the emitter of `tree` (typical), else the harness's own feeder."""
+    if load.workload == "typical":
+        return Script(
+            "emitter_and_pub.py",
+            *("--rate", "0", "--quiet", "--count", str(load.count)),
+            *("--users", str(load.users), "--seed", str(SEED)),
+            env={**env, "LOG_LEVEL": "WARNING"},
+            cwd=tree,
+        )
+    return Feeder(load, env["TRANSPORT"])
+
+
+def stored(engine) -> dict[str, int]:
+    """Rows in transactions, and how many transactions each totals table counts.
+
+    {"rows": N, "windows": N, "buckets": N}; "buckets" only where there is such a table.
+    """
+    with engine.connect() as conn:
+        counts = {"rows": conn.scalar(select(func.count()).select_from(models.transactions))}
+        for name, table in TOTALS:
+            if inspect(conn).has_table(table.name):
+                counts[name] = int(
+                    conn.scalar(select(func.coalesce(func.sum(table.c.tx_count), 0)))
+                )
+        return counts
+
+
+def writes_buckets(tree: Path) -> bool:
+    """Whether the subscriber of `tree` maintains user_bucket_totals.
+
+    By its module (schema.sql names txstream/aggregates.py): the table itself came a
+    commit earlier (d57d2b0), so models.py is no sign.
+    """
+    return (tree / "txstream" / "aggregates.py").exists()
+
+
+def check_exactly_once(engine, count: int, tree: Path) -> tuple[str, ...]:
+    """Fail unless every table counts each of `count` transactions once; what was checked.
+
+    Bucket totals count if the tree writes them, or if it wrote any at all.
+    """
+    counts = stored(engine)
+    if not (writes_buckets(tree) or counts.get("buckets")):
+        counts.pop("buckets", None)
+    if any(n != count for n in counts.values()):
+        found = ", ".join(f"{n} {name}" for name, n in counts.items())
+        raise SystemExit(f"LOSS OR DUPLICATES: {found}; {count} sent")
+    return tuple(counts)
 
 
 def empty_tables(engine) -> None:
     """Every run starts from empty tables: TRUNCATE, so no purge of deleted rows runs on."""
     with engine.begin() as conn:
-        for table in (models.transactions, models.user_window_totals):
-            conn.execute(text(f"TRUNCATE TABLE {table.name}"))
+        for table in (models.transactions, *(table for _, table in TOTALS)):
+            if inspect(conn).has_table(table.name):
+                conn.execute(text(f"TRUNCATE TABLE {table.name}"))
 
 
 def peak_rss_mb(script: Script) -> float:
@@ -140,23 +280,23 @@ def wait_for_rows(engine, count: int, stall: float = 30) -> None:
     while True:
         with engine.connect() as conn:
             newest = conn.scalar(top)
-        if newest >= count and stored(engine)[0] >= count:
+        if newest >= count and stored(engine)["rows"] >= count:
             return
         if newest != last:
             last, last_change = newest, time.monotonic()
         elif time.monotonic() - last_change > stall:
-            missing = count - stored(engine)[0]
+            missing = count - stored(engine)["rows"]
             raise SystemExit(f"LOST: {missing} of {count} never stored ({stall} s idle)")
         time.sleep(0.01)
 
 
 def end_to_end(
-    engine, client, count: int, users: int, consumers: list[list[str]], env: dict, tree: Path
+    engine, client, load: Load, consumers: list[list[str]], env: dict, tree: Path
 ) -> Run:
-    """Emit `count` transactions in a burst; the tx/s until the consumers stored them all.
+    """Send the load in a burst; the tx/s until the consumers stored it all.
 
-    The emitter and the consumers are the scripts of `tree` (a checkout of the
-    repository), run there with its own code on the path.
+    The consumers, and the emitter of the typical workload, are the scripts of `tree` (a
+    checkout of the repository), run there with its own code on the path.
     """
     empty_tables(engine)
     client.flushdb()
@@ -164,9 +304,9 @@ def end_to_end(
         "PYTHONPATH": str(tree),
         "REDIS_URL": REDIS_URL,
         "DATABASE_URL": DATABASE_URL,
-        "CHANNEL": "bench",
-        "STREAM": "bench",
-        "KEY_PREFIX": "bench:",
+        "CHANNEL": NAME,
+        "STREAM": NAME,
+        "KEY_PREFIX": KEY_PREFIX,
         "LOG_LEVEL": "INFO",
         **env,
     }
@@ -177,15 +317,8 @@ def end_to_end(
         client.config_resetstat()
         redis_before = redis_cpu_s(client)
         started = time.monotonic()
-        emitter = Script(
-            "emitter_and_pub.py",
-            *("--rate", "0", "--quiet", "--count", str(count)),
-            *("--users", str(users), "--seed", str(SEED)),
-            env={**env, "LOG_LEVEL": "WARNING"},
-            cwd=tree,
-        )
-        emitter.wait_ok(600)
-        wait_for_rows(engine, count)
+        start_feed(load, env, tree).wait_ok(600)
+        wait_for_rows(engine, load.count)
         elapsed = time.monotonic() - started
         redis_used = redis_cpu_s(client) - redis_before
         rss = max(peak_rss_mb(proc) for proc in procs)
@@ -194,51 +327,39 @@ def end_to_end(
     finally:
         for proc in procs:
             proc.stop()
-    return Run(count / elapsed, rss, redis_used, consumers_used, writes)
+    return Run(load.count / elapsed, rss, redis_used, consumers_used, writes)
 
 
 def txstream(transport: str, subscribers: int):
     """A measured run of txstream's own subscriber(s); checks exactly once."""
 
-    def run(engine, client, count: int, users: int, tree: Path) -> Run:
-        result = end_to_end(
-            engine,
-            client,
-            count,
-            users,
-            [["sub_and_store.py"]] * subscribers,
-            {"TRANSPORT": transport},
-            tree,
-        )
-        rows, counted = stored(engine)
-        if rows != count or counted != count:
-            raise SystemExit(f"LOSS OR DUPLICATES: {rows} rows, {counted} counted, {count} sent")
+    def run(engine, client, load: Load, tree: Path) -> Run:
+        consumers = [["sub_and_store.py"]] * subscribers
+        result = end_to_end(engine, client, load, consumers, {"TRANSPORT": transport}, tree)
+        result.checked = check_exactly_once(engine, load.count, tree)
         return result
 
     return run
 
 
-def naive(engine, client, count: int, users: int, tree: Path) -> Run:
+def naive(engine, client, load: Load, tree: Path) -> Run:
     """The seed's design: one INSERT and one COMMIT per message (bench/naive_subscriber.py)."""
     args = ["bench/naive_subscriber.py", "--redis-url", REDIS_URL, "--database-url", DATABASE_URL]
-    args += ["--stream", "bench", "--count", str(count)]
-    result = end_to_end(engine, client, count, users, [args], {"TRANSPORT": "stream"}, tree)
-    if stored(engine)[0] != count:
-        raise SystemExit(f"naive baseline stored {stored(engine)[0]} of {count}")
+    args += ["--stream", NAME, "--count", str(load.count)]
+    result = end_to_end(engine, client, load, [args], {"TRANSPORT": "stream"}, tree)
+    if stored(engine)["rows"] != load.count:
+        raise SystemExit(f"naive baseline stored {stored(engine)['rows']} of {load.count}")
     return result
 
 
-def raw_ceiling(engine, client, count: int, users: int, tree: Path) -> Run:
-    """The same rows, INSERTed straight into MariaDB in batches: no Redis, no other work.
+def raw_ceiling(engine, client, load: Load, tree: Path) -> Run:
+    """The load's rows, INSERTed straight into MariaDB in batches: no Redis, no other work.
 
     Runs no script, so `tree` is unused and there is no "before" to measure.
     """
-    # bandit B311: made-up transactions, the same every run
-    source = FakeTransactions(users, random.Random(SEED))  # nosec B311
+    count = load.count
     now = utcnow()
-    rows = [
-        (t.txn_id, t.user_id, t.amount, t.ts, now) for t in (source.next() for _ in range(count))
-    ]
+    rows = [(t.txn_id, t.user_id, t.amount, t.ts, now) for t in load.transactions()]
     empty_tables(engine)
     raw = engine.raw_connection()
     try:
@@ -266,7 +387,7 @@ MODES = {
 }
 
 
-def pubsub_backlog(client, users: int) -> tuple[int, int]:
+def pubsub_backlog(client, load: Load) -> tuple[int, int]:
     """(messages, bytes) a pub/sub subscriber can fall behind before Redis drops it.
 
     Its own buffer (PUBSUB_BUFFER messages), then Redis's output buffer for it, up to
@@ -276,11 +397,9 @@ def pubsub_backlog(client, users: int) -> tuple[int, int]:
     limits = client.config_get("client-output-buffer-limit")["client-output-buffer-limit"]
     parts = limits.split()
     hard = int(parts[parts.index("pubsub") + 1])
-    # bandit B311: made-up transactions, the same every run
-    source = FakeTransactions(users, random.Random(SEED))  # nosec B311
-    sample = [format_line(source.next()) for _ in range(1000)]
+    sample = [format_line(tx) for tx in islice(load.transactions(), 1000)]
     # *3 $7 message $N channel $M line: about 40 bytes of framing around the line.
-    per_message = statistics.mean(len(line) + len("bench") + 40 for line in sample)
+    per_message = statistics.mean(len(line) + len(NAME) + 40 for line in sample)
     return config.Settings.pubsub_buffer + int(hard / per_message), hard
 
 
@@ -352,24 +471,33 @@ def progress(run: Run) -> str:
     if run.redis_cpu_s is not None:
         text += f", Redis CPU {run.redis_cpu_s:.2f} s (batch writes {run.batch_writes_s:.2f} s)"
         text += f", subscriber CPU {run.consumer_cpu_s:.2f} s"
+    if run.checked:
+        text += f"; exactly once: {', '.join(run.checked)}"
     return text
 
 
-def measure(engine, client, args, trees: dict[str, Path]) -> dict[tuple[str, str], list[Run]]:
-    """Every run of every mode, by (mode, tree label); the trees take turns, run by run.
+Results = dict[tuple[str, str, str], list[Run]]  # by (workload, mode, tree label)
 
-    Taking turns (before 1, after 1, before 2, ...) lets the machine's noise hit both
-    alike. (d) runs no script, so it runs once a round, labelled "".
+
+def measure(engine, client, args, trees: dict[str, Path]) -> Results:
+    """Every run of every mode of every workload, in rounds.
+
+    Each round runs every mode of every workload once, each mode once per tree, in
+    turns (before, after): so the machine's noise hits before and after, and each mode
+    and its workload's ceiling, alike. (d) runs no script, so it runs once a round,
+    labelled "".
     """
-    results: dict[tuple[str, str], list[Run]] = {}
-    for key in args.modes.split(","):
-        run = MODES[key][1]
-        plan = {"": ROOT} if key == "d" else trees
-        for i in range(args.runs):
-            for label, tree in plan.items():
-                result = run(engine, client, args.count, args.users, tree)
-                results.setdefault((key, label), []).append(result)
-                print(f"#   {row_name(key, label)}, run {i + 1}: {progress(result)}", flush=True)
+    results: Results = {}
+    for i in range(args.runs):
+        for workload in args.workloads:
+            load = Load(workload, args.count, args.users)
+            for key in args.modes.split(","):
+                run = MODES[key][1]
+                for label, tree in ({"": ROOT} if key == "d" else trees).items():
+                    result = run(engine, client, load, tree)
+                    results.setdefault((workload, key, label), []).append(result)
+                    name = f"{workload}: {row_name(key, label)}"
+                    print(f"#   {name}, run {i + 1}: {progress(result)}", flush=True)
     return results
 
 
@@ -379,36 +507,38 @@ def median_of(runs: list[Run] | None, field: str) -> float | None:
     return statistics.median(values) if values else None
 
 
-def table(results: dict[tuple[str, str], list[Run]], count: int, before: str | None) -> str:
-    """The Markdown table: a row per mode and tree, with the medians of its runs.
+def table(results: Results, count: int, before: str | None) -> str:
+    """The Markdown table: a row per workload, mode and tree, with the medians of its runs.
 
     `before` is the baseline's label, if any: each "after" row then shows its ratio to
     the "before" row of its mode, and every row's "x naive" is to the naive mode of its
-    own tree (the ceiling's, to the current tree's).
+    own tree (the ceiling's, to the current tree's). "x ceiling" is to the ceiling of
+    the row's own workload.
     """
 
-    def rate(key: str, label: str) -> float | None:
-        return median_of(results.get((key, label)), "rate")
+    def rate(workload: str, key: str, label: str) -> float | None:
+        return median_of(results.get((workload, key, label)), "rate")
 
-    head = ["mode", "tx/s (median)", "x naive", "% of ceiling", "peak RSS"]
+    head = ["workload", "mode", "tx/s (median)", "x naive", "x ceiling", "peak RSS"]
     head += ["Redis CPU s", f"Redis CPU s per {PER:,}", "of it, batch writes"]
     head += ["subscriber CPU s", "runs"]
     if before:
-        head.insert(2, "after / before")
-    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 2) + "|---|"]
-    ceiling = rate("d", "")
-    for (key, label), runs in results.items():
-        median = rate(key, label)
-        naive_rate = rate("a", label or (AFTER if before else ""))
+        head.insert(3, "after / before")
+    lines = ["| " + " | ".join(head) + " |", "|---|---" + "|---:" * (len(head) - 3) + "|---|"]
+    for (workload, key, label), runs in results.items():
+        median = rate(workload, key, label)
+        naive_rate = rate(workload, "a", label or (AFTER if before else ""))
+        ceiling = rate(workload, "d", "")
         redis_cpu = median_of(runs, "redis_cpu_s")
         consumer_cpu = median_of(runs, "consumer_cpu_s")
         writes = median_of(runs, "batch_writes_s")
         rss = [r.peak_rss_mb for r in runs if r.peak_rss_mb is not None]
         cells = [
+            workload,
             row_name(key, label),
             f"{median:,.0f}",
             f"{median / naive_rate:.1f}" if naive_rate else "-",
-            f"{100 * median / ceiling:.0f}%" if ceiling else "-",
+            f"{median / ceiling:.2f}" if ceiling else "-",
             f"{max(rss):.0f} MB" if rss else "-",
             f"{redis_cpu:.2f}" if redis_cpu is not None else "-",
             f"{redis_cpu * PER / count:.2f}" if redis_cpu is not None else "-",
@@ -417,8 +547,8 @@ def table(results: dict[tuple[str, str], list[Run]], count: int, before: str | N
             ", ".join(f"{r.rate:,.0f}" for r in runs),
         ]
         if before:
-            earlier = rate(key, before) if label == AFTER else None
-            cells.insert(2, f"x{median / earlier:.2f}" if earlier else "-")
+            earlier = rate(workload, key, before) if label == AFTER else None
+            cells.insert(3, f"x{median / earlier:.2f}" if earlier else "-")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -430,6 +560,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument(
         "--modes", default="a,b,c1,c2,d", help="comma-separated, of a b c1 c2 d (default: all)"
+    )
+    parser.add_argument(
+        "--workloads",
+        nargs="+",
+        choices=WORKLOADS,
+        default=list(WORKLOADS),
+        help="typical: the emitter's burst; hard: uniform users, times over the last day "
+        "(default: both)",
     )
     parser.add_argument(
         "--baseline",
@@ -447,9 +585,10 @@ def main() -> None:
         (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
         platform.machine(),
     )
+    workloads = "; ".join(f"{name}: {WORKLOADS[name].description}" for name in args.workloads)
     title = (
-        f"{args.count:,} transactions, {args.users:,} users; {datetime.date.today()}, "
-        f"{os.cpu_count()} cores ({cpu})"
+        f"{args.count:,} transactions, {args.users:,} users ({workloads}); "
+        f"{datetime.date.today()}, {os.cpu_count()} cores ({cpu})"
     )
     print(f"# {title}; Python {platform.python_version()}, median of {args.runs} runs")
     with checkouts(args.baseline) as trees:
@@ -458,17 +597,20 @@ def main() -> None:
     print()
     print(table(results, args.count, before))
     current = AFTER if before else ""
-    if ("b", current) in results:
-        messages, hard = pubsub_backlog(client, args.users)
+    for workload in args.workloads:
+        if (workload, "b", current) not in results:
+            continue
+        messages, limit = pubsub_backlog(client, Load(workload, args.count, args.users))
         print(
-            f"\npub/sub: the subscriber keeps up with "
-            f"{median_of(results[('b', current)], 'rate'):,.0f} tx/s sustained. "
+            f"\npub/sub, {workload} workload: the subscriber keeps up with "
+            f"{median_of(results[(workload, 'b', current)], 'rate'):,.0f} tx/s sustained. "
             f"Faster, its backlog grows; loss begins when the backlog passes about "
-            f"{messages:,} messages (PUBSUB_BUFFER plus Redis's {hard // 2**20} MB "
+            f"{messages:,} messages (PUBSUB_BUFFER plus Redis's {limit // 2**20} MB "
             f"output-buffer limit for it)."
         )
     if not args.no_chart:
-        chart({row_name(*key): runs for key, runs in results.items()}, title)
+        names = {(w, key, label): f"{w}: {row_name(key, label)}" for w, key, label in results}
+        chart({names[key]: runs for key, runs in results.items()}, title)
         print(f"\nchart: {CHART.relative_to(ROOT)}")
     engine.dispose()
 
