@@ -16,7 +16,6 @@ import click
 import redis
 from flask import Flask, Response, current_app, request
 from flask.cli import with_appcontext
-from flask_limiter.errors import RateLimitExceeded
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
@@ -25,6 +24,7 @@ import config
 import models
 from txstream import access, api, pages, tokens
 from txstream.aggregates import KnownLayout, Layout, LayoutMismatch
+from txstream.keys import Keys
 from txstream.store import prepare_database
 from txstream.times import format_time, utcnow
 
@@ -93,7 +93,6 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_error_handler(HTTPException, _http_error)
-    app.register_error_handler(RateLimitExceeded, access.rate_limited)
     for outage in (redis.ConnectionError, redis.TimeoutError, OperationalError, InterfaceError):
         app.register_error_handler(outage, _unavailable)
     app.after_request(_security_headers)
@@ -190,10 +189,27 @@ def list_tokens_command() -> None:
 @click.argument("name")
 @with_appcontext
 def revoke_token_command(name: str) -> None:
-    """Revoke the token called NAME: it fails from its next request on."""
+    """Revoke the token called NAME: it fails from its next request on, in every web worker.
+
+    The database forgets it first; then Redis tells the web workers to drop the tokens they
+    have cached. If Redis cannot be told, the command fails, saying so: run it again once
+    Redis answers (it tells Redis even when the token is gone already).
+    """
     with _writer() as engine:
-        if not tokens.revoke(engine, name):
-            raise click.ClickException(f"there is no token called {name!r}")
+        revoked = tokens.revoke(engine, name)
+    try:
+        tokens.announce_revocation(
+            current_app.config["REDIS"], Keys(current_app.config["KEY_PREFIX"])
+        )
+    except redis.RedisError as exc:
+        done = f"Revoked token {name!r} in the database" if revoked else f"No token {name!r}"
+        raise click.ClickException(
+            f"{done}, but Redis could not be told ({exc}). Web workers running now may keep "
+            "accepting the token from their caches until Redis answers again and this "
+            "command is run again (or they restart): run it again as soon as Redis is back."
+        ) from None
+    if not revoked:
+        raise click.ClickException(f"there is no token called {name!r}")
     click.echo(f"Revoked token {name!r}")
 
 

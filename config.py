@@ -16,7 +16,7 @@ from decimal import Decimal, InvalidOperation
 from urllib.parse import unquote_plus
 
 from dotenv import load_dotenv
-from limits import parse_many  # flask-limiter's notation, e.g. 600/minute
+from limits import parse_many  # RATE_LIMIT's notation, e.g. 600/minute
 
 from txstream.keys import Keys
 
@@ -62,7 +62,7 @@ class Settings:
     dead_letters_max: int = DEFAULT_DEAD_LETTERS_MAX  # the dead-letter list's cap
     auth: bool = True  # the web app asks for a token; AUTH=off for local experiments only
     secret_key: str = field(default="", repr=False)  # signs the pages' session cookie
-    rate_limit: str = "600/minute"  # API requests per token (flask-limiter's notation)
+    rate_limit: str = "600/minute"  # API requests per token (`limits` notation)
     trusted_hosts: tuple[str, ...] = ()  # Host headers the web app answers; () = any
 
     @property

@@ -12,8 +12,9 @@ from sqlalchemy import select
 
 import config
 import models
-from tests.helpers import TEST_SECRET_KEY, signed_in_client
+from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL, TEST_SECRET_KEY, signed_in_client
 from txstream import tokens
+from txstream.keys import Keys
 
 PAGES = ["/", "/users/1", "/users?user_id=1"]
 BACKENDS = {  # backend: (engine fixture, Redis client fixture)
@@ -244,6 +245,105 @@ def test_rate_limit_must_be_in_its_notation(value):
         config.load({"RATE_LIMIT": value})
 
 
+# --- the token cache: a revocation is seen on the next request, in every process ------------
+
+
+def cached(app, token: str):
+    """A client of `app` with `token`, which `app` has now cached: it answers a Redis-only
+    request with no database at all."""
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    assert [client.get("/api/users/1/sum").status_code for _ in range(2)] == [200, 200]
+    engine = app.config["ENGINE"]
+    app.config["ENGINE"] = models.make_engine("mysql+pymysql://root@127.0.0.1:1/unreachable")
+    try:
+        assert client.get("/api/users/1/recent").status_code == 200
+    finally:
+        app.config["ENGINE"].dispose()
+        app.config["ENGINE"] = engine
+    return client
+
+
+def test_a_checked_token_is_cached(backend, key_prefix):
+    app = make_app(backend, key_prefix)
+    cached(app, create_token(app, "cached"))  # fails unless the second request was cached
+
+
+def test_a_revoked_token_fails_on_the_next_request_of_every_app(backend, key_prefix):
+    first, second = make_app(backend, key_prefix), make_app(backend, key_prefix)
+    token = create_token(first, "leaked")
+    clients = [cached(first, token), cached(second, token)]
+    revoked = (
+        make_app(backend, key_prefix).test_cli_runner().invoke(args=["revoke-token", "leaked"])
+    )
+    assert revoked.exit_code == 0, revoked.output
+    assert [c.get("/api/users/1/recent").status_code for c in clients] == [401, 401]
+
+
+@pytest.mark.services
+def test_a_token_revoked_by_another_process_fails_on_the_next_request(
+    mysql_engine, redis_client, key_prefix, run
+):
+    apps = [make_app((mysql_engine, redis_client), key_prefix) for _ in range(2)]
+    token = create_token(apps[0], "leaked")
+    clients = [cached(app, token) for app in apps]
+    env = {"DATABASE_URL": TEST_DATABASE_URL, "REDIS_URL": TEST_REDIS_URL}
+    env |= {"KEY_PREFIX": key_prefix, "SECRET_KEY": TEST_SECRET_KEY}
+    revoke = run("-m", "flask", "--app", "app", "revoke-token", "leaked", env=env)
+    revoke.wait_ok()
+    assert [c.get("/api/users/1/recent").status_code for c in clients] == [401, 401]
+
+
+def test_the_cache_never_takes_an_unknown_or_revoked_token(backend, key_prefix):
+    app = make_app(backend, key_prefix)
+    kept, revoked = create_token(app, "kept"), create_token(app, "revoked")
+    cached(app, kept), cached(app, revoked)
+    unknown = "txs_" + kept[4:-1] + ("A" if kept[-1] != "A" else "B")
+    assert app.test_client().get("/api/users/1/sum", headers=bearer(unknown)).status_code == 401
+    tokens.revoke(app.config["ENGINE"], "revoked")
+    tokens.announce_revocation(backend[1], Keys(key_prefix))
+    answers = [
+        app.test_client().get("/api/users/1/recent", headers=bearer(t)) for t in (revoked, kept)
+    ]
+    assert [a.status_code for a in answers] == [401, 200]
+
+
+def test_a_redis_that_lost_the_revocation_epoch_empties_the_caches(backend, key_prefix):
+    """Redis restarted without its data: the epoch is new, so nothing cached is trusted."""
+    app = make_app(backend, key_prefix)
+    client = cached(app, create_token(app, "lost"))
+    tokens.revoke(app.config["ENGINE"], "lost")  # and Redis was never told...
+    backend[1].delete(Keys(key_prefix).token_epoch)  # ...but it lost its data
+    assert client.get("/api/users/1/recent").status_code == 401
+
+
+def test_revoking_with_redis_down_revokes_and_says_what_is_left(backend, key_prefix, closed_port):
+    app = make_app(backend, key_prefix)
+    client = cached(app, create_token(app, "revoked"))
+    down = make_app(backend, key_prefix, REDIS=redis.Redis(port=closed_port))
+    result = down.test_cli_runner().invoke(args=["revoke-token", "revoked"])
+    assert result.exit_code != 0
+    assert "Revoked token 'revoked' in the database, but Redis could not be told" in result.output
+    assert "run it again" in result.output
+    assert tokens.listed(app.config["ENGINE"]) == []
+    again = app.test_cli_runner().invoke(args=["revoke-token", "revoked"])  # Redis is back
+    assert again.exit_code != 0 and "no token called 'revoked'" in again.output
+    assert client.get("/api/users/1/recent").status_code == 401
+
+
+def test_a_cached_token_is_checked_in_the_database_again_after_a_minute(
+    backend, key_prefix, monkeypatch
+):
+    """So that `last_used_at` is kept (written at most once a minute)."""
+    app = make_app(backend, key_prefix)
+    client = cached(app, create_token(app, "used"))
+    clock = tokens.time.monotonic() + tokens.LAST_USED_EVERY.total_seconds()
+    monkeypatch.setattr(tokens.time, "monotonic", lambda: clock)
+    app.config["ENGINE"] = models.make_engine("mysql+pymysql://root@127.0.0.1:1/unreachable")
+    assert client.get("/api/users/1/recent").status_code == 503
+    app.config["ENGINE"].dispose()
+
+
 # --- rate limits ----------------------------------------------------------------------------
 
 
@@ -258,6 +358,25 @@ def test_each_token_has_its_own_rate_limit(backend, key_prefix):
     assert second.get("/api/users/1/sum").status_code == 200
     assert first.get("/healthz").status_code == 200  # not limited
     assert backend[1].keys(f"{key_prefix}ratelimit*")
+
+
+@pytest.mark.parametrize("limit", ["3/minute", "100/second;3/minute", "3/hour;1000/day"])
+def test_a_rate_limit_is_shared_by_every_app(backend, key_prefix, limit):
+    """Two gunicorn workers are two apps: they count a token's requests together."""
+    first, second = (make_app(backend, key_prefix, RATE_LIMIT=limit) for _ in range(2))
+    token = create_token(first, "shared")
+    clients = [app.test_client() for app in (first, second, first, second)]
+    answers = [c.get("/api/users/1/sum", headers=bearer(token)) for c in clients]
+    assert [a.status_code for a in answers] == [200, 200, 200, 429]
+    assert "at most 3 per 1" in answers[-1].get_json()["error"]
+
+
+def test_without_a_token_the_rate_limit_counts_per_address(backend, key_prefix):
+    app = make_app(backend, key_prefix, RATE_LIMIT="2/minute", AUTH=False)
+    client = app.test_client()
+    answers = [client.get("/api/users/1/sum").status_code for _ in range(3)]
+    assert answers == [200, 200, 429]
+    assert app.test_client().get("/api/openapi.json").status_code == 429  # the same address
 
 
 # --- what every response says -------------------------------------------------------------
@@ -283,6 +402,16 @@ def test_with_redis_down_the_api_answers_503(app, client, closed_port):
     response = client.get("/api/users/1/recent")
     assert response.status_code == 503 and response.is_json
     assert int(response.headers["Retry-After"]) >= 5
+
+
+@pytest.mark.parametrize("path", ["/api/users/1/sum", "/api/users/1/recent"])
+def test_with_redis_down_even_a_cached_token_gets_503(backend, key_prefix, closed_port, path):
+    """Neither the rate limit nor a revocation can be checked: nothing is served."""
+    app = make_app(backend, key_prefix)
+    client = cached(app, create_token(app, "cached"))
+    app.config["REDIS"] = redis.Redis(port=closed_port, socket_connect_timeout=1)
+    response = client.get(path)
+    assert response.status_code == 503 and response.is_json
 
 
 def test_with_the_database_down_the_api_and_pages_answer_503(app, client, closed_port):

@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import pytest
 import redis
-from limits import parse
-from limits.storage import RedisStorage
-from limits.strategies import (
-    FixedWindowRateLimiter,
-    MovingWindowRateLimiter,
-    SlidingWindowCounterRateLimiter,
-)
 
 from tests.helpers import TEST_DATABASE_URL
+from txstream import tokens
 from txstream.keys import Keys
 from txstream.processes import wait_until
+from txstream.ratelimit import FixedWindows
 from txstream.recent import RecentLists
 from txstream.testing import (
     EMITTER_USER,
@@ -37,9 +32,6 @@ from txstream.transaction import Transaction, to_json_text
 pytestmark = pytest.mark.services
 
 PREFIX = "txstream:"
-# How the web app keeps its rate limits (flask-limiter: RATELIMIT_STORAGE_OPTIONS): the
-# `limits` package names each key `{key_prefix}:...`, so they land in `txstream:ratelimit:*`.
-RATE_LIMIT_PREFIX = "txstream:ratelimit"
 STREAM = "transactions"  # and the channel
 NAMES = {"KEY_PREFIX": PREFIX, "CHANNEL": STREAM, "STREAM": STREAM, "GROUP": "store"}
 COUNT, USERS, SEED = 300, 20, 11
@@ -104,6 +96,12 @@ def test_each_process_works_with_its_own_user(acl_redis, mysql_engine, run, tran
     )
     assert web.test_client().get("/healthz").json == {"redis": "ok", "database": "ok"}
     assert_recent_lists_match_db(mysql_engine, web.config["REDIS"], PREFIX)
+    api = web.test_client()
+    api.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {tokens.create(mysql_engine, 'acl')}"
+    assert [api.get("/api/users/1/recent").status_code for _ in range(2)] == [200, 200]
+    revoked = web.test_cli_runner().invoke(args=["revoke-token", "acl"])
+    assert revoked.exit_code == 0, revoked.output
+    assert api.get("/api/users/1/recent").status_code == 401
     assert refusals(acl_redis) == []
 
 
@@ -184,31 +182,25 @@ def test_the_default_user_is_off(acl_redis):
             anonymous.ping()
 
 
-@pytest.mark.parametrize(
-    "strategy",
-    [FixedWindowRateLimiter, MovingWindowRateLimiter, SlidingWindowCounterRateLimiter],
-)
-def test_the_web_user_keeps_rate_limits_under_its_prefix(acl_redis, strategy):
-    """Every Redis command of the `limits` package's storage (flask-limiter's), but reset()."""
-    storage = RedisStorage(acl_redis.url_for(WEB_USER), key_prefix=RATE_LIMIT_PREFIX)
-    limiter = strategy(storage)
-    two = parse("2/minute")
-    assert storage.check()
-    assert limiter.hit(two, "token-a") and limiter.hit(two, "token-a")
-    assert not limiter.hit(two, "token-a")
-    assert limiter.test(two, "token-b")
-    stats = limiter.get_window_stats(two, "token-a")
-    assert stats.remaining == 0 and stats.reset_time > 0
-    assert acl_redis.client().keys("*") and all(
-        key.startswith(f"{RATE_LIMIT_PREFIX}:".encode()) for key in acl_redis.client().keys("*")
+def test_the_web_user_counts_requests_and_announces_revocations(acl_redis):
+    """The rate limiter's script and revoke-token's new epoch, with the web user's rights."""
+    keys = Keys(PREFIX)
+    with client_of(acl_redis, WEB_USER) as web:
+        limits = FixedWindows(web, keys, "2/second;2/minute")
+        hits = [limits.hit(web, "token:1") for _ in range(3)]
+        assert [hit.exceeded is None for hit in hits] == [True, True, False]
+        tokens.announce_revocation(web, keys)
+        assert limits.hit(web, "token:2").epoch != hits[0].epoch
+    names = acl_redis.client().keys("*")
+    assert names and all(
+        name.startswith(b"txstream:ratelimit:") or name == keys.token_epoch.encode()
+        for name in names
     )
-    limiter.clear(two, "token-a")
-    assert limiter.hit(two, "token-a")
     assert refusals(acl_redis) == []
 
 
 def test_rate_limits_outside_the_prefix_are_refused(acl_redis):
-    """The `limits` default prefix (LIMITS) is not the web app's: configure the prefix."""
-    storage = RedisStorage(acl_redis.url_for(WEB_USER))
-    with pytest.raises(redis.ResponseError, match=REFUSED):
-        FixedWindowRateLimiter(storage).hit(parse("2/minute"), "token-a")
+    """Another KEY_PREFIX than the file's: configure both the same."""
+    with client_of(acl_redis, WEB_USER) as web:
+        with pytest.raises(redis.ResponseError, match=REFUSED):
+            FixedWindows(web, Keys("other:"), "2/minute").hit(web, "token:1")

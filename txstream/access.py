@@ -13,8 +13,9 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-import time
+from dataclasses import dataclass
 
+import redis
 from flask import (
     Blueprint,
     Flask,
@@ -28,11 +29,12 @@ from flask import (
     session,
     url_for,
 )
-from flask.sessions import SecureCookieSessionInterface
-from flask_limiter import Limiter
-from flask_limiter.errors import RateLimitExceeded
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
+from flask.wrappers import Request
 
 from txstream import queries, tokens
+from txstream.keys import Keys
+from txstream.ratelimit import FixedWindows, Hit, RateLimited
 
 log = logging.getLogger(__name__)
 bp = Blueprint("access", __name__)
@@ -46,6 +48,13 @@ class _Session(SecureCookieSessionInterface):
     def get_cookie_secure(self, app: Flask) -> bool:
         return request.is_secure or super().get_cookie_secure(app)
 
+    def open_session(self, app: Flask, incoming: Request) -> SecureCookieSession | None:
+        # No cookie (every API client): an empty session, without building the signer
+        # that Flask would make first, a twentieth of an API request's time.
+        if app.secret_key and not incoming.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, incoming)
+
 
 def init_app(app: Flask) -> None:
     """Guard every request of `app`, and set up its sessions and rate limits."""
@@ -53,40 +62,43 @@ def init_app(app: Flask) -> None:
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
     app.register_blueprint(bp)
     app.before_request(_guard)
+    app.register_error_handler(RateLimited, _rate_limited)
     app.context_processor(lambda: {"csrf_token": csrf_token, "signed_in": g.get("token_name")})
-    limiter = Limiter(
-        _rate_key,
-        app=app,
-        default_limits=[app.config["RATE_LIMIT"]],
-        default_limits_exempt_when=lambda: not request.path.startswith("/api/"),
-        # Its X-RateLimit-* headers would cost two more Redis calls per request: 429 says
-        # Retry-After itself, below.
-        headers_enabled=False,
-        storage_uri="redis://",  # the app's own Redis client, below
-        storage_options={
-            "connection_pool": app.config["REDIS"].connection_pool,
-            "key_prefix": f"{app.config['KEY_PREFIX']}ratelimit",
-        },
-        swallow_errors=True,  # Redis down: serve (and log) rather than refuse everyone
-        key_prefix="api",
+    keys = Keys(app.config["KEY_PREFIX"])
+    app.extensions["txstream_access"] = _Access(
+        FixedWindows(app.config["REDIS"], keys, app.config["RATE_LIMIT"]), tokens.Cache()
     )
-    app.extensions["txstream_limiter"] = limiter
 
 
-def _rate_key() -> str:
-    """Requests are counted per token (per address before a token is known)."""
-    return g.get("token_name") or request.remote_addr or "unknown"
+@dataclass
+class _Access:
+    """An app's rate-limit counters and the tokens it has checked lately."""
+
+    limits: FixedWindows
+    cache: tokens.Cache
 
 
 def _guard():
-    """Before every request: who is asking? Refuse what needs a token and has none."""
+    """Before every request: who is asking? Refuse what needs a token and has none; count
+    every API request against its token's rate limit (or its address's, when it needs none)."""
+    counted = request.path.startswith("/api/")
     if not current_app.config["AUTH"] or request.endpoint in OPEN_ENDPOINTS:
+        if counted:
+            _count(f"address:{request.remote_addr}").check()
         return None
     if request.routing_exception is not None:  # no such page, or a Host not trusted
         return None  # Flask answers it next; there is nothing to protect
-    if request.path.startswith("/api/") or request.path == "/api":
+    if counted or request.path == "/api":
         return _api_guard()
     return _page_guard()
+
+
+def _count(who: str) -> Hit:
+    """Count a request of `who`; the revocation epoch, read in the same Redis call, is noted."""
+    access = _access()
+    hit = access.limits.hit(current_app.config["REDIS"], who)
+    access.cache.saw(hit.epoch)
+    return hit
 
 
 def _api_guard():
@@ -96,25 +108,56 @@ def _api_guard():
         return _unauthorized("this API needs an Authorization: Bearer <token> header")
     if not tokens.looks_like_a_token(token):
         return _unauthorized("the bearer token is not valid", invalid=True)
-    name = _name_of(tokens.hash_of(token))
-    if name is None:
+    found = _checked(tokens.hash_of(token))
+    if found is None:
         return _unauthorized("the bearer token is not valid (revoked?)", invalid=True)
-    g.token_name = name
+    g.token_name = found[0].name
+    found[1].check()
     return None
+
+
+def _checked(token_hash: str) -> tuple[tokens.Token, Hit] | None:
+    """The token with this hash and its request's count, or None: one Redis call, and a
+    database look-up only when the token is not cached (or a revocation came since)."""
+    cache = _access().cache
+    try:
+        cached = cache.get(token_hash)
+        if cached is not None:
+            hit = _count(f"token:{cached[0].id}")
+            if hit.epoch == cached[1]:
+                return cached[0], hit
+            known = hit.epoch  # a token was revoked since; this epoch is read before the look-up
+            token = _find(token_hash)
+        else:
+            known = cache.epoch  # read by an earlier request: before the look-up
+            token = _find(token_hash)
+            hit = _count(f"token:{token.id}") if token is not None else None
+    except redis.RedisError:
+        cache.clear()  # revocations cannot be seen: trust no entry once Redis is back
+        raise
+    if token is None or hit is None:
+        return None
+    if known is not None:
+        cache.add(token_hash, token, known)
+    return token, hit
 
 
 def _page_guard():
     token_hash = session.get("token_hash")
-    name = _name_of(token_hash) if isinstance(token_hash, str) else None
-    if name is None:
+    token = _find(token_hash) if isinstance(token_hash, str) else None
+    if token is None:
         session.pop("token_hash", None)
         return redirect(url_for("access.login", next=request.full_path.rstrip("?")))
-    g.token_name = name
+    g.token_name = token.name
     return None
 
 
-def _name_of(token_hash: str) -> str | None:
-    return queries.read(current_app.config["ENGINE"], lambda conn: tokens.name_of(conn, token_hash))
+def _find(token_hash: str) -> tokens.Token | None:
+    return queries.read(current_app.config["ENGINE"], lambda conn: tokens.find(conn, token_hash))
+
+
+def _access() -> _Access:
+    return current_app.extensions["txstream_access"]
 
 
 def _unauthorized(message: str, invalid: bool = False):
@@ -154,16 +197,14 @@ def login():
         return render_template("login.html", next=request.args.get("next", ""), error=None)
     _check_csrf()
     token = request.form.get("token", "").strip()
-    name = None
-    if tokens.looks_like_a_token(token):
-        name = _name_of(tokens.hash_of(token))
-    if name is None:
+    found = _find(tokens.hash_of(token)) if tokens.looks_like_a_token(token) else None
+    if found is None:
         log.warning("sign-in refused from %s", request.remote_addr)
         page = render_template("login.html", next=request.form.get("next", ""), error=True)
         return page, 401
     session.clear()  # a new session: nothing from before survives a sign-in
     session["token_hash"] = tokens.hash_of(token)
-    log.info("signed in with token %r", name)
+    log.info("signed in with token %r", found.name)
     return redirect(_safe_next(request.form.get("next")))
 
 
@@ -175,12 +216,9 @@ def logout():
     return redirect(url_for("access.login"))
 
 
-def rate_limited(exc: RateLimitExceeded):
-    """429 as JSON, with Retry-After: the seconds until the token's window resets."""
-    response = jsonify(error=f"too many requests: at most {exc.limit.limit}")
+def _rate_limited(exc: RateLimited):
+    """429 as JSON, with Retry-After: the seconds until the limit's window resets."""
+    response = jsonify(error=str(exc))
     response.status_code = 429
-    window = exc.limit.limit.get_expiry()  # seconds
-    current = current_app.extensions["txstream_limiter"].current_limit
-    wait = current.reset_at - time.time() if current is not None else window
-    response.headers["Retry-After"] = str(min(max(1, round(wait)), window))
+    response.headers["Retry-After"] = str(exc.retry_after)
     return response

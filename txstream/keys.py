@@ -39,6 +39,16 @@ class Keys:
         """The version of txstream's Redis layout, so that a change of it is migrated once."""
         return f"{self.prefix}layout"
 
+    def rate_count(self, who: str, amount: int, seconds: int) -> str:
+        """The counter of `who`'s API requests in its current window of a rate limit."""
+        return f"{self.prefix}ratelimit:{who}:{amount}/{seconds}s"
+
+    @property
+    def token_epoch(self) -> str:
+        """A random value that each token revocation changes: the web workers then forget
+        the tokens they have cached (txstream.tokens.Cache)."""
+        return f"{self.prefix}tokens:epoch"
+
     @property
     def recent_pattern(self) -> str:
         """SCAN pattern of every recent list."""

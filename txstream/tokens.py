@@ -11,13 +11,17 @@ import hashlib
 import hmac
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import redis
 from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from models import api_tokens
+from txstream.keys import Keys
+from txstream.ratelimit import new_epoch
 from txstream.times import utcnow
 
 PREFIX = "txs_"  # so that a leaked token is recognisable (secret scanners, logs)
@@ -28,6 +32,14 @@ LAST_USED_EVERY = timedelta(minutes=1)  # last_used_at is written at most this o
 
 class TokenError(ValueError):
     """A token name that cannot be used; the text says why."""
+
+
+@dataclass(frozen=True)
+class Token:
+    """A valid token as the web app knows it: its row's id, and its name."""
+
+    id: int
+    name: str
 
 
 @dataclass(frozen=True)
@@ -60,9 +72,18 @@ def create(engine: Engine, name: str) -> str:
 
 
 def revoke(engine: Engine, name: str) -> bool:
-    """Delete the token called `name`; whether there was one."""
+    """Delete the token called `name`; whether there was one. Then call `announce_revocation`."""
     with engine.begin() as conn:
         return conn.execute(delete(api_tokens).where(api_tokens.c.name == name)).rowcount > 0
+
+
+def announce_revocation(client: redis.Redis, keys: Keys) -> None:
+    """Tell every web worker to forget the tokens it has cached: a new revocation epoch.
+
+    Call it after the database has committed the revocation, never before: a worker that
+    reads the new epoch must not find the token in the database any more.
+    """
+    client.set(keys.token_epoch, new_epoch())
 
 
 def listed(engine: Engine) -> list[TokenInfo]:
@@ -73,9 +94,9 @@ def listed(engine: Engine) -> list[TokenInfo]:
         return [TokenInfo(*row) for row in rows]
 
 
-_BY_HASH = select(api_tokens.c.name, api_tokens.c.token_hash, api_tokens.c.last_used_at).where(
-    api_tokens.c.token_hash == bindparam("hash")
-)
+_BY_HASH = select(
+    api_tokens.c.id, api_tokens.c.name, api_tokens.c.token_hash, api_tokens.c.last_used_at
+).where(api_tokens.c.token_hash == bindparam("hash"))
 _USED = (
     update(api_tokens)
     .where(api_tokens.c.token_hash == bindparam("hash"))
@@ -83,8 +104,8 @@ _USED = (
 )
 
 
-def name_of(conn: Connection, token_hash: str) -> str | None:
-    """The name of the token with this hash, or None if there is none (now); notes its use.
+def find(conn: Connection, token_hash: str) -> Token | None:
+    """The token with this hash, or None if there is none (now); notes its use.
 
     The look-up is by hash, so it tells an attacker nothing about a token; the final
     comparison runs in constant time all the same.
@@ -96,7 +117,65 @@ def name_of(conn: Connection, token_hash: str) -> str | None:
     if row.last_used_at is None or now - row.last_used_at >= LAST_USED_EVERY:
         conn.execute(_USED, {"hash": token_hash, "now": now})
         conn.commit()
-    return row.name
+    return Token(row.id, row.name)
+
+
+class Cache:
+    """The tokens this process found in the database lately: their hash -> Token.
+
+    An entry holds only while no token has been revoked since: it keeps the revocation
+    epoch (Redis, `Keys.token_epoch`) read before its database look-up, and a request may
+    use it only when the epoch that request reads is still that one. `revoke-token`
+    commits the deletion first and then sets a new epoch, so a token revoked after its
+    look-up changes the epoch before its next use. Epochs are random, never a count, so
+    a Redis that lost the key (and gets a new one) cannot bring an old epoch back.
+
+    Only tokens found in the database are added. An entry is dropped after
+    LAST_USED_EVERY, so that the database is asked again and `last_used_at` stays
+    current. Finding an entry by its hash tells an attacker nothing about a token, like
+    the database's index; the hashes are compared in constant time all the same.
+    """
+
+    MAX_ENTRIES = 10_000  # far more tokens than anyone makes; a bound all the same
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[str, Token, bytes, float]] = {}
+        self.epoch: bytes | None = None  # the latest epoch a request read
+
+    def get(self, token_hash: str) -> tuple[Token, bytes] | None:
+        """The cached token with this hash and the epoch it holds under, if any."""
+        entry = self._entries.get(token_hash)
+        if entry is None:
+            return None
+        stored_hash, token, epoch, added = entry
+        if time.monotonic() - added >= _LAST_USED_SECONDS:
+            self._entries.pop(token_hash, None)
+            return None
+        if not hmac.compare_digest(stored_hash, token_hash):
+            return None
+        return token, epoch
+
+    def add(self, token_hash: str, token: Token, epoch: bytes) -> None:
+        """Keep `token`, found in the database after `epoch` was read from Redis."""
+        if epoch != self.epoch:
+            return  # a revocation came since: the next look-up will add it
+        if len(self._entries) >= self.MAX_ENTRIES:
+            self._entries.clear()
+        self._entries[token_hash] = (token_hash, token, epoch, time.monotonic())
+
+    def saw(self, epoch: bytes) -> None:
+        """Note the epoch a request read; a new one drops every entry."""
+        if epoch != self.epoch:
+            self._entries.clear()
+            self.epoch = epoch
+
+    def clear(self) -> None:
+        """Forget everything (Redis could not be read: nothing is known about revocations)."""
+        self._entries.clear()
+        self.epoch = None
+
+
+_LAST_USED_SECONDS = LAST_USED_EVERY.total_seconds()
 
 
 def looks_like_a_token(text: str) -> bool:

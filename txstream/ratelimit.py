@@ -1,0 +1,96 @@
+"""The API's rate limit: fixed windows counted in Redis, shared by every web worker.
+
+RATE_LIMIT is one or more limits, e.g. `600/minute` or `10/second;100/minute` (the `limits`
+package's notation). Each has a counter per client in Redis that lives for the limit's
+window from its first request. The same script call also reads the tokens' revocation epoch
+(txstream.tokens.Cache), so that a request's token check and its count take one round trip.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+
+import redis
+from limits import RateLimitItem, parse_many
+
+from txstream.keys import Keys
+
+# KEYS[1]: the revocation epoch; KEYS[2..]: a counter per limit. ARGV[1]: the epoch to set
+# when there is none (Redis lost it, or it was never set); ARGV[2..]: each counter's window
+# in seconds. Returns the epoch, then each counter's count and its seconds to live.
+_HIT = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  redis.call('SET', KEYS[1], ARGV[1])
+  epoch = ARGV[1]
+end
+local result = {epoch}
+for i = 2, #KEYS do
+  local count = redis.call('INCR', KEYS[i])
+  if count == 1 then
+    redis.call('EXPIRE', KEYS[i], ARGV[i])
+  end
+  result[#result + 1] = count
+  result[#result + 1] = redis.call('TTL', KEYS[i])
+end
+return result
+"""
+
+
+class RateLimited(Exception):
+    """A client made more requests than a limit allows; `retry_after` is in whole seconds."""
+
+    def __init__(self, limit: RateLimitItem, retry_after: int) -> None:
+        super().__init__(f"too many requests: at most {limit}")
+        self.limit = limit
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Hit:
+    """What counting a request found: the revocation epoch, and the first limit exceeded."""
+
+    epoch: bytes
+    exceeded: RateLimited | None
+
+    def check(self) -> None:
+        """Raise RateLimited if the request went over a limit."""
+        if self.exceeded is not None:
+            raise self.exceeded
+
+
+def new_epoch() -> bytes:
+    """A revocation epoch never used before (128 random bits)."""
+    return secrets.token_hex(16).encode()
+
+
+class FixedWindows:
+    """The counters of RATE_LIMIT in Redis, under `{KEY_PREFIX}ratelimit:`."""
+
+    def __init__(self, client: redis.Redis, keys: Keys, limits: str) -> None:
+        self.keys = keys
+        self.limits = parse_many(limits)
+        self._windows = [limit.get_expiry() for limit in self.limits]
+        self._script = client.register_script(_HIT)
+
+    def hit(self, client: redis.Redis, who: str) -> Hit:
+        """Count a request of `who` against every limit; the epoch read in the same call."""
+        counters = [
+            self.keys.rate_count(who, limit.amount, window)
+            for limit, window in zip(self.limits, self._windows, strict=True)
+        ]
+        epoch, *counts = self._script(
+            keys=[self.keys.token_epoch, *counters],
+            args=[new_epoch(), *self._windows],
+            client=client,
+        )
+        exceeded = None
+        for limit, window, count, ttl in zip(
+            self.limits, self._windows, counts[::2], counts[1::2], strict=True
+        ):
+            if count > limit.amount:
+                wait = min(max(1, ttl), window)
+                if exceeded is None or wait > exceeded.retry_after:
+                    exceeded = RateLimited(limit, wait)
+        return Hit(epoch, exceeded)
