@@ -34,7 +34,7 @@ from txstream.aggregates import LayoutMismatch
 from txstream.dialect import UnsupportedDatabase, is_transient
 from txstream.recent import RecentLists
 from txstream.runtime import GiveUp, Outage, StopFlag, retry, short_error, with_traceback
-from txstream.store import Committed, Store, dead_letter
+from txstream.store import Committed, Prepared, Store, dead_letter
 from txstream.transaction import Transaction
 from txstream.transport import Message, Source, is_redis_outage, make_source
 from txstream.wire import MalformedMessage, latest_accepted, parse
@@ -180,13 +180,17 @@ class Subscriber:
         self._report(last_report)
 
     def _hand_over(self, flushing: Future | None, batch: Batch) -> Future:
-        """Wait for the batch in the database stage (raising its errors); pass `batch` on."""
+        """Prepare `batch`'s statements while the batch before it is in the database stage;
+        wait for that one (raising its errors); pass `batch` on."""
+        prepared = self.store.prepare(batch.txns) if batch.txns else None
         redis_stage = flushing.result() if flushing is not None else None
-        return self._db_stage.submit(self._commit_then_pass_on, batch, redis_stage)
+        return self._db_stage.submit(self._commit_then_pass_on, batch, prepared, redis_stage)
 
-    def _commit_then_pass_on(self, batch: Batch, redis_stage: Future | None) -> Future:
+    def _commit_then_pass_on(
+        self, batch: Batch, prepared: Prepared | None, redis_stage: Future | None
+    ) -> Future:
         """The database stage: commit `batch`, then queue its Redis writes behind the last."""
-        committed = self._commit(batch)
+        committed = self._commit(batch, prepared)
         if redis_stage is not None:
             redis_stage.result()
         return self._redis_stage.submit(self._write_redis, batch, committed)
@@ -199,11 +203,14 @@ class Subscriber:
         """
         self._write_redis(batch, self._commit(batch))
 
-    def _commit(self, batch: Batch) -> Committed | None:
+    def _commit(self, batch: Batch, prepared: Prepared | None = None) -> Committed | None:
         """The batch committed; None when it failed and stays in the stream."""
         try:
             committed = retry(
-                self.database, lambda: self.store.commit(batch.txns), is_transient, self.stop
+                self.database,
+                lambda: self.store.commit(batch.txns, prepared),
+                is_transient,
+                self.stop,
             )
         except GiveUp:
             raise
@@ -367,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def prepare() -> None:
         models.create_schema(engine)
-        store.prepare()
+        store.check_layout()
 
     try:
         try:

@@ -142,6 +142,21 @@ def dead_letters(store: Store) -> list[tuple[str, str]]:
     return [(d["raw"], d["reason"]) for d in map(json.loads, items)]
 
 
+def test_a_prepared_batch_stores_only_what_is_not_stored_by_then(store):
+    """The subscriber prepares a batch's statements before its turn; a redelivery or
+    another subscriber may store some of it meanwhile."""
+    batch = [tx("p1"), tx("p2", amount="2.50"), tx("p3", user_id=2)]
+    prepared = store.prepare(batch)
+    store_batches(store, [batch[1]])
+
+    committed = store.commit(batch, prepared)
+
+    assert [t.txn_id for t in committed.new] == ["p1", "p3"]
+    assert [t.txn_id for t in committed.stored_before] == ["p2"]
+    assert stored_rows(store) == batch
+    assert_totals_match_rows(store)
+
+
 def test_a_txn_id_again_with_another_user_amount_or_time_is_a_dead_letter(store):
     """The first one stored wins; within a batch as across batches. An exact repeat
     stays a counted duplicate."""
@@ -255,6 +270,17 @@ def test_late_transaction_takes_its_place_in_recent(store):
     middle = tx("middle", at=T0 + timedelta(seconds=25))
     store_batches(store, [middle])
     assert recent(store, 1) == [*newer[:1:-1], middle, newer[1]]
+
+
+def test_a_late_transaction_at_the_time_of_the_fifth_is_placed_by_txn_id(store):
+    newer = [tx(f"n{s}", at=T0 + timedelta(seconds=s)) for s in (10, 20, 30, 40, 50)]
+    store_batches(store, newer)
+    older = tx("n0", at=newer[0].ts)  # "n0" < "n10": after the fifth, so left out
+    store_batches(store, [older])
+    assert recent(store, 1) == newer[::-1]
+    later = tx("n2", at=newer[0].ts)  # "n2" > "n10": before it, so it takes its place
+    store_batches(store, [later])
+    assert recent(store, 1) == [*newer[:0:-1], later]
 
 
 def test_recent_never_holds_a_transaction_twice(store):

@@ -9,8 +9,9 @@ write one user at once, so the lists are merged inside Redis, atomically, by a L
 function that the subscriber's batch script calls for each user (txstream.store). Items
 begin with their time at a fixed place, so the merge compares items without decoding
 JSON. The usual case is a new transaction newer than the list's head: one LPUSH (and a
-trim). Otherwise the list and the new items are merged, repeats dropped, and written back
-only if something changed.
+trim). Next, late transactions older than everything in a full list: left out, after one
+look at its last item. Otherwise the list and the new items are merged, repeats dropped,
+and written back only if something changed.
 """
 
 from __future__ import annotations
@@ -72,6 +73,12 @@ local function merge_recent(key, first, last)
       redis.call('LTRIM', key, 0, RECENT - 1)
     end
     return replaced, 0
+  end
+  if redis.call('LLEN', key) == RECENT then  -- full: are all the new items too old for it?
+    local last_kept = redis.call('LINDEX', key, RECENT - 1)
+    if is_item(last_kept) and newer(last_kept, ARGV[last]) then
+      return replaced, 0
+    end
   end
   local old = redis.call('LRANGE', key, 0, RECENT - 1)
   local merged, seen, dropped = {{}}, {{}}, 0

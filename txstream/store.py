@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,6 +48,8 @@ log = logging.getLogger(__name__)
 # the batch is then rolled back and stored again.
 _CONFLICT_RETRIES = 5
 CONFLICT = "conflicts with the stored transaction"
+# How old a prepared batch may be at its commit: its rows' received_at is when it was made.
+_PREPARED_FOR = 1.0  # seconds
 _REBUILD_CHUNK = 20_000  # stored rows read at a time when building the aggregates
 _UNPACK = 1000  # arguments per Lua unpack(): its stack holds a few thousand at most
 # Bytes of a message kept in its dead letter: a dead letter stays small whatever was sent
@@ -103,6 +106,19 @@ class Committed:
     rejected: list[dict] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """A batch's statements, made before its turn in the database stage (by the thread that
+    reads the next batch meanwhile): they store it when none of its txn_ids is stored yet,
+    the usual case. Otherwise the commit works out the rest itself."""
+
+    sorted_out: Committed  # what storing the batch does if nothing of it is stored yet
+    insert: str  # INSERT, skipping stored txn_ids, of sorted_out.new
+    add_to_windows: str
+    add_to_buckets: str
+    made_at: float  # time.monotonic()
+
+
 def dead_letter(raw: bytes | str, reason: str, at: datetime | None = None) -> dict:
     """The dead-letter record of a message: its first 4 KiB (non-UTF-8 bytes kept
     escaped), the whole message's size in bytes and SHA-256, why, and when."""
@@ -132,7 +148,7 @@ class Store:
         self.client = client
         self.keys = keys
         self.layout = Layout.for_window(window_seconds)
-        self._prepared = False  # whether the database's layout was checked
+        self._layout_checked = False
         self.group = group  # the stream's consumer group, whose entries are acknowledged
         self.dead_letters_max = dead_letters_max  # the dead-letter list keeps the newest
         self._write_batch = client.register_script(_WRITE_BATCH)
@@ -145,21 +161,37 @@ class Store:
         self.write_redis(committed, dead, entry_ids)
         return committed
 
-    def prepare(self) -> None:
+    def check_layout(self) -> None:
         """Check (or record) the database's layout of aggregates: see `prepare_database`."""
         prepare_database(self.engine, self.layout)
-        self._prepared = True
+        self._layout_checked = True
 
-    def commit(self, txns: Sequence[Transaction]) -> Committed:
-        """Insert the new transactions and add them to their windows, in one DB transaction.
+    def prepare(self, txns: Sequence[Transaction]) -> Prepared:
+        """The statements that commit `txns` when none of their txn_ids is stored yet."""
+        sql, now = statements(self.engine.dialect), utcnow()
+        sorted_out = _sort_out(txns, {})
+        new = sorted_out.new
+        windows = window_totals(new, self.layout.window_seconds)
+        buckets = bucket_totals(new, self.layout.bucket_seconds)
+        return Prepared(
+            sorted_out,
+            sql.insert_ignore.format(rows=_rows(new, now)),
+            sql.add_to_windows.format(rows=_window_rows(windows, now)),
+            sql.add_to_buckets.format(rows=_bucket_rows(buckets)),
+            time.monotonic(),
+        )
+
+    def commit(self, txns: Sequence[Transaction], prepared: Prepared | None = None) -> Committed:
+        """Insert the new transactions and add them to their windows and buckets, in one
+        database transaction; with `prepared`, the statements `prepare(txns)` made.
 
         Connection errors propagate, with nothing committed, for the caller to retry.
         Raises `LayoutMismatch` when the database's aggregates are of another layout.
         """
-        if not self._prepared:
-            self.prepare()
+        if not self._layout_checked:
+            self.check_layout()
         try:
-            return self._commit_with_retry(txns)
+            return self._commit_with_retry(txns, prepared)
         except DataError:
             # Not expected after parsing; but one bad row must not cost the others.
             log.exception("the database rejected a batch; storing it row by row")
@@ -186,11 +218,13 @@ class Store:
                 dropped,
             )
 
-    def _commit_with_retry(self, txns: Sequence[Transaction]) -> Committed:
+    def _commit_with_retry(
+        self, txns: Sequence[Transaction], prepared: Prepared | None = None
+    ) -> Committed:
         for attempt in range(1, _CONFLICT_RETRIES + 1):
             try:
                 with self.engine.begin() as conn:
-                    return self._insert_new(conn, txns)
+                    return self._insert_new(conn, txns, prepared)
             except IntegrityError:
                 if attempt == _CONFLICT_RETRIES:
                     raise
@@ -212,7 +246,9 @@ class Store:
             committed.rejected += one.rejected
         return committed
 
-    def _insert_new(self, conn: Connection, txns: Sequence[Transaction]) -> Committed:
+    def _insert_new(
+        self, conn: Connection, txns: Sequence[Transaction], prepared: Prepared | None
+    ) -> Committed:
         """The storing steps, the same on every database.
 
         Usually one INSERT that skips stored txn_ids, kept when it inserted every row
@@ -223,22 +259,23 @@ class Store:
         """
         if not txns:
             return Committed()
-        sql = statements(conn.dialect)
-        now = utcnow()
-        committed = _sort_out(txns, {})
+        if prepared is None or time.monotonic() - prepared.made_at > _PREPARED_FOR:
+            prepared = self.prepare(txns)
+        sql, committed = statements(conn.dialect), prepared.sorted_out
         attempt = conn.begin_nested()  # a savepoint
-        rows = _rows(committed.new, now)
-        inserted = conn.exec_driver_sql(sql.insert_ignore.format(rows=rows)).rowcount
+        inserted = conn.exec_driver_sql(prepared.insert).rowcount
         if inserted == len(committed.new) and (
             sql.warning_count is None or conn.exec_driver_sql(sql.warning_count).scalar() == 0
         ):
             attempt.commit()
-        else:
-            attempt.rollback()
-            committed = _sort_out(txns, _stored(conn, committed.new))
-            if committed.new:
-                conn.exec_driver_sql(PLAIN_INSERT.format(rows=_rows(committed.new, now)))
+            conn.exec_driver_sql(prepared.add_to_windows)
+            conn.exec_driver_sql(prepared.add_to_buckets)
+            return committed
+        attempt.rollback()
+        committed = _sort_out(txns, _stored(conn, committed.new))
         if committed.new:
+            now = utcnow()
+            conn.exec_driver_sql(PLAIN_INSERT.format(rows=_rows(committed.new, now)))
             add_to_aggregates(conn, sql, committed.new, self.layout, now)
         return committed
 
