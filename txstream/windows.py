@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -56,8 +57,9 @@ def window_totals(txns: Iterable[Transaction], window_seconds: int) -> list[Wind
                 total[2] = amount
             elif amount > total[3]:
                 total[3] = amount
+    start = functools.cache(lambda window: from_micros(window * length))  # a few per batch
     return [
-        WindowTotal(user_id, from_micros(window * length), *totals[user_id, window])
+        WindowTotal(user_id, start(window), *totals[user_id, window])
         for user_id, window in sorted(totals)
     ]
 
@@ -77,7 +79,7 @@ def bucket_totals(
         else:
             total[0] += 1
             total[1] = add(total[1], tx.amount)
+    start = functools.cache(lambda bucket: from_micros(bucket * length))
     return [
-        (user_id, from_micros(bucket * length), *totals[user_id, bucket])
-        for user_id, bucket in sorted(totals)
+        (user_id, start(bucket), *totals[user_id, bucket]) for user_id, bucket in sorted(totals)
     ]
