@@ -105,20 +105,42 @@ _AGGREGATE_SUM = union_all(
 )
 
 
+# Most users have a few transactions in a range: their raw rows, one short index range, cost
+# less than the three tables of the aggregates (docs/BENCHMARKS.md).
+FEW_ROWS = 100
+_FIRST_ROWS = (
+    _RAW_SUM.with_only_columns(_t.c.amount).limit(bindparam("probe", type_=Integer)).subquery()
+)
+_FEW_ROWS_SUM = select(func.count(), money_sum(_FIRST_ROWS.c.amount))
+
+
 def user_sum(
-    conn: Connection, user_id: int, start: datetime, end: datetime, layout: Layout | None
+    conn: Connection,
+    user_id: int,
+    start: datetime,
+    end: datetime,
+    layout: Layout | None,
+    few_rows: int = FEW_ROWS,
 ) -> tuple[int, Decimal]:
     """Count and exact sum of the user's transactions with `start < ts <= end`.
 
-    Read from the aggregates of `layout`, at a cost bounded whatever the user's volume;
-    from the raw rows when `layout` is None (no aggregates recorded yet).
+    Summed from the raw rows when there are at most `few_rows` of them (found by reading
+    at most one more); else read from the aggregates of `layout`, at a cost bounded whatever
+    the user's volume. From all the raw rows when `layout` is None (no aggregates yet).
     """
+    params = {"user_id": user_id, "start": start, "end": end}
     if layout is None:
-        params = {"user_id": user_id, "start": start, "end": end}
-        rows = conn.execute(_RAW_SUM, params).all()
-    else:
-        parts = split_range(start, end, layout)
-        rows = conn.execute(_AGGREGATE_SUM, {"user_id": user_id, **parts._asdict()}).all()
+        return _added(conn.execute(_RAW_SUM, params).all())
+    if few_rows > 0:
+        count, total = _added(conn.execute(_FEW_ROWS_SUM, {**params, "probe": few_rows + 1}))
+        if count <= few_rows:
+            return count, total
+    parts = split_range(start, end, layout)
+    return _added(conn.execute(_AGGREGATE_SUM, {"user_id": user_id, **parts._asdict()}))
+
+
+def _added(rows) -> tuple[int, Decimal]:
+    """The total (count, sum) of rows of (count, sum) that may be NULL."""
     count, total = 0, Decimal("0.00")
     for part_count, part_total in rows:
         if part_count:
