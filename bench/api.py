@@ -66,18 +66,20 @@ LOAD_SQL = text(
 )
 # A window or bucket starts at a whole multiple of :w seconds since the epoch, as in
 # txstream/windows.py: arithmetic on DATETIMEs, whatever the session's time zone.
-START_SQL = """TIMESTAMP'1970-01-01 00:00:00' + INTERVAL
-               (TIMESTAMPDIFF(SECOND, TIMESTAMP'1970-01-01 00:00:00', ts) DIV :w * :w) SECOND
-               AS start"""
-WINDOWS_SQL = text(f"""
+WINDOWS_SQL = text("""
     INSERT INTO user_window_totals
         (user_id, window_start, tx_count, amount_sum, amount_min, amount_max, updated_at)
-    SELECT user_id, {START_SQL},
+    SELECT user_id, TIMESTAMP'1970-01-01 00:00:00' + INTERVAL
+               (TIMESTAMPDIFF(SECOND, TIMESTAMP'1970-01-01 00:00:00', ts) DIV :w * :w) SECOND
+               AS start,
            COUNT(*), SUM(amount), MIN(amount), MAX(amount), UTC_TIMESTAMP(6)
     FROM transactions WHERE user_id BETWEEN :lo AND :hi GROUP BY user_id, start""")
-BUCKETS_SQL = text(f"""
+BUCKETS_SQL = text("""
     INSERT INTO user_bucket_totals (user_id, bucket_start, tx_count, amount_sum)
-    SELECT user_id, {START_SQL}, COUNT(*), SUM(amount)
+    SELECT user_id, TIMESTAMP'1970-01-01 00:00:00' + INTERVAL
+               (TIMESTAMPDIFF(SECOND, TIMESTAMP'1970-01-01 00:00:00', ts) DIV :w * :w) SECOND
+               AS start,
+           COUNT(*), SUM(amount)
     FROM transactions WHERE user_id BETWEEN :lo AND :hi GROUP BY user_id, start""")
 NEWEST_SQL = text("""
     SELECT txn_id, user_id, amount, ts FROM (

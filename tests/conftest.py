@@ -150,6 +150,19 @@ def mariadb_engine(mysql_engine):
     engine.dispose()
 
 
+@pytest.fixture(
+    params=["sqlite+fakeredis", pytest.param("mariadb+redis", marks=pytest.mark.services)]
+)
+def backend(request):
+    """(engine, Redis client): a test taking it runs on SQLite with fakeredis, and on the
+    real MariaDB and Redis."""
+    names = {  # backend: (engine fixture, Redis client fixture)
+        "sqlite+fakeredis": ("sqlite_engine", "fake_redis"),
+        "mariadb+redis": ("mysql_engine", "redis_client"),
+    }
+    return tuple(request.getfixturevalue(name) for name in names[request.param])
+
+
 @pytest.fixture
 def app(sqlite_engine, fake_redis):
     """The web app on SQLite and fakeredis; its CLOCK always says 2024-05-06 12:00 UTC."""

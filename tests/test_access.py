@@ -17,19 +17,6 @@ from txstream import tokens
 from txstream.keys import Keys
 
 PAGES = ["/", "/users/1", "/users?user_id=1"]
-BACKENDS = {  # backend: (engine fixture, Redis client fixture)
-    "sqlite+fakeredis": ("sqlite_engine", "fake_redis"),
-    "mariadb+redis": ("mysql_engine", "redis_client"),
-}
-
-
-@pytest.fixture(
-    params=["sqlite+fakeredis", pytest.param("mariadb+redis", marks=pytest.mark.services)]
-)
-def backend(request):
-    """(engine, Redis client): every test here runs on SQLite with fakeredis and on the
-    real MariaDB and Redis."""
-    return tuple(request.getfixturevalue(name) for name in BACKENDS[request.param])
 
 
 def make_app(backend, key_prefix, **settings):

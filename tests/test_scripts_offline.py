@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import signal
 
+import models
+from txstream.aggregates import Layout
 from txstream.processes import Script
+from txstream.store import prepare_database
 
 
 def test_subscriber_waiting_for_redis_stops_at_once_on_sigterm(tmp_path, closed_port):
@@ -51,4 +54,25 @@ def test_subscriber_refuses_a_database_it_does_not_run_on(closed_port):
     assert subscriber.wait(30) == 2
     assert "DATABASE_URL: txstream runs on MySQL, MariaDB or SQLite, not 'postgresql'" in (
         subscriber.output
+    )
+
+
+def test_subscriber_refuses_a_database_kept_with_another_window(tmp_path, closed_port):
+    database_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
+    engine = models.make_engine(database_url)
+    models.create_schema(engine)
+    prepare_database(engine, Layout.for_window(6 * 3600))  # as a first subscriber does
+    engine.dispose()
+    subscriber = Script(
+        "sub_and_store.py",
+        env={
+            "REDIS_URL": f"redis://127.0.0.1:{closed_port}/0",
+            "DATABASE_URL": database_url,
+            "WINDOW_HOURS": "1",
+        },
+    )
+    assert subscriber.wait(30) == 2
+    assert (
+        "cannot store: the database's aggregates are of windows of 6 h, buckets of 60 s, "
+        "not windows of 1 h, buckets of 60 s: set WINDOW_HOURS=6" in subscriber.output
     )

@@ -15,12 +15,14 @@ from decimal import Decimal
 
 import pytest
 import redis
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 
-from models import transactions, user_window_totals
+from models import settings, transactions, user_bucket_totals, user_window_totals
+from txstream.aggregates import Layout, LayoutMismatch, recorded_layout
 from txstream.keys import Keys
 from txstream.recent import RecentLists
 from txstream.store import CONFLICT, Committed, Store, dead_letter
+from txstream.testing import assert_totals_match_raw_rows
 from txstream.times import MICROSECOND
 from txstream.transaction import Transaction, to_json_text
 from txstream.windows import window_totals
@@ -140,6 +142,34 @@ def dead_letters(store: Store) -> list[tuple[str, str]]:
     """The raw line and reason of each dead letter in Redis, oldest first."""
     items = store.client.lrange(store.keys.dead, 0, -1)
     return [(d["raw"], d["reason"]) for d in map(json.loads, items)]
+
+
+def test_the_totals_of_an_earlier_txstreams_database_are_built_from_its_rows(store, monkeypatch):
+    """Rows stored by a txstream that kept no buckets and recorded no layout: the first
+    writer to start builds the windows and buckets from the raw rows (a chunk at a time:
+    a (user, window) may span two chunks), records the layout, and stores on."""
+    monkeypatch.setattr("txstream.store._REBUILD_CHUNK", 7)
+    old = [tx(f"o{i}", 1 + i % 3, f"{i}.25", T0 + timedelta(minutes=7 * i)) for i in range(150)]
+    store_batches(store, old)
+    with store.engine.begin() as conn:  # as an earlier txstream left it, windows half gone
+        conn.execute(delete(settings))
+        conn.execute(delete(user_bucket_totals))
+        conn.execute(delete(user_window_totals).where(user_window_totals.c.user_id == 1))
+
+    upgraded = Store(store.engine, store.client, store.keys, WINDOW)
+    upgraded.store([tx("new", 2, "9.99", T0 + timedelta(days=2))])
+
+    assert_totals_match_raw_rows(store.engine, WINDOW)  # windows, buckets, the layout
+    with store.engine.connect() as conn:
+        assert recorded_layout(conn) == Layout(WINDOW, 60)
+
+
+def test_a_writer_with_another_window_refuses_the_database(store):
+    store_batches(store, [tx("a")])
+
+    with pytest.raises(LayoutMismatch, match="set WINDOW_HOURS=6, or use another database"):
+        Store(store.engine, store.client, store.keys, 3600).commit([tx("b")])
+    assert stored_rows(store) == [tx("a")]
 
 
 def test_a_prepared_batch_stores_only_what_is_not_stored_by_then(store):

@@ -79,20 +79,6 @@ def expected_sum(txns: list[Transaction], start: datetime, end: datetime) -> tup
     return len(amounts), sum(amounts, Decimal("0.00"))
 
 
-BACKENDS = {  # backend: (engine fixture, Redis client fixture)
-    "sqlite+fakeredis": ("sqlite_engine", "fake_redis"),
-    "mariadb+redis": ("mysql_engine", "redis_client"),
-}
-
-
-@pytest.fixture(
-    params=["sqlite+fakeredis", pytest.param("mariadb+redis", marks=pytest.mark.services)]
-)
-def backend(request):
-    """(engine, Redis client): on SQLite with fakeredis, and on the real MariaDB and Redis."""
-    return tuple(request.getfixturevalue(name) for name in BACKENDS[request.param])
-
-
 @pytest.fixture
 def app(backend, key_prefix):
     from app import create_app  # here, not at the top: importing `app` builds an app

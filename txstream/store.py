@@ -40,7 +40,7 @@ from txstream.keys import Keys
 from txstream.recent import MERGE_RECENT_LUA, merge_arguments
 from txstream.times import format_time, sql_time, utcnow
 from txstream.transaction import Transaction, checked_txn_id
-from txstream.windows import bucket_totals, window_totals
+from txstream.windows import totals
 from txstream.wire import format_line
 
 log = logging.getLogger(__name__)
@@ -172,8 +172,7 @@ class Store:
         sql, now = statements(self.engine.dialect), utcnow()
         sorted_out = _sort_out(txns, {})
         new = sorted_out.new
-        windows = window_totals(new, self.layout.window_seconds)
-        buckets = bucket_totals(new, self.layout.bucket_seconds)
+        windows, buckets = totals(new, self.layout.window_seconds, self.layout.bucket_seconds)
         return Prepared(
             sorted_out,
             sql.insert_ignore.format(rows=_rows(new, now)),
@@ -285,9 +284,8 @@ def add_to_aggregates(
     conn: Connection, sql: StoreStatements, txns: list[Transaction], layout: Layout, now: datetime
 ) -> None:
     """Add `txns` to their windows and buckets."""
-    windows = window_totals(txns, layout.window_seconds)
+    windows, buckets = totals(txns, layout.window_seconds, layout.bucket_seconds)
     conn.exec_driver_sql(sql.add_to_windows.format(rows=_window_rows(windows, now)))
-    buckets = bucket_totals(txns, layout.bucket_seconds)
     conn.exec_driver_sql(sql.add_to_buckets.format(rows=_bucket_rows(buckets)))
 
 

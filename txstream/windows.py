@@ -30,56 +30,51 @@ class WindowTotal:
     amount_min: Decimal
     amount_max: Decimal
 
-    def add(self, amount: Decimal) -> None:
-        """Count one more transaction of `amount`."""
-        self.tx_count += 1
-        self.amount_sum = MONEY_CONTEXT.add(self.amount_sum, amount)
-        self.amount_min = min(self.amount_min, amount)
-        self.amount_max = max(self.amount_max, amount)
-
 
 def window_totals(txns: Iterable[Transaction], window_seconds: int) -> list[WindowTotal]:
     """Totals per (user, window) of `txns`, sorted by key so that locks are taken in order."""
-    length = window_seconds * 10**6
-    # [count, sum, min, max] by (user, window number): the subscriber's hot path.
-    totals: dict[tuple[int, int], list] = {}
-    add = MONEY_CONTEXT.add
-    for tx in txns:
-        key = (tx.user_id, to_micros(tx.ts) // length)
-        total = totals.get(key)
-        amount = tx.amount
-        if total is None:
-            totals[key] = [1, amount, amount, amount]
-        else:
-            total[0] += 1
-            total[1] = add(total[1], amount)
-            if amount < total[2]:
-                total[2] = amount
-            elif amount > total[3]:
-                total[3] = amount
-    start = functools.cache(lambda window: from_micros(window * length))  # a few per batch
-    return [
-        WindowTotal(user_id, start(window), *totals[user_id, window])
-        for user_id, window in sorted(totals)
-    ]
+    return totals(txns, window_seconds, window_seconds)[0]
 
 
-def bucket_totals(
-    txns: Iterable[Transaction], bucket_seconds: int
-) -> list[tuple[int, datetime, int, Decimal]]:
+def bucket_totals(txns: Iterable[Transaction], bucket_seconds: int) -> list[BucketTotal]:
     """(user_id, bucket_start, count, sum) per (user, bucket) of `txns`, sorted by key."""
-    length = bucket_seconds * 10**6
-    totals: dict[tuple[int, int], list] = {}
+    return totals(txns, bucket_seconds, bucket_seconds)[1]
+
+
+BucketTotal = tuple[int, datetime, int, Decimal]  # user_id, bucket_start, count, sum
+
+
+def totals(
+    txns: Iterable[Transaction], window_seconds: int, bucket_seconds: int
+) -> tuple[list[WindowTotal], list[BucketTotal]]:
+    """The window totals and the bucket totals of `txns`, in one pass: the subscriber's hot
+    path. Each list is sorted by key, so that locks are taken in order."""
+    window_length, bucket_length = window_seconds * 10**6, bucket_seconds * 10**6
+    # By (user, window number): [count, sum, min, max]; by (user, bucket number): [count, sum]
+    windows: dict[tuple[int, int], list] = {}
+    buckets: dict[tuple[int, int], list] = {}
     add = MONEY_CONTEXT.add
     for tx in txns:
-        key = (tx.user_id, to_micros(tx.ts) // length)
-        total = totals.get(key)
-        if total is None:
-            totals[key] = [1, tx.amount]
+        micros, amount = to_micros(tx.ts), tx.amount
+        window = windows.get(key := (tx.user_id, micros // window_length))
+        if window is None:
+            windows[key] = [1, amount, amount, amount]
         else:
-            total[0] += 1
-            total[1] = add(total[1], tx.amount)
-    start = functools.cache(lambda bucket: from_micros(bucket * length))
-    return [
-        (user_id, start(bucket), *totals[user_id, bucket]) for user_id, bucket in sorted(totals)
-    ]
+            window[0] += 1
+            window[1] = add(window[1], amount)
+            if amount < window[2]:
+                window[2] = amount
+            elif amount > window[3]:
+                window[3] = amount
+        bucket = buckets.get(key := (tx.user_id, micros // bucket_length))
+        if bucket is None:
+            buckets[key] = [1, amount]
+        else:
+            bucket[0] += 1
+            bucket[1] = add(bucket[1], amount)
+    window_start = functools.cache(lambda n: from_micros(n * window_length))  # few a batch
+    bucket_start = functools.cache(lambda n: from_micros(n * bucket_length))
+    return (
+        [WindowTotal(user, window_start(n), *windows[user, n]) for user, n in sorted(windows)],
+        [(user, bucket_start(n), *buckets[user, n]) for user, n in sorted(buckets)],
+    )
