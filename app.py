@@ -25,7 +25,7 @@ import models
 from txstream import access, api, pages, tokens
 from txstream.aggregates import KnownLayout, Layout, LayoutMismatch
 from txstream.keys import Keys
-from txstream.store import prepare_database
+from txstream.store import ensure_layout
 from txstream.times import format_time, utcnow
 
 log = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def init_db_command() -> None:
     try:
         with _writer() as writer:
             models.create_schema(writer)
-            prepare_database(writer, layout)
+            ensure_layout(writer, layout)
     except OperationalError as exc:
         raise click.ClickException(f"cannot create the schema in {where}: {exc.orig}") from None
     except LayoutMismatch as exc:

@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def prepare() -> None:
         models.create_schema(engine)
-        store.check_layout()
+        store.ensure_layout()
 
     try:
         try:

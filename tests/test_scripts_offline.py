@@ -7,7 +7,7 @@ import signal
 import models
 from txstream.aggregates import Layout
 from txstream.processes import Script
-from txstream.store import prepare_database
+from txstream.store import ensure_layout
 
 
 def test_subscriber_waiting_for_redis_stops_at_once_on_sigterm(tmp_path, closed_port):
@@ -61,7 +61,7 @@ def test_subscriber_refuses_a_database_kept_with_another_window(tmp_path, closed
     database_url = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     engine = models.make_engine(database_url)
     models.create_schema(engine)
-    prepare_database(engine, Layout.for_window(6 * 3600))  # as a first subscriber does
+    ensure_layout(engine, Layout.for_window(6 * 3600))  # as a first subscriber does
     engine.dispose()
     subscriber = Script(
         "sub_and_store.py",

@@ -149,7 +149,7 @@ class Store:
         self.client = client
         self.keys = keys
         self.layout = Layout.for_window(window_seconds)
-        self._layout_checked = False
+        self._layout_ensured = False
         self.group = group  # the stream's consumer group, whose entries are acknowledged
         self.dead_letters_max = dead_letters_max  # the dead-letter list keeps the newest
         self._write_batch = client.register_script(_WRITE_BATCH)
@@ -162,10 +162,10 @@ class Store:
         self.write_redis(committed, dead, entry_ids)
         return committed
 
-    def check_layout(self) -> None:
-        """Check (or record) the database's layout of aggregates: see `prepare_database`."""
-        prepare_database(self.engine, self.layout)
-        self._layout_checked = True
+    def ensure_layout(self) -> None:
+        """Check (or record) the database's layout of aggregates (the function `ensure_layout`)."""
+        ensure_layout(self.engine, self.layout)
+        self._layout_ensured = True
 
     def prepare(self, txns: Sequence[Transaction]) -> Prepared:
         """The statements that commit `txns` when none of their txn_ids is stored yet."""
@@ -188,8 +188,8 @@ class Store:
         Connection errors propagate, with nothing committed, for the caller to retry.
         Raises `LayoutMismatch` when the database's aggregates are of another layout.
         """
-        if not self._layout_checked:
-            self.check_layout()
+        if not self._layout_ensured:
+            self.ensure_layout()
         try:
             return self._commit_with_retry(txns, prepared)
         except DataError:
@@ -289,7 +289,7 @@ def add_to_aggregates(
     conn.exec_driver_sql(sql.add_to_buckets.format(rows=_bucket_rows(buckets)))
 
 
-def prepare_database(engine: Engine, layout: Layout) -> None:
+def ensure_layout(engine: Engine, layout: Layout) -> None:
     """Make sure that the database's aggregates are of `layout`.
 
     A database with no layout recorded gets `layout`, and its aggregates are built anew
