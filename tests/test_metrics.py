@@ -12,21 +12,12 @@ from types import SimpleNamespace
 
 import redis
 from prometheus_client import generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 from app import create_app
+from tests.helpers import metric_samples as samples
 from txstream.metrics import UNMATCHED, StreamBacklog, SubscriberMetrics
-from txstream.processes import ROOT
+from txstream.processes import ROOT, Script
 from txstream.runtime import Outage
-
-
-def samples(text: str) -> dict[tuple, float]:
-    """Every sample of a scrape: (name, sorted labels) -> value."""
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def requests(scrape: dict, route: str, method: str = "GET", status: str = "200") -> float:
@@ -167,3 +158,9 @@ def test_a_stream_backlog_that_cannot_be_read_is_left_out(closed_port, caplog):
 def test_a_missing_group_is_left_out(fake_redis):
     fake_redis.xadd("s", {"line": "1"})
     assert backlog(StreamBacklog(fake_redis, "s", "store")) == {}
+
+
+def test_the_subscribers_metrics_port_flag_is_checked():
+    script = Script("sub_and_store.py", "--metrics-port", "70000", env={})
+    assert script.wait() == 2
+    assert "--metrics-port: must be a port from 0 to 65535, got '70000'" in script.output

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import make_url
 
 from app import create_app
-from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL, signed_in_client
+from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL, metric_samples, signed_in_client
 from txstream.keys import Keys
 from txstream.processes import Script, free_port, wait_until
 from txstream.testing import (
@@ -367,8 +367,6 @@ def test_a_batch_that_fails_unexpectedly_is_never_silently_lost(
 def test_the_subscribers_metrics_count_what_it_stored(
     start_subscriber, send_raw, transport, redis_client, mysql_engine, key_prefix
 ):
-    from prometheus_client.parser import text_string_to_metric_families
-
     port = free_port()
     subscriber = start_subscriber("--metrics-port", str(port))
     subscriber.wait_for_line(rf"INFO sub_and_store: metrics on http://127\.0\.0\.1:{port}/metrics")
@@ -384,20 +382,15 @@ def test_the_subscribers_metrics_count_what_it_stored(
 
     def scrape() -> dict:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:  # nosec B310
-            text = reply.read().decode()
-        return {
-            (s.name, tuple(s.labels.values())): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
+            return metric_samples(reply.read().decode())
 
     expected = {
         ("txstream_messages_received_total", ()): count + repeats + len(MALFORMED),
         ("txstream_transactions_stored_total", ()): count,
         ("txstream_duplicates_total", ()): repeats,
         ("txstream_dead_letters_total", ()): len(MALFORMED),
-        ("txstream_outages_total", ("redis",)): 0,
-        ("txstream_outages_total", ("database",)): 0,
+        ("txstream_outages_total", (("service", "redis"),)): 0,
+        ("txstream_outages_total", (("service", "database"),)): 0,
     }
     if transport == "stream":  # all acknowledged: nothing pending, nothing left to deliver
         expected |= {("txstream_stream_pending", ()): 0, ("txstream_stream_lag", ()): 0}
