@@ -8,6 +8,7 @@ letters and the stream acknowledgements (txstream.store). A malformed message is
 logged, counted and kept as a dead letter. A batch the database refuses for another
 reason than an outage is logged with its traceback and stays in the stream (pub/sub:
 becomes dead letters); nothing stops the subscriber but a signal.
+Prometheus metrics (README, "Metrics") are served on METRICS_BIND:METRICS_PORT.
 
     python sub_and_store.py                      # settings from the environment or .env
     python sub_and_store.py --transport stream   # durable: see README
