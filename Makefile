@@ -27,7 +27,9 @@ init-db: $(READY)         ## create the database and tables named by DATABASE_UR
 	$(BIN)/flask --app app init-db
 
 serve: $(READY)           ## the web app under gunicorn (WEB_BIND, WEB_WORKERS, WEB_THREADS)
-	$(BIN)/python -m gunicorn --config gunicorn.conf.py app:app
+	rm -rf var/prometheus && mkdir -p var/prometheus  # the workers' metrics: from zero
+	PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/var/prometheus \
+	  $(BIN)/python -m gunicorn --config gunicorn.conf.py app:app
 
 bench-ingest: $(READY)    ## ingest tx/s per mode (needs Redis, MariaDB); writes docs/ingest.png
 	$(BIN)/pip install --quiet -r bench/requirements.txt

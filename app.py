@@ -22,7 +22,7 @@ from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 import config
 import models
-from txstream import access, api, pages, tokens
+from txstream import access, api, metrics, pages, tokens
 from txstream.aggregates import KnownLayout, Layout, LayoutMismatch
 from txstream.keys import Keys
 from txstream.store import ensure_layout
@@ -89,6 +89,7 @@ def create_app(test_config: dict | None = None) -> Flask:
     if not app.config["AUTH"]:
         log.warning("AUTH=off: anyone who reaches this app reads every user's transactions")
 
+    metrics.init_app(app)  # first: it times the requests that access.init_app refuses too
     access.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)

@@ -64,6 +64,10 @@ class Settings:
     secret_key: str = field(default="", repr=False)  # signs the pages' session cookie
     rate_limit: str = "600/minute"  # API requests per token (`limits` notation)
     trusted_hosts: tuple[str, ...] = ()  # Host headers the web app answers; () = any
+    # The subscriber's Prometheus metrics port; 0 = none. 9108: in 9100-9999, where exporters
+    # listen (a firewall rule for them covers it), and none of the common ones' (9100, 9104).
+    metrics_port: int = 9108
+    metrics_bind: str = "127.0.0.1"  # address of the metrics server: this host only
 
     @property
     def keys(self) -> Keys:
@@ -108,6 +112,8 @@ def load(env: dict[str, str] | None = None) -> Settings:
         trusted_hosts=tuple(
             h.strip() for h in env.get("TRUSTED_HOSTS", "").split(",") if h.strip()
         ),
+        metrics_port=_whole(env, "METRICS_PORT", defaults.metrics_port, 0, maximum=65535),
+        metrics_bind=_text(env, "METRICS_BIND", defaults.metrics_bind),
     )
     return settings
 

@@ -8,6 +8,7 @@ letters and the stream acknowledgements (txstream.store). A malformed message is
 logged, counted and kept as a dead letter. A batch the database refuses for another
 reason than an outage is logged with its traceback and stays in the stream (pub/sub:
 becomes dead letters); nothing stops the subscriber but a signal.
+Prometheus metrics (README, "Metrics") are served on METRICS_BIND:METRICS_PORT.
 
     python sub_and_store.py                      # settings from the environment or .env
     python sub_and_store.py --transport stream   # durable: see README
@@ -32,6 +33,7 @@ import config
 import models
 from txstream.aggregates import LayoutMismatch
 from txstream.dialect import UnsupportedDatabase, is_transient
+from txstream.metrics import SubscriberMetrics
 from txstream.recent import RecentLists
 from txstream.runtime import GiveUp, Outage, StopFlag, retry, short_error, with_traceback
 from txstream.store import Committed, Prepared, Store, dead_letter
@@ -110,6 +112,7 @@ class Subscriber:
         self.counts = Counts()
         self.redis = Outage("redis")
         self.database = Outage("database")
+        self.metrics = SubscriberMetrics(self.counts, (self.redis, self.database))
         self._db_stage = ThreadPoolExecutor(1, thread_name_prefix="db")
         self._redis_stage = ThreadPoolExecutor(1, thread_name_prefix="redis")
 
@@ -205,13 +208,16 @@ class Subscriber:
 
     def _commit(self, batch: Batch, prepared: Prepared | None = None) -> Committed | None:
         """The batch committed; None when it failed and stays in the stream."""
+        self.metrics.batch_size.observe(len(batch))
+
+        def commit() -> Committed:
+            started = time.perf_counter()
+            committed = self.store.commit(batch.txns, prepared)
+            self.metrics.commit_seconds.observe(time.perf_counter() - started)
+            return committed
+
         try:
-            committed = retry(
-                self.database,
-                lambda: self.store.commit(batch.txns, prepared),
-                is_transient,
-                self.stop,
-            )
+            committed = retry(self.database, commit, is_transient, self.stop)
         except GiveUp:
             raise
         except Exception as exc:  # the top of a stage: a batch is never silently lost
@@ -316,12 +322,31 @@ def parse_args(argv: list[str] | None, settings: config.Settings) -> argparse.Na
         help="seconds between progress lines (default: %(default)s)",
     )
     parser.add_argument(
+        "--metrics-port",
+        type=port_flag,
+        default=settings.metrics_port,
+        help="serve Prometheus metrics on this port; 0: none (default: METRICS_PORT or "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--metrics-bind",
+        default=settings.metrics_bind,
+        help="the metrics server's address (default: METRICS_BIND or %(default)s)",
+    )
+    parser.add_argument(
         "--max-messages",
         type=config.positive_int_flag,
         default=None,
         help="exit after this many messages (default: run until Ctrl-C or SIGTERM)",
     )
     return parser.parse_args(argv)
+
+
+def port_flag(text: str) -> int:
+    """argparse type of a TCP port, or 0."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"must be a port from 0 to 65535, got {text!r}")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -337,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         database_url=args.database_url,
         batch_size=args.batch_size,
         batch_interval_ms=args.batch_interval_ms,
+        metrics_port=args.metrics_port,
+        metrics_bind=args.metrics_bind,
     )
     config.configure_logging(settings.log_level)
     try:
@@ -371,6 +398,30 @@ def main(argv: list[str] | None = None) -> int:
         settings.dead_letters_max,
     )
     subscriber = Subscriber(settings, source, store, stop, args.stats_interval)
+    metrics_client = None
+    if source.group is not None:
+        # A client of its own, quick to give up: a scrape must not wait on a stalled Redis.
+        metrics_client = redis.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=2, socket_timeout=2
+        )
+        subscriber.metrics.watch_backlog(metrics_client, settings.keys.stream, source.group)
+    metrics_server = None
+    if settings.metrics_port:
+        where = f"{settings.metrics_bind}:{settings.metrics_port}"
+        try:
+            metrics_server = subscriber.metrics.serve(settings.metrics_bind, settings.metrics_port)
+        except OSError as exc:
+            log.error(
+                "cannot serve metrics on %s: %s. Another process (a second subscriber?) has "
+                "the port: give each subscriber a METRICS_PORT (--metrics-port) of its own, "
+                "or 0 for no metrics",
+                where,
+                exc,
+            )
+            client.close()
+            engine.dispose()
+            return 2
+        log.info("metrics on http://%s/metrics", where)
 
     def prepare() -> None:
         models.create_schema(engine)
@@ -393,6 +444,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("stopped with %d messages not stored (%s): %s", unsaved, where, exc)
         return 1
     finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+        if metrics_client is not None:
+            metrics_client.close()
         client.close()
         engine.dispose()
     log.info("stopped%s", f" on {stop.signal_name}" if stop.signal_name else "")

@@ -308,6 +308,7 @@ def end_to_end(
         "STREAM": NAME,
         "KEY_PREFIX": KEY_PREFIX,
         "LOG_LEVEL": "INFO",
+        "METRICS_PORT": "0",  # several subscribers on one host: no metrics port for each
         **env,
     }
     procs = [Script(*args, env=env, cwd=tree) for args in consumers]

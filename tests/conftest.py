@@ -46,6 +46,15 @@ settings.register_profile("txstream", derandomize=True, database=None, deadline=
 settings.load_profile("txstream")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_metrics_port():
+    """The scripts the tests start serve no metrics unless a test asks (METRICS_PORT):
+    the default port is one per host, and test runs and subscribers run side by side."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("METRICS_PORT", "0")
+        yield
+
+
 @pytest.fixture
 def run():
     """Start a script (`run(*args, env=...)`); every one started is stopped at the end."""

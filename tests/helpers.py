@@ -69,3 +69,14 @@ def signed_in_client(app):
     with client.session_transaction() as session:
         session["token_hash"] = tokens.hash_of(token)
     return client
+
+
+def metric_samples(text: str) -> dict[tuple, float]:
+    """Every sample of a Prometheus scrape: (name, sorted (label, value) pairs) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }

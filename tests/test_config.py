@@ -61,6 +61,12 @@ def test_max_clock_skew_in_seconds(raw, seconds):
     assert config.load({"MAX_CLOCK_SKEW": raw}).max_clock_skew == seconds
 
 
+def test_metrics_port_and_bind():
+    assert (config.load({}).metrics_port, config.load({}).metrics_bind) == (9108, "127.0.0.1")
+    settings = config.load({"METRICS_PORT": "0", "METRICS_BIND": "0.0.0.0"})  # nosec B104
+    assert (settings.metrics_port, settings.metrics_bind) == (0, "0.0.0.0")  # nosec B104
+
+
 def test_dead_letters_max():
     assert config.load({}).dead_letters_max == 100_000
     assert config.load({"DEAD_LETTERS_MAX": "10"}).dead_letters_max == 10
@@ -100,6 +106,10 @@ def test_window_hours_in_whole_seconds(hours, seconds):
         ("MAX_CLOCK_SKEW", "31622401", "from 0 to 31622400 (got '31622401')"),
         ("MAX_CLOCK_SKEW", "1d", "from 0 to 31622400 (got '1d')"),
         ("DEAD_LETTERS_MAX", "0", "DEAD_LETTERS_MAX must be a whole number > 0 (got '0')"),
+        ("METRICS_PORT", "-1", "METRICS_PORT must be a whole number from 0 to 65535"),
+        ("METRICS_PORT", "65536", "METRICS_PORT must be a whole number from 0 to 65535"),
+        ("METRICS_PORT", "http", "METRICS_PORT must be a whole number from 0 to 65535"),
+        ("METRICS_BIND", "", "METRICS_BIND must not be empty"),
     ],
 )
 def test_bad_values_are_named_in_the_error(name, value, message):

@@ -6,6 +6,8 @@ import hashlib
 import json
 import re
 import signal
+import socket
+import urllib.request
 from datetime import datetime
 from decimal import Decimal
 
@@ -13,9 +15,9 @@ import pytest
 from sqlalchemy import make_url
 
 from app import create_app
-from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL, signed_in_client
+from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL, metric_samples, signed_in_client
 from txstream.keys import Keys
-from txstream.processes import Script, wait_until
+from txstream.processes import Script, free_port, wait_until
 from txstream.testing import (
     WINDOW_SECONDS,
     assert_recent_lists_match_db,
@@ -360,3 +362,57 @@ def test_a_batch_that_fails_unexpectedly_is_never_silently_lost(
     assert "Traceback (most recent call last)" in script.output
     assert [tx.txn_id for tx in stored_transactions(mysql_engine)] == ["before", "after"]
     assert script.stop(signal.SIGTERM) == 0, script.output
+
+
+def test_the_subscribers_metrics_count_what_it_stored(
+    start_subscriber, send_raw, transport, redis_client, mysql_engine, key_prefix
+):
+    port = free_port()
+    subscriber = start_subscriber("--metrics-port", str(port))
+    subscriber.wait_for_line(rf"INFO sub_and_store: metrics on http://127\.0\.0\.1:{port}/metrics")
+    count, repeats = 40, 5
+    lines = [f"{i % 7 + 1},{i}.25,{1570358269 + i},metrics-{i}" for i in range(count)]
+    for line in lines:
+        send_raw(line)
+    wait_until(lambda: count_rows(mysql_engine) == count, 30, "the rows stored")
+    for line in lines[:repeats]:
+        send_raw(line)
+    for raw in MALFORMED:
+        send_raw(raw)
+
+    def scrape() -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:  # nosec B310
+            return metric_samples(reply.read().decode())
+
+    expected = {
+        ("txstream_messages_received_total", ()): count + repeats + len(MALFORMED),
+        ("txstream_transactions_stored_total", ()): count,
+        ("txstream_duplicates_total", ()): repeats,
+        ("txstream_dead_letters_total", ()): len(MALFORMED),
+        ("txstream_outages_total", (("service", "redis"),)): 0,
+        ("txstream_outages_total", (("service", "database"),)): 0,
+    }
+    if transport == "stream":  # all acknowledged: nothing pending, nothing left to deliver
+        expected |= {("txstream_stream_pending", ()): 0, ("txstream_stream_lag", ()): 0}
+    found = wait_until(
+        lambda: (m := scrape()) and all(m.get(k) == v for k, v in expected.items()) and m,
+        30,
+        f"the metrics {expected}",
+    )
+    assert count_rows(mysql_engine) == count == found[("txstream_transactions_stored_total", ())]
+    assert found[("txstream_batch_size_count", ())] >= 2
+    assert found[("txstream_batch_size_sum", ())] == count + repeats + len(MALFORMED)
+    assert found[("txstream_commit_seconds_count", ())] >= 2
+    assert 0 < found[("txstream_commit_seconds_sum", ())] < 30
+    assert subscriber.stop() == 0, subscriber.output
+
+
+def test_a_subscriber_whose_metrics_port_is_taken_says_so_and_exits_2(run, subscriber_env):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        script = run("sub_and_store.py", env={**subscriber_env, "METRICS_PORT": str(port)})
+        assert script.wait(30) == 2, script.output
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in script.output
+    assert "give each subscriber a METRICS_PORT (--metrics-port) of its own" in script.output

@@ -3,9 +3,12 @@
 Every `/api/...` request needs `Authorization: Bearer <token>` (txstream.tokens); a page
 needs a session, made by pasting a token into /login. The session cookie is signed with
 SECRET_KEY and holds the token's hash, so revoking the token ends the session too. Forms
-carry a CSRF token kept in the session. `/healthz`, the API's description
-(/api/openapi.json, /api/docs), the login page and static files are open. With AUTH=off
-(local experiments only) nothing is asked, and every start says so.
+carry a CSRF token kept in the session. `/metrics` needs a bearer token like the API, and
+counts against its rate limit: a scrape every 15 s is 4 of RATE_LIMIT's default 600 a
+minute (give Prometheus a token of its own, so that no API client uses its share up).
+`/healthz`, the API's description (/api/openapi.json, /api/docs), the login page and
+static files are open. With AUTH=off (local experiments only) nothing is asked, and every
+start says so.
 """
 
 from __future__ import annotations
@@ -88,7 +91,7 @@ def _guard():
         return None
     if request.routing_exception is not None:  # no such page, or a Host not trusted
         return None  # Flask answers it next; there is nothing to protect
-    if counted or request.path == "/api":
+    if counted or request.path == "/api" or request.endpoint == "metrics.metrics":
         return _api_guard()
     return _page_guard()
 

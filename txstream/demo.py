@@ -139,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     token_name = f"demo-{os.getpid()}"
     token = tokens.create(engine, token_name) if settings.auth else None
     env.setdefault("SECRET_KEY", secrets.token_hex(32))
+    if settings.metrics_port:  # the subscriber's; taken by another process: a free one
+        env["METRICS_PORT"] = str(free_port(settings.metrics_port))
 
     web_port = free_port(args.port)
     url = f"http://127.0.0.1:{web_port}/"
