@@ -69,3 +69,20 @@ def signed_in_client(app):
     with client.session_transaction() as session:
         session["token_hash"] = tokens.hash_of(token)
     return client
+
+
+def make_app(engine, client, key_prefix: str, **extra):
+    """The web app on `engine` and Redis `client`, with this test's key prefix and `extra`
+    settings on top."""
+    from app import create_app  # here, not at the top: importing `app` builds an app
+
+    return create_app(
+        {
+            "TESTING": True,
+            "ENGINE": engine,
+            "REDIS": client,
+            "KEY_PREFIX": key_prefix,
+            "SECRET_KEY": TEST_SECRET_KEY,
+            **extra,
+        }
+    )
