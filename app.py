@@ -35,9 +35,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     """Build the app from the settings (`config.load()`), then `test_config` on top.
 
     Besides Flask's own keys, `test_config` may set ENGINE (a SQLAlchemy engine),
-    REDIS (a redis client), KEY_PREFIX, WINDOW_HOURS (a Decimal), CLOCK (returns the
-    current naive-UTC datetime), AUTH, SECRET_KEY and RATE_LIMIT. Nothing connects until
-    a request needs it. Raises `config.ConfigError` when the settings cannot work.
+    REDIS (a redis client), KEY_PREFIX, TRANSPORT, STREAM, GROUP, WINDOW_HOURS (a Decimal),
+    CLOCK (returns the current naive-UTC datetime), AUTH, SECRET_KEY and RATE_LIMIT.
+    Nothing connects until a request needs it. Raises `config.ConfigError` when the
+    settings cannot work.
     """
     settings = config.load()
     app = Flask(__name__)
@@ -48,6 +49,9 @@ def create_app(test_config: dict | None = None) -> Flask:
         DATABASE_URL=settings.database_url,
         REDIS_URL=settings.redis_url,
         KEY_PREFIX=settings.key_prefix,
+        TRANSPORT=settings.transport,  # the System page shows the stream only with "stream"
+        STREAM=settings.stream,
+        GROUP=settings.group,
         WINDOW_HOURS=settings.window_hours,
         CLOCK=utcnow,
         ENGINE=None,

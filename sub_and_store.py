@@ -26,6 +26,7 @@ import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import redis
 
@@ -33,10 +34,12 @@ import config
 import models
 from txstream.aggregates import LayoutMismatch
 from txstream.dialect import UnsupportedDatabase, is_transient
+from txstream.heartbeats import Heartbeat
 from txstream.metrics import SubscriberMetrics
 from txstream.recent import RecentLists
 from txstream.runtime import GiveUp, Outage, StopFlag, retry, short_error, with_traceback
 from txstream.store import Committed, Prepared, Store, dead_letter
+from txstream.times import utcnow
 from txstream.transaction import Transaction
 from txstream.transport import Message, Source, is_redis_outage, make_source
 from txstream.wire import MalformedMessage, latest_accepted, parse
@@ -91,6 +94,7 @@ class Counts:
     duplicates: int = 0
     dead: int = 0  # counted once written to Redis
     pending: int = 0  # in batches that failed: left in the stream, to be delivered again
+    last_commit: datetime | None = None  # when the last batch was committed
 
 
 class Subscriber:
@@ -125,12 +129,22 @@ class Subscriber:
         except GiveUp:
             log.info("stopped before Redis answered")
             return
+        heartbeat = Heartbeat(
+            self.store.client,
+            self.store.keys,
+            self.source.name,
+            self.settings.transport,
+            lambda: (self.counts.stored, self.counts.last_commit),
+            chores=self.source.tidy,
+        )
+        heartbeat.start()
         log.info("reading %s; waiting for transactions", self.source.describe())
         try:
             self._read_and_store(max_messages)
         finally:
             self._db_stage.shutdown()
             self._redis_stage.shutdown()
+            heartbeat.stop()
 
     def _read_and_store(self, max_messages: int | None) -> None:
         """The main loop: while one batch fills, the one before is committed to the database
@@ -224,6 +238,7 @@ class Subscriber:
             return self._not_stored(batch, exc)
         self.counts.stored += len(committed.new)  # in the database now, whatever Redis does
         self.counts.duplicates += committed.duplicates
+        self.counts.last_commit = utcnow()
         return committed
 
     def _not_stored(self, batch: Batch, exc: Exception) -> Committed | None:

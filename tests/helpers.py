@@ -80,3 +80,20 @@ def metric_samples(text: str) -> dict[tuple, float]:
         for family in text_string_to_metric_families(text)
         for s in family.samples
     }
+
+
+def make_app(engine, client, key_prefix: str, **extra):
+    """The web app on `engine` and Redis `client`, with this test's key prefix and `extra`
+    settings on top."""
+    from app import create_app  # here, not at the top: importing `app` builds an app
+
+    return create_app(
+        {
+            "TESTING": True,
+            "ENGINE": engine,
+            "REDIS": client,
+            "KEY_PREFIX": key_prefix,
+            "SECRET_KEY": TEST_SECRET_KEY,
+            **extra,
+        }
+    )

@@ -79,6 +79,7 @@ def test_each_process_works_with_its_own_user(acl_redis, mysql_engine, run, tran
     assert emitter.wait() == 0, emitter.output
     wait_until_stored(mysql_engine, COUNT, [subscriber])
     wait_until(lambda: admin.llen("txstream:dead") == 1, 20, "the dead letter")
+    wait_until(lambda: admin.zcard(Keys(PREFIX).subscribers) == 1, 20, "its heartbeat")
     assert subscriber.stop() == 0, subscriber.output  # stores and acknowledges, then exits
     assert_stored_exactly(mysql_engine, emitted(COUNT, USERS, SEED))
     if transport == "stream":
@@ -92,6 +93,7 @@ def test_each_process_works_with_its_own_user(acl_redis, mysql_engine, run, tran
             "ENGINE": mysql_engine,
             "REDIS_URL": acl_redis.url_for(WEB_USER),
             "KEY_PREFIX": PREFIX,
+            "TRANSPORT": transport,
         }
     )
     assert web.test_client().get("/healthz").json == {"redis": "ok", "database": "ok"}
@@ -99,6 +101,10 @@ def test_each_process_works_with_its_own_user(acl_redis, mysql_engine, run, tran
     api = web.test_client()
     api.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {tokens.create(mysql_engine, 'acl')}"
     assert [api.get("/api/users/1/recent").status_code for _ in range(2)] == [200, 200]
+    system = api.get("/api/system").json  # heartbeats, stream, dead letters: read only
+    assert (system["redis"], system["subscribers"], system["dead_letters"]) == ("ok", [], 1)
+    if transport == "stream":
+        assert system["stream"]["length"] == COUNT + 1 and system["stream"]["pending"] == 0
     revoked = web.test_cli_runner().invoke(args=["revoke-token", "acl"])
     assert revoked.exit_code == 0, revoked.output
     assert api.get("/api/users/1/recent").status_code == 401
@@ -204,3 +210,26 @@ def test_rate_limits_outside_the_prefix_are_refused(acl_redis):
     with client_of(acl_redis, WEB_USER) as web:
         with pytest.raises(redis.ResponseError, match=REFUSED):
             FixedWindows(web, Keys("other:"), "2/minute").hit(web, "token:1")
+
+
+def test_the_subscriber_user_deletes_stale_consumers_and_beats(acl_redis):
+    """Heartbeats (HSET, EXPIRE, ZADD...) and the stale-consumer script (XINFO, DELCONSUMER)."""
+    from txstream.heartbeats import Heartbeat, read_subscribers
+    from txstream.times import utcnow
+    from txstream.transport import StreamSource
+
+    admin = acl_redis.client()
+    admin.xgroup_create(STREAM, "store", id="0", mkstream=True)
+    admin.xgroup_createconsumer(STREAM, "store", "gone")
+    subscriber = client_of(acl_redis, SUBSCRIBER_USER)
+    source = StreamSource(subscriber, STREAM, "store", 1000, 5)
+    source.stale_consumer_ms = 0
+    wait_until(lambda: admin.xinfo_consumers(STREAM, "store")[0]["idle"] > 0, 5, "idle")
+    source.tidy(set())
+    assert admin.xinfo_consumers(STREAM, "store") == []
+    beat = Heartbeat(subscriber, Keys(PREFIX), source.name, "stream", lambda: (1, None))
+    beat.beat()
+    assert [s.name for s in read_subscribers(subscriber, Keys(PREFIX), utcnow())] == [source.name]
+    beat.stop()
+    assert admin.keys("txstream:subscriber*") == []
+    assert refusals(acl_redis) == []

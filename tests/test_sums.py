@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import text
 
-from tests.helpers import TEST_SECRET_KEY, signed_in_client
+from tests.helpers import make_app, signed_in_client
 from txstream import queries
 from txstream.aggregates import KnownLayout, Layout, split_range
 from txstream.keys import Keys
@@ -81,19 +81,8 @@ def expected_sum(txns: list[Transaction], start: datetime, end: datetime) -> tup
 
 @pytest.fixture
 def app(backend, key_prefix):
-    from app import create_app  # here, not at the top: importing `app` builds an app
-
     engine, client = backend
-    return create_app(
-        {
-            "TESTING": True,
-            "ENGINE": engine,
-            "REDIS": client,
-            "KEY_PREFIX": key_prefix,
-            "SECRET_KEY": TEST_SECRET_KEY,
-            "RATE_LIMIT": "1000000/minute",
-        }
-    )
+    return make_app(engine, client, key_prefix, RATE_LIMIT="1000000/minute")
 
 
 @PROPERTY

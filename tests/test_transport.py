@@ -47,7 +47,7 @@ def test_entries_of_a_stopped_consumer_are_taken_over_once_idle(fake_redis, sour
     assert [m.raw for m in taken] == [b"1,2.00,1570358269", b"2,3.00,1570358270"]
     assert source.claimed == 2
     owners = fake_redis.xpending_range(STREAM, "store", min="-", max="+", count=10)
-    assert {p["consumer"].decode() for p in owners} == {source.consumer}
+    assert {p["consumer"].decode() for p in owners} == {source.name}
 
 
 def test_an_entry_delivered_too_often_is_flagged_as_a_dead_letter(fake_redis, source):

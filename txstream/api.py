@@ -15,7 +15,7 @@ from flask import Blueprint, Response, current_app, jsonify, render_template, re
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from txstream import openapi, queries
+from txstream import openapi, queries, system
 from txstream.keys import Keys
 from txstream.money import format_amount
 from txstream.params import (
@@ -147,6 +147,13 @@ def healthz():
     status = {"redis": _redis_status(), "database": _database_status()}
     code = 200 if all(value == "ok" for value in status.values()) else 503
     return status, code
+
+
+@bp.get("/api/system")
+def system_status():
+    """The subscribers, the stream, the dead letters, the layout and the servers' health;
+    200 even while Redis or the database is down (it says which)."""
+    return system.app_status()
 
 
 def _page(user_id: int | None) -> dict:

@@ -39,6 +39,16 @@ class Keys:
         """The version of txstream's Redis layout, so that a change of it is migrated once."""
         return f"{self.prefix}layout"
 
+    def subscriber(self, name: str) -> str:
+        """The hash of a subscriber's latest heartbeat (txstream.heartbeats)."""
+        return f"{self.prefix}subscriber:{name}"
+
+    @property
+    def subscribers(self) -> str:
+        """The sorted set listing the subscribers that beat lately, by their last heartbeat
+        (epoch seconds): the index of the `subscriber` hashes, read without SCAN."""
+        return f"{self.prefix}subscribers"
+
     def rate_count(self, who: str, amount: int, seconds: int) -> str:
         """The counter of `who`'s API requests in its current window of a rate limit."""
         return f"{self.prefix}ratelimit:{who}:{amount}/{seconds}s"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from decimal import Decimal
 
+from txstream.heartbeats import HEARTBEAT_INTERVAL, LIVE_BEATS, SHOWN_CHARS
 from txstream.params import DEFAULT_LIMIT, MAX_HOURS, MAX_LIMIT
 from txstream.queries import MAX_CURSOR_CHARS
 from txstream.recent import RECENT_SIZE
@@ -63,6 +64,9 @@ _TIME = {
     "description": "ISO-8601 UTC with microseconds, e.g. 2026-11-28T23:55:08.323301Z",
 }
 _USER_ID = {"type": "integer", "minimum": 1, "maximum": MAX_USER_ID}
+# A field of a heartbeat as stored in Redis, which anyone with write access could forge.
+_SHOWN = {"type": "string", "maxLength": SHOWN_CHARS}
+_COUNT_OR_NULL = {"type": ["integer", "null"], "minimum": 0}
 _SCHEMAS = {
     "Error": _object(error={"type": "string", "description": "What is wrong, in words"}),
     "Amount": {
@@ -135,6 +139,62 @@ _SCHEMAS = {
     "Health": _object(
         redis={"enum": ["ok", "down"]},
         database={"enum": ["ok", "down"]},
+    ),
+    "Subscriber": _object(
+        name=_SHOWN,
+        host=_SHOWN,
+        pid=_COUNT_OR_NULL,
+        transport=_SHOWN,
+        started_at=_SHOWN,
+        heartbeat_at=_SHOWN,
+        stored=_COUNT_OR_NULL,
+        rate={"type": ["number", "null"], "minimum": 0, "description": "tx/s, last interval"},
+        last_commit_at={**_SHOWN, "description": "Empty before its first commit"},
+        live={
+            "type": "boolean",
+            "description": f"Its heartbeat is at most {LIVE_BEATS * HEARTBEAT_INTERVAL:g} s old",
+        },
+    ),
+    "Stream": _object(
+        name={"type": "string"},
+        length={"type": "integer", "minimum": 0},
+        group={"type": "string"},
+        group_exists={"type": "boolean"},
+        lag={**_COUNT_OR_NULL, "description": "Entries not yet delivered to the group"},
+        pending={**_COUNT_OR_NULL, "description": "Delivered, not yet acknowledged"},
+        consumers={
+            "type": "array",
+            "items": _object(
+                name=_SHOWN,
+                pending={"type": "integer", "minimum": 0},
+                idle_ms={"type": "integer", "minimum": 0},
+            ),
+        },
+    ),
+    "System": _object(
+        redis={"enum": ["ok", "down"]},
+        database={"enum": ["ok", "down"]},
+        transport={"enum": ["pubsub", "stream"]},
+        subscribers={
+            "type": ["array", "null"],
+            "items": _ref("schemas", "Subscriber"),
+            "description": "Those with a heartbeat kept in Redis, latest first; null: Redis down",
+        },
+        stream={
+            "oneOf": [_ref("schemas", "Stream"), {"type": "null"}],
+            "description": "null with TRANSPORT=pubsub, or while Redis is down",
+        },
+        dead_letters={**_COUNT_OR_NULL, "description": "null while Redis is down"},
+        window={
+            "oneOf": [
+                _object(
+                    window_seconds={"type": "integer", "minimum": 1},
+                    bucket_seconds={"type": "integer", "minimum": 1},
+                ),
+                {"type": "null"},
+            ],
+            "description": "The aggregates' recorded layout; null: none yet, or database down",
+        },
     ),
 }
 
@@ -348,6 +408,13 @@ def document(window_hours: Decimal) -> dict:
                 _json(_ref("schemas", "TransactionPage")),
                 page,
             ),
+            "/api/system": _operation(
+                "system",
+                "Subscribers, stream, dead letters, layout and health, for operators; "
+                "200 even while Redis or the database is down (it says which)",
+                "The system's state",
+                _json(_ref("schemas", "System")),
+            ),
             "/healthz": _HEALTH,
             "/api/openapi.json": _operation(
                 "openapi",
@@ -392,8 +459,11 @@ def rule(schema: dict) -> str:
     """A schema's rules in a few words, for the docs page (e.g. `integer, >= 1, <= 500`)."""
     if "$ref" in schema:
         return schema["$ref"].rsplit("/", 1)[1]
+    if "oneOf" in schema:
+        return " or ".join(rule(choice) for choice in schema["oneOf"])
     if schema.get("type") == "array":
-        return f"array of {rule(schema['items'])}, at most {schema['maxItems']}"
+        most = f", at most {schema['maxItems']}" if "maxItems" in schema else ""
+        return f"array of {rule(schema['items'])}{most}"
     kind = schema.get("type", "")
     words = [" or ".join(kind) if isinstance(kind, list) else kind]
     if "enum" in schema:

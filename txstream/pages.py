@@ -1,4 +1,4 @@
-"""The HTML pages: the latest transactions of all users, and one user's page."""
+"""The HTML pages: the latest transactions of all users, one user's page, the System page."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import redis
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from txstream import queries
+from txstream import queries, system
 from txstream.keys import Keys
 from txstream.money import format_amount
 from txstream.params import InvalidParameter, parse_before, parse_user_id, span
@@ -97,3 +97,9 @@ def user(user_id: str):
         windows=windows,
         window_length=span(hours),
     )
+
+
+@bp.get("/system")
+def system_page():
+    """The operator's view: subscribers, stream, dead letters, layout, servers' health."""
+    return render_template("system.html", status=system.app_status())

@@ -37,6 +37,7 @@ REDIS_ERRORS = (
     redis.exceptions.ReadOnlyError,
 )
 LINE_FIELD = b"line"  # a stream entry is {"line": "<wire line>"}
+STALE_CONSUMER_MS = 24 * 3600 * 1000  # a consumer idle this long, with nothing pending, goes
 
 
 def is_redis_outage(exc: BaseException) -> bool:
@@ -80,6 +81,30 @@ return #ARGV - 1
 """
 
 
+# Deletes the group's consumers idle for over ARGV[2] ms with nothing pending, except those
+# named in ARGV[3:] (the live subscribers). Checked and deleted in one script, so no entry
+# can be handed to a consumer between the check and its deletion (which would drop it).
+_DELETE_STALE = """
+local keep = {}
+for i = 3, #ARGV do keep[ARGV[i]] = true end
+local deleted = {}
+for _, row in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local info = {}
+  for i = 1, #row, 2 do info[row[i]] = row[i + 1] end
+  if info['pending'] == 0 and info['idle'] > tonumber(ARGV[2]) and not keep[info['name']] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
+    deleted[#deleted + 1] = {info['name'], info['idle']}
+  end
+end
+return deleted
+"""
+
+
+def consumer_name() -> str:
+    """A subscriber's name, unique among them: host, pid and a random tail."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
 class Sink(Protocol):
     """Where the emitter sends its wire lines."""
 
@@ -93,6 +118,7 @@ class Sink(Protocol):
 class Source(Protocol):
     """Where the subscriber reads messages from."""
 
+    name: str  # the subscriber's name (consumer_name), in the log and its heartbeat
     durable: bool  # whether what was read but not stored is delivered again
     group: str | None  # the consumer group to acknowledge stored entries in, if any
     claimed: int  # messages taken over from other subscribers
@@ -109,6 +135,9 @@ class Source(Protocol):
 
     def stop_reading(self) -> list[Message]:
         """Stop; the messages read ahead that must still be stored."""
+
+    def tidy(self, live: set[str]) -> None:
+        """Housekeeping, now and then, beside the reading (`live`: the live subscribers)."""
 
 
 def make_sink(settings: config.Settings, client: redis.Redis) -> Sink:
@@ -191,6 +220,7 @@ class PubSubSource:
         self.client = client
         self.channel = channel
         self.buffer: queue.Queue[Message] = queue.Queue(maxsize=buffer_size)
+        self.name = consumer_name()
         self.durable = False  # what is published while nobody reads is gone
         self.group = None
         self.disconnects = 0
@@ -217,7 +247,7 @@ class PubSubSource:
         self._thread.start()
 
     def describe(self) -> str:
-        return f"channel {self.channel!r} (pub/sub)"
+        return f"channel {self.channel!r} (pub/sub) as {self.name!r}"
 
     def read(self, max_count: int, timeout: float) -> list[Message]:
         """Up to `max_count` buffered messages, waiting up to `timeout` s for the first."""
@@ -242,6 +272,9 @@ class PubSubSource:
             except queue.Empty:
                 pass
         return left
+
+    def tidy(self, live: set[str]) -> None:
+        """Nothing to tidy: a channel keeps nothing."""
 
     def _read_forever(self) -> None:
         pubsub = self._pubsub
@@ -303,7 +336,9 @@ class StreamSource:
         self.client = client
         self.stream = stream
         self.group = group
-        self.consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        self.name = consumer_name()
+        self.stale_consumer_ms = STALE_CONSUMER_MS
+        self._delete_stale = client.register_script(_DELETE_STALE)
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.durable = True  # entries stay pending until acknowledged
@@ -327,7 +362,7 @@ class StreamSource:
                 raise
 
     def describe(self) -> str:
-        return f"stream {self.stream!r} as {self.consumer!r} in group {self.group!r}"
+        return f"stream {self.stream!r} as {self.name!r} in group {self.group!r}"
 
     def read(self, max_count: int, timeout: float) -> list[Message]:
         """Entries taken over from dead consumers, or else new ones (blocking up to `timeout`)."""
@@ -352,13 +387,13 @@ class StreamSource:
             # After a lost connection, entries handed to us may never have arrived:
             # read our own pending list first, instead of waiting CLAIM_IDLE_MS.
             reply = self.client.xreadgroup(
-                self.group, self.consumer, {self.stream: "0"}, count=max_count
+                self.group, self.name, {self.stream: "0"}, count=max_count
             )
             self._own_pending_first = False
         else:
             reply = self.client.xreadgroup(
                 self.group,
-                self.consumer,
+                self.name,
                 {self.stream: ">"},
                 count=max_count,
                 block=max(int(min(timeout, self._max_block) * 1000), 1),
@@ -373,11 +408,25 @@ class StreamSource:
         """Nothing is read ahead: unread entries stay in the stream."""
         return []
 
+    def tidy(self, live: set[str]) -> None:
+        """Delete the group's consumers idle for over `stale_consumer_ms` with nothing pending
+        (subscribers long gone), except live ones; each deletion is logged."""
+        deleted = self._delete_stale(
+            [self.stream], [self.group, self.stale_consumer_ms, self.name, *sorted(live)]
+        )
+        for name, idle in deleted:
+            log.info(
+                "deleted consumer %r of group %r: idle for %d s, nothing pending",
+                name.decode("utf-8", "replace"),
+                self.group,
+                idle // 1000,
+            )
+
     def _claim(self, max_count: int) -> list[Message]:
         cursor, entries, _deleted = self.client.xautoclaim(
             self.stream,
             self.group,
-            self.consumer,
+            self.name,
             min_idle_time=self.claim_idle_ms,
             start_id=self._claim_cursor,
             count=max_count,
