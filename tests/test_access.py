@@ -203,6 +203,75 @@ def test_untrusted_host_headers_are_refused(app, client):
     assert client.get("/healthz", headers={"Host": "txstream.bank.example"}).status_code == 200
 
 
+# --- the API with a page session ---------------------------------------------------------
+
+
+def session_client(app, token: str):
+    """A client of `app` signed in to the pages with `token`, sending no Authorization."""
+    client = app.test_client()
+    with client.session_transaction() as session:
+        session["token_hash"] = tokens.hash_of(token)
+    return client
+
+
+def with_a_post_route(app):
+    """`app` with an API route that takes POST as well as GET (the API has none yet)."""
+    app.add_url_rule(
+        "/api/test-write", "test_write", lambda: {"done": True}, methods=["GET", "POST"]
+    )
+    return app
+
+
+@pytest.mark.parametrize("path", ["/api/users/1/sum", "/api/transactions", "/api/dead-letters"])
+def test_a_page_session_reads_the_api(app, path):
+    client = session_client(app, create_token(app, "console"))
+    assert client.get(path).status_code == 200
+    assert client.head(path).status_code == 200
+    assert app.test_client().get(path).status_code == 401  # without the session
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+def test_a_page_session_cannot_do_more_than_read_the_api(app, method):
+    token = create_token(with_a_post_route(app), "console")
+    client = session_client(app, token)
+    assert client.get("/api/test-write").status_code == 200
+    refused = client.open("/api/test-write", method=method)
+    assert refused.status_code in (401, 405)
+    if method == "POST":
+        assert refused.status_code == 401 and "GET and HEAD only" in refused.get_json()["error"]
+        with_token = client.post("/api/test-write", headers=bearer(token))
+        assert with_token.status_code == 200  # the bearer token may
+
+
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+def test_a_page_session_reads_the_api_from_this_site_only(app, site):
+    client = session_client(app, create_token(app, "console"))
+    refused = client.get("/api/users/1/sum", headers={"Sec-Fetch-Site": site})
+    assert refused.status_code == 401 and "from this site only" in refused.get_json()["error"]
+    for own in ("same-origin", "none"):
+        assert client.get("/api/users/1/sum", headers={"Sec-Fetch-Site": own}).status_code == 200
+
+
+def test_a_revoked_tokens_session_cannot_read_the_api(app):
+    client = session_client(app, create_token(app, "leaked"))
+    assert client.get("/api/users/1/recent").status_code == 200  # and now cached
+    revoked = app.test_cli_runner().invoke(args=["revoke-token", "leaked"])
+    assert revoked.exit_code == 0, revoked.output
+    refused = client.get("/api/users/1/recent")
+    assert refused.status_code == 401 and "sign in again" in refused.get_json()["error"]
+
+
+def test_a_page_sessions_api_requests_count_against_its_tokens_rate_limit(backend, key_prefix):
+    app = make_app(backend, key_prefix, RATE_LIMIT="3/minute")
+    token = create_token(app, "console")
+    client = session_client(app, token)
+    assert [client.get("/api/users/1/sum").status_code for _ in range(2)] == [200, 200]
+    assert app.test_client().get("/api/users/1/sum", headers=bearer(token)).status_code == 200
+    assert client.get("/api/users/1/sum").status_code == 429
+    other = session_client(app, create_token(app, "other"))
+    assert other.get("/api/users/1/sum").status_code == 200
+
+
 # --- without auth, and the settings ---------------------------------------------------------
 
 

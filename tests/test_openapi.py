@@ -6,6 +6,7 @@ tests/test_contract.py runs schemathesis with it against the live app.
 from __future__ import annotations
 
 import html
+import json
 import random
 import re
 import tomllib
@@ -19,7 +20,9 @@ from tests.helpers import BIGGEST, line, seed
 from tests.test_api import BAD_HOURS
 from txstream import openapi, params, queries
 from txstream.access import OPEN_ENDPOINTS
+from txstream.keys import Keys
 from txstream.processes import ROOT
+from txstream.store import dead_letter
 from txstream.transaction import MAX_USER_ID
 
 HOW = ["GET"]  # what the document describes; Flask adds HEAD and OPTIONS by itself
@@ -158,14 +161,18 @@ def _assert_keys_follow(spec: dict, schema: dict, value) -> None:
         ("/api/users/1/recent", "/api/users/{user_id}/recent", 200),
         ("/api/users/1/windows", "/api/users/{user_id}/windows", 200),
         ("/api/transactions?limit=2", "/api/transactions", 200),
+        ("/api/dead-letters?limit=2", "/api/dead-letters", 200),
         ("/healthz", "/healthz", 200),
         ("/api/transactions?limit=0", "/api/transactions", 400),
         ("/api/users/1/sum?hours=0", "/api/users/{user_id}/sum", 400),
+        ("/api/dead-letters?before=x", "/api/dead-letters", 400),
     ],
 )
 def test_responses_have_the_documented_keys_in_the_documented_order(app, client, url, path, status):
     now = app.config["CLOCK"]()
     seed(app, line(1, BIGGEST, now, "a"), line(1, "-0.50", now - timedelta(hours=7), "b"))
+    letter = json.dumps(dead_letter("1,2", "why", now))
+    app.config["REDIS"].rpush(Keys(app.config["KEY_PREFIX"]).dead, letter)
     response = client.get(url)
     assert response.status_code == status
     spec = spec_of(app)
@@ -187,8 +194,8 @@ def test_the_docs_page_shows_every_path_and_loads_nothing_from_elsewhere(anonymo
     assert response.mimetype == "text/html"
     for path in spec_of(app)["paths"]:
         assert f"GET {path}</code>" in page
-    for name in spec_of(app)["components"]["parameters"]:
-        assert f"<code>{name}</code>" in page
+    for parameter in spec_of(app)["components"]["parameters"].values():
+        assert f"<code>{parameter['name']}</code>" in page
     example = (
         """curl -H "Authorization: Bearer $TOKEN" 'http://localhost/api/users/1/sum?hours=6'"""
     )

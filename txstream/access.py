@@ -1,7 +1,8 @@
 """Who may read: bearer tokens for the API, a login session for the pages, rate limits.
 
-Every `/api/...` request needs `Authorization: Bearer <token>` (txstream.tokens); a page
-needs a session, made by pasting a token into /login. The session cookie is signed with
+Every `/api/...` request needs `Authorization: Bearer <token>` (txstream.tokens), or else
+a page session and the method GET or HEAD, from this site; a page needs a session, made by
+pasting a token into /login. The session cookie is signed with
 SECRET_KEY and holds the token's hash, so revoking the token ends the session too. Forms
 carry a CSRF token kept in the session. `/metrics` needs a bearer token like the API, and
 counts against its rate limit: a scrape every 15 s is 4 of RATE_LIMIT's default 600 a
@@ -42,6 +43,7 @@ from txstream.ratelimit import FixedWindows, Hit, RateLimited
 log = logging.getLogger(__name__)
 bp = Blueprint("access", __name__)
 
+SESSION_METHODS = ("GET", "HEAD")  # what a page session may ask of the API
 OPEN_ENDPOINTS = {"access.login", "static", "api.healthz", "api.openapi_document", "api.docs"}
 
 
@@ -105,15 +107,39 @@ def _count(who: str) -> Hit:
 
 
 def _api_guard():
-    header = request.headers.get("Authorization", "")
-    scheme, _, token = header.partition(" ")
+    header = request.headers.get("Authorization")
+    if header is None and "token_hash" in session:
+        return _api_session_guard()
+    scheme, _, token = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         return _unauthorized("this API needs an Authorization: Bearer <token> header")
     if not tokens.looks_like_a_token(token):
         return _unauthorized("the bearer token is not valid", invalid=True)
-    found = _checked(tokens.hash_of(token))
+    return _admit(tokens.hash_of(token), "the bearer token is not valid (revoked?)")
+
+
+def _api_session_guard():
+    """The pages' session reads the API too (the console's own pages fetch it): GET and
+    HEAD only, from this site only, so that no other site's form can act with it."""
+    if request.method not in SESSION_METHODS:
+        return _unauthorized(
+            f"with a page session this API answers {' and '.join(SESSION_METHODS)} only; "
+            "send an Authorization: Bearer <token> header"
+        )
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return _unauthorized("a page session reads this API from this site only")
+    token_hash = session["token_hash"]
+    if not isinstance(token_hash, str):
+        return _unauthorized("the session is not valid; sign in again")
+    return _admit(token_hash, "the session's token is not valid (revoked?); sign in again")
+
+
+def _admit(token_hash: str, refusal: str):
+    """Serve the holder of the token with this hash, counted against its rate limit; or
+    refuse with `refusal`."""
+    found = _checked(token_hash)
     if found is None:
-        return _unauthorized("the bearer token is not valid (revoked?)", invalid=True)
+        return _unauthorized(refusal, invalid=True)
     g.token_name = found[0].name
     found[1].check()
     return None

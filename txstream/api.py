@@ -11,16 +11,18 @@ import logging
 from decimal import Decimal
 
 import redis
-from flask import Blueprint, Response, current_app, jsonify, render_template, request
+from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
 from txstream import openapi, queries, system
+from txstream.deadletters import DeadLetters, Unreadable
 from txstream.keys import Keys
 from txstream.money import format_amount
 from txstream.params import (
     InvalidParameter,
     parse_before,
+    parse_dead_before,
     parse_hours,
     parse_limit,
     parse_user_id,
@@ -120,6 +122,29 @@ def user_windows(user_id: str):
         for row in rows
     ]
     return {"items": items}
+
+
+@bp.get("/api/dead-letters")
+def dead_letters():
+    """The messages that could not be stored, with their reasons: newest first, paged."""
+    limit = parse_limit(request.args.get("limit"))
+    before = parse_dead_before(request.args.get("before"))
+    letters, cursor = read_dead_letters(limit, before)
+    return {
+        "items": [letter.to_json() for letter in letters],
+        "next": None if cursor is None else str(cursor),
+    }
+
+
+def read_dead_letters(limit: int, before: int | None):
+    """A page of the dead letters and the next page's position (the API's and the page's);
+    a dead-letter key that is not a list is a 503 that says so."""
+    letters = DeadLetters(current_app.config["REDIS"], Keys(current_app.config["KEY_PREFIX"]))
+    try:
+        return letters.page(limit, before)
+    except Unreadable as exc:
+        log.error("dead letters: %s", exc)
+        abort(503, description=f"{exc}; an operator must look at it")
 
 
 @bp.get("/api/openapi.json")

@@ -35,6 +35,12 @@ class Keys:
         return f"{self.prefix}dead"
 
     @property
+    def dead_count(self) -> str:
+        """How many dead letters were ever appended to the list `dead`: with its length, the
+        position of each letter, which stays put while the list grows and is trimmed."""
+        return f"{self.prefix}dead:count"
+
+    @property
     def layout(self) -> str:
         """The version of txstream's Redis layout, so that a change of it is migrated once."""
         return f"{self.prefix}layout"

@@ -10,8 +10,9 @@ from __future__ import annotations
 import functools
 from decimal import Decimal
 
+from txstream.deadletters import MAX_RAW_CHARS, MAX_TEXT_CHARS
 from txstream.heartbeats import HEARTBEAT_INTERVAL, LIVE_BEATS, SHOWN_CHARS
-from txstream.params import DEFAULT_LIMIT, MAX_HOURS, MAX_LIMIT
+from txstream.params import DEFAULT_LIMIT, MAX_HOURS, MAX_LIMIT, POSITION_DIGITS
 from txstream.queries import MAX_CURSOR_CHARS
 from txstream.recent import RECENT_SIZE
 from txstream.transaction import MAX_USER_ID
@@ -36,6 +37,7 @@ HOURS_PATTERN = (
     rf"|0{{1,10}}\.(?:{_NONZERO_FRACTION})"  # 0 < hours < 1
     r"|0{0,6}8760(?:\.0{1,10})?)$"  # 8760 exactly
 )
+_POSITION = f"^[0-9]{{1,{POSITION_DIGITS}}}$"  # a dead letter's position (params)
 CURSOR_FORMAT = "txstream-cursor"  # a name of this API's own: what `next` holds
 
 
@@ -55,6 +57,23 @@ def _object(**properties: dict) -> dict:
         "required": list(properties),
         "additionalProperties": False,
     }
+
+
+def _page(item: str, order: str, cursor: dict) -> dict:
+    """A page of a list: up to MAX_LIMIT items of schema `item`, and the next page's cursor."""
+    return _object(
+        items={
+            "type": "array",
+            "items": _ref("schemas", item),
+            "maxItems": MAX_LIMIT,
+            "description": order,
+        },
+        next={
+            "type": ["string", "null"],
+            **cursor,
+            "description": "The `before` of the next (older) page; null on the last page",
+        },
+    )
 
 
 _TIME = {
@@ -87,20 +106,10 @@ _SCHEMAS = {
         amount=_ref("schemas", "Amount"),
         ts={"type": "number", "exclusiveMinimum": 0, "description": "Unix epoch seconds"},
     ),
-    "TransactionPage": _object(
-        items={
-            "type": "array",
-            "items": _ref("schemas", "Transaction"),
-            "maxItems": MAX_LIMIT,
-            "description": "Newest first: by ts, then txn_id, descending",
-        },
-        next={
-            "type": ["string", "null"],
-            "format": CURSOR_FORMAT,
-            "maxLength": MAX_CURSOR_CHARS,
-            "pattern": "^[A-Za-z0-9_-]+$",
-            "description": "The `before` of the next (older) page; null on the last page",
-        },
+    "TransactionPage": _page(
+        "Transaction",
+        "Newest first: by ts, then txn_id, descending",
+        {"format": CURSOR_FORMAT, "maxLength": MAX_CURSOR_CHARS, "pattern": "^[A-Za-z0-9_-]+$"},
     ),
     "Recent": _object(
         items={
@@ -136,6 +145,37 @@ _SCHEMAS = {
             "description": "Newest window first",
         },
     ),
+    "DeadLetter": _object(
+        reason={
+            "type": "string",
+            "maxLength": MAX_TEXT_CHARS,
+            "description": "Why the message could not be stored",
+        },
+        at={
+            "type": ["string", "null"],
+            "maxLength": MAX_TEXT_CHARS,
+            "description": "When, as the subscriber wrote it (ISO-8601 UTC); null if unreadable",
+        },
+        size={
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "description": "The whole message's size in bytes; null if unreadable",
+        },
+        sha256={
+            "type": ["string", "null"],
+            "maxLength": 64,
+            "description": "The whole message's SHA-256, hex; null if unreadable",
+        },
+        raw={
+            "type": "string",
+            "maxLength": MAX_RAW_CHARS,
+            "description": (
+                "The message's first 4 KiB as text, bytes that are not UTF-8 as \\xNN; "
+                "for an item of the list that is not a dead letter, the item itself"
+            ),
+        },
+    ),
+    "DeadLetterPage": _page("DeadLetter", "Newest first", {"pattern": _POSITION}),
     "Health": _object(
         redis={"enum": ["ok", "down"]},
         database={"enum": ["ok", "down"]},
@@ -243,6 +283,17 @@ _PARAMETERS = {
             "pattern": "^[A-Za-z0-9_-]+$",
         },
     },
+    "dead_before": {
+        "name": "before",
+        "in": "query",
+        "required": False,
+        "description": (
+            "The `next` of the previous page: the position of the oldest dead letter it "
+            "showed; this page has those before it. Letters appended since do not move it; "
+            "trimmed ones are gone. Absent: the newest page"
+        ),
+        "schema": {"type": "string", "pattern": _POSITION},
+    },
 }
 
 _RETRY_AFTER = {
@@ -304,7 +355,8 @@ decimals (never floats); times are ISO-8601 UTC with microseconds; `ts` is epoch
 Objects have their keys in the order listed here.
 
 Every request under /api needs `Authorization: Bearer <token>` (made with `flask --app app
-create-token NAME`), except this document and /api/docs; /healthz is open too. Every
+create-token NAME`), or else the session of the pages (/login), for GET and HEAD from the same
+site; this document and /api/docs need neither, and /healthz is open too. Every
 error is a JSON object `{{"error": "..."}}`: 400 for a bad parameter, 401 (with
 WWW-Authenticate) without a valid token, 404 for an unknown path under /api, 405 (with
 Allow) for a method other than GET (or HEAD, OPTIONS), 429 (with Retry-After) past the
@@ -414,6 +466,13 @@ def document(window_hours: Decimal) -> dict:
                 "200 even while Redis or the database is down (it says which)",
                 "The system's state",
                 _json(_ref("schemas", "System")),
+            ),
+            "/api/dead-letters": _operation(
+                "deadLetters",
+                "The messages that could not be stored, with their reasons, newest first",
+                "A page",
+                _json(_ref("schemas", "DeadLetterPage")),
+                ("limit", "dead_before"),
             ),
             "/healthz": _HEALTH,
             "/api/openapi.json": _operation(

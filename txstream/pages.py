@@ -9,9 +9,16 @@ from flask import Blueprint, Response, current_app, redirect, render_template, r
 from werkzeug.exceptions import HTTPException
 
 from txstream import queries, system
+from txstream.api import read_dead_letters
 from txstream.keys import Keys
 from txstream.money import format_amount
-from txstream.params import InvalidParameter, parse_before, parse_user_id, span
+from txstream.params import (
+    InvalidParameter,
+    parse_before,
+    parse_dead_before,
+    parse_user_id,
+    span,
+)
 from txstream.recent import RecentLists
 from txstream.times import format_time
 
@@ -50,6 +57,16 @@ def index():
         lambda conn: queries.transactions_page(conn, PAGE_SIZE, before=before),
     )
     return render_template("index.html", txns=txns, cursor=cursor, paged=before is not None)
+
+
+@bp.get("/dead-letters")
+def dead_letters():
+    """The messages that could not be stored, newest first: why, when, and what came."""
+    before = parse_dead_before(request.args.get("before"))
+    letters, cursor = read_dead_letters(PAGE_SIZE, before)
+    return render_template(
+        "dead_letters.html", letters=letters, cursor=cursor, paged=before is not None
+    )
 
 
 @bp.get("/users")

@@ -19,6 +19,8 @@ DEFAULT_LIMIT = 50
 # A plain decimal: no sign, exponent, nan or inf. Short, so the arithmetic below is exact.
 _HOURS = re.compile(r"[0-9]{1,10}(\.[0-9]{1,10})?")
 _LIMIT = re.compile(r"[0-9]{1,10}")
+POSITION_DIGITS = 16  # a dead letter's position: up to 2^52 (txstream.deadletters)
+_POSITION = re.compile(rf"[0-9]{{1,{POSITION_DIGITS}}}")
 _MICROS_PER_HOUR = 3_600_000_000
 
 
@@ -66,6 +68,18 @@ def parse_before(raw: str | None) -> Position | None:
         return decode_cursor(raw)
     except InvalidCursor as exc:
         raise InvalidParameter(f"before is not a valid page cursor: {exc}") from None
+
+
+def parse_dead_before(raw: str | None) -> int | None:
+    """The dead letters' `before`: a position from a previous page's `next`, or absent."""
+    if raw is None:
+        return None
+    if not _POSITION.fullmatch(raw):
+        raise InvalidParameter(
+            f"before must be the `next` of a page of dead letters: a whole number of 1 to "
+            f"{POSITION_DIGITS} digits, got {raw[:40]!r}"
+        )
+    return int(raw)
 
 
 def span(hours: Decimal) -> timedelta:

@@ -58,10 +58,12 @@ _UNPACK = 1000  # arguments per Lua unpack(): its stack holds a few thousand at 
 # would fail the batch script on every try). Its size and SHA-256 identify the whole.
 DEAD_RAW_BYTES = 4096
 
-# KEYS: the dead letters, the stream, then the recent lists. ARGV: the consumer group ('' for
-# none), how many entry ids and how many dead letters, the dead-letter list's cap; the ids;
-# the dead letters; then for each recent list its number of new items and the items.
-# Nothing is acknowledged unless everything before it was written.
+# KEYS: the dead letters, their count, the stream, then the recent lists. ARGV: the consumer
+# group ('' for none), how many entry ids and how many dead letters, the dead-letter list's
+# cap; the ids; the dead letters; then for each recent list its number of new items and the
+# items. Nothing is acknowledged unless everything before it was written. The count is of
+# every dead letter ever appended (txstream.deadletters pages by it); missing or unreadable,
+# it starts again from the list's length.
 _WRITE_BATCH = (
     MERGE_RECENT_LUA
     + f"""
@@ -73,8 +75,19 @@ if n_dead > 0 then
     return redis.error_reply('WRONGTYPE dead-letter key ' .. KEYS[1] .. ' holds a ' .. kind)
   end
 end
+local dead_count = nil
+if n_dead > 0 then
+  local held = redis.call('LLEN', KEYS[1])
+  if redis.call('TYPE', KEYS[2])['ok'] == 'string' then
+    dead_count = tonumber(redis.call('GET', KEYS[2]))
+  end
+  if not dead_count or dead_count ~= math.floor(dead_count) or dead_count < held
+      or dead_count > 2^52 then
+    dead_count = held
+  end
+end
 local pos, replaced, dropped = dead + n_dead, 0, 0
-for k = 3, #KEYS do
+for k = 4, #KEYS do
   local n = tonumber(ARGV[pos])
   local r, d = merge_recent(KEYS[k], pos + 1, pos + n)
   replaced, dropped, pos = replaced + r, dropped + d, pos + n + 1
@@ -84,9 +97,10 @@ for i = dead, dead + n_dead - 1, {_UNPACK} do
 end
 if n_dead > 0 then
   redis.call('LTRIM', KEYS[1], -dead_max, -1)  -- the newest dead_max
+  redis.call('SET', KEYS[2], string.format('%d', dead_count + n_dead))
 end
 for i = ids, dead - 1, {_UNPACK} do
-  redis.call('XACK', KEYS[2], ARGV[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, dead - 1)))
+  redis.call('XACK', KEYS[3], ARGV[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, dead - 1)))
 end
 return {{replaced, dropped}}
 """
@@ -207,7 +221,7 @@ class Store:
             self.keys, committed.new + committed.stored_before
         )
         ids = list(entry_ids) if self.group else []
-        keys = [self.keys.dead, self.keys.stream, *recent_keys]
+        keys = [self.keys.dead, self.keys.dead_count, self.keys.stream, *recent_keys]
         args = [self.group or "", len(ids), len(dead), self.dead_letters_max, *ids]
         args += (json.dumps(d) for d in dead)
         replaced, dropped = self._write_batch(keys=keys, args=args + recent_args)

@@ -1,0 +1,139 @@
+"""Reading the dead letters: the Redis list `dead`, newest first, one page at a time.
+
+The subscriber appends letters at the list's tail and trims its head to the newest
+DEAD_LETTERS_MAX, and counts every letter it ever appended (`Keys.dead_count`). So each
+letter has a position that never changes: `count - length` is the head's, the tail's is
+`count - 1`. A page's cursor is the position of the oldest letter it shows: the next page
+shows the letters before it, however many came since or were trimmed meanwhile (once
+trimmed, a letter is simply not there). A list's length and an offset could not say which
+letter a cursor meant once the list is full: each letter appended then trims another.
+
+Any item may be corrupt (not JSON, wrong types, huge): what it holds is shown as far as it
+can be, as text, cut short.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from txstream.keys import Keys
+from txstream.store import DEAD_RAW_BYTES
+
+log = logging.getLogger(__name__)
+
+# A letter's raw text is its first 4 KiB, bytes that are not UTF-8 escaped as \xNN: at
+# most four characters a byte. Anything longer was not written by txstream.
+MAX_RAW_CHARS = 4 * DEAD_RAW_BYTES
+MAX_TEXT_CHARS = 1000  # of a reason, and of a time that is not one
+UNREADABLE = "an unreadable dead letter (not a JSON object as txstream writes them)"
+
+# ARGV: the keys of the dead letters and of their count, the position before which to read
+# ('' for the newest), how many. The keys are arguments, not KEYS: Redis's ACL lets a
+# user declare only keys it may write, and the web user may only read these. Returns the
+# position of the first (oldest) letter returned, the letters oldest first, the key's type,
+# and whether older letters are held. One call: no append or trim comes between count and
+# read.
+_READ_PAGE = """
+local kind = redis.call('TYPE', ARGV[1])['ok']
+if kind ~= 'list' then
+  return {0, {}, kind, 0}
+end
+local held = redis.call('LLEN', ARGV[1])
+local count = nil
+if redis.call('TYPE', ARGV[2])['ok'] == 'string' then
+  count = tonumber(redis.call('GET', ARGV[2]))
+end
+if not count or count ~= math.floor(count) or count < held or count > 2^52 then
+  count = held
+end
+local head = count - held
+local before = tonumber(ARGV[3]) or count
+local last = math.min(before, count) - 1 - head
+if last < 0 then
+  return {0, {}, kind, 0}
+end
+local first = math.max(last - tonumber(ARGV[4]) + 1, 0)
+return {head + first, redis.call('LRANGE', ARGV[1], first, last), kind, first}
+"""
+
+
+class Unreadable(Exception):
+    """The dead-letter key holds something that is not a list."""
+
+
+@dataclass(frozen=True)
+class Letter:
+    """One dead letter as it can be shown: every field but `reason` and `raw` may be None."""
+
+    reason: str
+    at: str | None
+    size: int | None
+    sha256: str | None
+    raw: str
+
+    def to_json(self) -> dict:
+        """The API's form, keys in the documented order."""
+        return {
+            "reason": self.reason,
+            "at": self.at,
+            "size": self.size,
+            "sha256": self.sha256,
+            "raw": self.raw,
+        }
+
+
+class DeadLetters:
+    """The dead-letter list of one key prefix."""
+
+    def __init__(self, client: redis.Redis, keys: Keys) -> None:
+        self.keys = keys
+        self._read_page = client.register_script(_READ_PAGE)
+
+    def page(self, limit: int, before: int | None = None) -> tuple[list[Letter], int | None]:
+        """Up to `limit` letters before position `before` (the newest when None), newest
+        first, and the cursor of the next (older) page: None when there is nothing older."""
+        keys = [self.keys.dead, self.keys.dead_count]
+        position, items, kind, older = self._read_page(
+            args=[*keys, "" if before is None else before, limit]
+        )
+        if _text(kind) not in ("list", "none"):
+            raise Unreadable(f"the dead-letter key {self.keys.dead} holds a {_text(kind)}")
+        letters = [letter_of(item) for item in reversed(items)]
+        return letters, (position if older > 0 else None)
+
+
+def letter_of(item: bytes) -> Letter:
+    """What an item of the list says, as far as it says it; never raises."""
+    text = item.decode("utf-8", "backslashreplace")
+    try:
+        record = json.loads(text)
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        return Letter(UNREADABLE, None, None, None, text[:MAX_RAW_CHARS])
+    reason = record.get("reason")
+    return Letter(
+        reason=_cut(reason, MAX_TEXT_CHARS) if isinstance(reason, str) else UNREADABLE,
+        at=_cut(record.get("at"), MAX_TEXT_CHARS),
+        size=_whole(record.get("size")),
+        sha256=_cut(record.get("sha256"), 64),
+        raw=_cut(record.get("raw"), MAX_RAW_CHARS) or text[:MAX_RAW_CHARS],
+    )
+
+
+def _cut(value: Any, most: int) -> str | None:
+    return value[:most] if isinstance(value, str) else None
+
+
+def _whole(value: Any) -> int | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63
+    return value if ok else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
