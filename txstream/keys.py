@@ -49,6 +49,15 @@ class Keys:
         the tokens they have cached (txstream.tokens.Cache)."""
         return f"{self.prefix}tokens:epoch"
 
+    def subscriber(self, name: str) -> str:
+        """The hash of a running subscriber's heartbeat (field `heartbeat_at`)."""
+        return f"{self.prefix}subscriber:{name}"
+
+    @property
+    def subscriber_pattern(self) -> str:
+        """SCAN pattern of every subscriber's heartbeat hash."""
+        return f"{_glob_literal(self.prefix)}subscriber:*"
+
     @property
     def recent_pattern(self) -> str:
         """SCAN pattern of every recent list."""
