@@ -12,6 +12,7 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import click
 import redis
@@ -32,14 +33,15 @@ from txstream.times import format_time, utcnow
 log = logging.getLogger(__name__)
 
 
-def create_app(test_config: dict | None = None) -> Flask:
+def create_app(test_config: dict | None = None, check_window: bool = True) -> Flask:
     """Build the app from the settings (`config.load()`), then `test_config` on top.
 
     Besides Flask's own keys, `test_config` may set ENGINE (a SQLAlchemy engine),
     REDIS (a redis client), KEY_PREFIX, WINDOW_HOURS (a Decimal), CLOCK (returns the
     current naive-UTC datetime), AUTH, SECRET_KEY and RATE_LIMIT. Only the aggregates'
-    layout is read at once (`_check_window`); nothing else connects until a request needs
-    it. Raises `config.ConfigError` when the settings cannot work.
+    layout is read at once (`_check_window`, unless `check_window` is False); nothing else
+    connects until a request needs it. Raises `config.ConfigError` when the settings cannot
+    work.
     """
     settings = config.load()
     app = Flask(__name__)
@@ -90,7 +92,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     )
     if not app.config["AUTH"]:
         log.warning("AUTH=off: anyone who reaches this app reads every user's transactions")
-    _check_window(app)
+    if check_window:
+        _check_window(app)
 
     access.init_app(app)
     app.register_blueprint(api.bp)
@@ -300,7 +303,15 @@ def _masked_url(engine: Engine) -> str:
     return config.mask_url(engine.url.render_as_string(hide_password=False))
 
 
+def running_a_command(argv: list[str]) -> bool:
+    """Whether `argv` runs a `flask` command other than `run` (init-db, rebuild-windows):
+    those work whatever WINDOW_HOURS says, since changing it is one of their jobs."""
+    program = Path(argv[0])
+    is_flask = program.name == "flask" or program.parts[-2:] == ("flask", "__main__.py")
+    return is_flask and "run" not in argv[1:]
+
+
 try:
-    app = create_app()
+    app = create_app(check_window=not running_a_command(sys.argv))
 except config.ConfigError as exc:
     sys.exit(f"app: {exc}")

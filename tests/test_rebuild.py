@@ -262,3 +262,19 @@ def test_init_db_names_the_rebuild(sqlite_engine, fake_redis, key_prefix):
     )
     with sqlite_engine.connect() as conn:
         assert recorded_layout(conn) == Layout.for_window(6 * HOUR)
+
+
+@pytest.mark.parametrize(
+    ("argv", "command"),
+    [
+        (["/srv/.venv/bin/flask", "--app", "app", "rebuild-windows", "--hours", "1"], True),
+        (["/usr/lib/python3/site-packages/flask/__main__.py", "--app", "app", "init-db"], True),
+        (["/srv/.venv/bin/flask", "--app", "app", "run"], False),
+        (["/srv/.venv/bin/gunicorn", "app:app"], False),
+        (["/srv/.venv/bin/pytest", "-q"], False),
+    ],
+)
+def test_only_the_flask_commands_start_whatever_the_window(argv, command):
+    from app import running_a_command
+
+    assert running_a_command(argv) is command
