@@ -269,12 +269,15 @@ def rebuild_windows_command(hours: str | None) -> None:
                 mark = rebuild.rows_mark(conn)
             click.echo(f"Rebuilding the aggregates of {mark.count} rows: {layout.describe()}")
             with click.progressbar(length=mark.count, label="rows", show_pos=True) as bar:
-                rebuild.rebuild(engine, layout, mark, bar.update)
+                swap_seconds = rebuild.rebuild(engine, layout, mark, bar.update)
     except rebuild.RebuildRefused as exc:
         raise click.ClickException(str(exc)) from None
     except OperationalError as exc:
         raise click.ClickException(f"the database failed: {exc.orig}; nothing swapped") from None
-    click.echo(f"Done: {mark.count} of {mark.count} rows; aggregates of {layout.describe()}")
+    click.echo(
+        f"Done: {mark.count} of {mark.count} rows; aggregates of {layout.describe()}, "
+        f"swapped in at once ({swap_seconds:.3f} s)"
+    )
     hours_set = f"{layout.window_seconds / 3600:g}"
     click.echo(f"Start the subscribers and web apps with WINDOW_HOURS={hours_set}")
 

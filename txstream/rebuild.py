@@ -15,7 +15,9 @@ stored rows changed under it (it then drops what it built).
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -102,8 +104,9 @@ def new_tables(suffix: str) -> list[Table]:
 
 def rebuild(
     engine: Engine, layout: Layout, mark: RowsMark, done: Callable[[int], None] | None = None
-) -> None:
-    """Build the aggregates of `layout` beside the old ones, then swap them in.
+) -> float:
+    """Build the aggregates of `layout` beside the old ones, then swap them in; the seconds
+    that the swap took.
 
     `mark` is the stored rows' `rows_mark` when the rebuild began; `done(n)` is called
     after each chunk of `n` rows. Raises `RebuildRefused`, swapping nothing, if the rows
@@ -115,11 +118,14 @@ def rebuild(
     metadata.create_all(engine)
     try:
         _build(engine, layout, *built, done or (lambda n: None))
+        started = time.monotonic()
         _swap(engine, mark)
+        swap_seconds = time.monotonic() - started
     except BaseException:
         metadata.drop_all(engine)
         raise
     log.warning("rebuilt the aggregates: %s", layout.describe())
+    return swap_seconds
 
 
 def _build(
@@ -135,10 +141,11 @@ def _build(
     Each chunk is committed by itself: nobody reads these tables before the swap.
     """
     sql, now = statements(engine.dialect).into(windows.name, buckets.name), utcnow()
-    for txns in stored_in_chunks(engine):
-        with engine.begin() as conn:
-            add_to_aggregates(conn, sql, txns, layout, now)
-        done(len(txns))
+    with contextlib.closing(stored_in_chunks(engine)) as chunks:  # its cursor, even on error
+        for txns in chunks:
+            with engine.begin() as conn:
+                add_to_aggregates(conn, sql, txns, layout, now)
+            done(len(txns))
     with engine.begin() as conn:
         kept = select(settings).where(settings.c.name.not_in([WINDOW_SECONDS, BUCKET_SECONDS]))
         conn.execute(insert(settings_new).from_select(list(settings.c.keys()), kept))
