@@ -272,8 +272,8 @@ def rebuild_windows_command(hours: str | None) -> None:
                 swap_seconds = rebuild.rebuild(engine, layout, mark, bar.update)
     except rebuild.RebuildRefused as exc:
         raise click.ClickException(str(exc)) from None
-    except OperationalError as exc:
-        raise click.ClickException(f"the database failed: {exc.orig}; nothing swapped") from None
+    except (OperationalError, ProgrammingError) as exc:  # ProgrammingError: no table (init-db)
+        raise click.ClickException(f"the database failed: {exc.orig}") from None
     click.echo(
         f"Done: {mark.count} of {mark.count} rows; aggregates of {layout.describe()}, "
         f"swapped in at once ({swap_seconds:.3f} s)"

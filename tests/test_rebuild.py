@@ -278,3 +278,24 @@ def test_only_the_flask_commands_start_whatever_the_window(argv, command):
     from app import running_a_command
 
     assert running_a_command(argv) is command
+
+
+def test_rebuild_of_an_empty_database_records_the_layout(app, sqlite_engine):
+    result = rebuild_windows(app, "--hours", "2")
+
+    assert result.exit_code == 0, result.output
+    assert "Done: 0 of 0 rows" in result.output
+    with sqlite_engine.connect() as conn:
+        assert recorded_layout(conn) == Layout.for_window(2 * HOUR)
+
+
+def test_rebuild_without_the_tables_says_so(app, tmp_path):
+    import models
+
+    app.config["ENGINE"] = models.make_engine(f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+
+    result = rebuild_windows(app, "--hours", "2")
+
+    assert result.exit_code == 1
+    assert "Error: the database failed: no such table: transactions" in result.output
+    app.config["ENGINE"].dispose()
