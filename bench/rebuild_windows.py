@@ -90,13 +90,17 @@ def check(hours: str) -> None:
     engine = models.make_engine(ENV["DATABASE_URL"])
     t, w = models.transactions, models.user_window_totals
     with engine.connect() as conn:
-        assert recorded_layout(conn) == Layout.for_window(int(Decimal(hours) * 3600))
+        layout = recorded_layout(conn)
         raw = conn.execute(select(func.count(), func.sum(t.c.amount)).where(t.c.user_id == 1))
         windows = conn.execute(
             select(func.sum(w.c.tx_count), func.sum(w.c.amount_sum)).where(w.c.user_id == 1)
         )
-        assert tuple(raw.one()) == tuple(windows.one())
+        raw_totals, window_totals = tuple(raw.one()), tuple(windows.one())
     engine.dispose()
+    if layout != Layout.for_window(int(Decimal(hours) * 3600)):
+        raise SystemExit(f"the layout recorded after the rebuild is {layout}")
+    if raw_totals != window_totals:
+        raise SystemExit(f"user 1: raw rows {raw_totals}, windows {window_totals}")
 
 
 def main() -> None:
