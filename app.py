@@ -3,6 +3,7 @@
 flask --app app run                  # serve on http://127.0.0.1:5000
 flask --app app init-db              # create the database and tables named by DATABASE_URL
 flask --app app create-token NAME    # an API token (printed once); list-tokens, revoke-token
+flask --app app rebuild-windows --hours H   # change the window (subscribers stopped)
 """
 
 from __future__ import annotations
@@ -11,19 +12,20 @@ import contextlib
 import logging
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import click
 import redis
 from flask import Flask, Response, current_app, request
 from flask.cli import with_appcontext
 from sqlalchemy import Engine, inspect
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 import config
 import models
-from txstream import access, api, metrics, pages, tokens
-from txstream.aggregates import KnownLayout, Layout, LayoutMismatch
+from txstream import access, api, metrics, pages, rebuild, tokens
+from txstream.aggregates import BadLayout, KnownLayout, Layout, LayoutMismatch, recorded_layout
 from txstream.keys import Keys
 from txstream.store import ensure_layout
 from txstream.times import format_time, utcnow
@@ -31,14 +33,15 @@ from txstream.times import format_time, utcnow
 log = logging.getLogger(__name__)
 
 
-def create_app(test_config: dict | None = None) -> Flask:
+def create_app(test_config: dict | None = None, check_window: bool = True) -> Flask:
     """Build the app from the settings (`config.load()`), then `test_config` on top.
 
     Besides Flask's own keys, `test_config` may set ENGINE (a SQLAlchemy engine),
     REDIS (a redis client), KEY_PREFIX, TRANSPORT, STREAM, GROUP, WINDOW_HOURS (a Decimal),
-    CLOCK (returns the current naive-UTC datetime), AUTH, SECRET_KEY and RATE_LIMIT.
-    Nothing connects until a request needs it. Raises `config.ConfigError` when the
-    settings cannot work.
+    CLOCK (returns the current naive-UTC datetime), AUTH, SECRET_KEY and RATE_LIMIT. Only
+    the aggregates' layout is read at once (`_check_window`, unless `check_window` is
+    False); nothing else connects until a request needs it. Raises `config.ConfigError`
+    when the settings cannot work.
     """
     settings = config.load()
     app = Flask(__name__)
@@ -92,6 +95,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     )
     if not app.config["AUTH"]:
         log.warning("AUTH=off: anyone who reaches this app reads every user's transactions")
+    if check_window:
+        _check_window(app)
 
     metrics.init_app(app)  # first: it times the requests that access.init_app refuses too
     access.init_app(app)
@@ -106,9 +111,32 @@ def create_app(test_config: dict | None = None) -> Flask:
         create_token_command,
         list_tokens_command,
         revoke_token_command,
+        rebuild_windows_command,
     ):
         app.cli.add_command(command)
     return app
+
+
+def _check_window(app: Flask) -> None:
+    """Raise `config.ConfigError` if the database records another window than WINDOW_HOURS.
+
+    The app must start while the database is down: then it only logs. (Its sums use the
+    recorded layout whatever WINDOW_HOURS says; refusing here keeps the configuration honest:
+    WINDOW_HOURS is the default `hours` of a sum, and what an operator reads.)
+    """
+    wanted = _layout(app.config["WINDOW_HOURS"])
+    try:
+        with app.config["ENGINE"].connect() as conn:
+            recorded = recorded_layout(conn)
+    except (OperationalError, InterfaceError, ProgrammingError, BadLayout) as exc:
+        log.warning("web app: cannot read the aggregates' layout now, starting anyway: %s", exc)
+        return
+    if recorded is not None and recorded != wanted:
+        raise config.ConfigError(str(LayoutMismatch.between(recorded, wanted)))
+
+
+def _layout(window_hours) -> Layout:
+    return Layout.for_window(int(window_hours * 3600))
 
 
 def _http_error(exc: HTTPException):
@@ -149,7 +177,7 @@ def init_db_command() -> None:
     engine = current_app.config["ENGINE"]
     where = _masked_url(engine)
     before = _table_names(engine)
-    layout = Layout.for_window(int(current_app.config["WINDOW_HOURS"] * 3600))
+    layout = _layout(current_app.config["WINDOW_HOURS"])
     try:
         with _writer() as writer:
             models.create_schema(writer)
@@ -218,6 +246,46 @@ def revoke_token_command(name: str) -> None:
     click.echo(f"Revoked token {name!r}")
 
 
+@click.command("rebuild-windows")
+@click.option(
+    "--hours",
+    metavar="H",
+    help="the new window length in hours, as WINDOW_HOURS takes it (default: WINDOW_HOURS)",
+)
+@with_appcontext
+def rebuild_windows_command(hours: str | None) -> None:
+    """Rebuild the window and bucket totals for windows of H hours, from the stored rows.
+
+    Stop every subscriber first: the command refuses to run while one's heartbeat is live.
+    The web app keeps serving from the old totals meanwhile; the new ones are swapped in at
+    once. Then start the subscribers with WINDOW_HOURS=H (and the web app too).
+    """
+    try:
+        window_hours = config.load({"WINDOW_HOURS": hours}).window_hours if hours else None
+    except config.ConfigError as exc:
+        raise click.BadParameter(str(exc), param_hint="--hours") from None
+    layout = _layout(window_hours or current_app.config["WINDOW_HOURS"])
+    keys = Keys(current_app.config["KEY_PREFIX"])
+    try:
+        rebuild.refuse_if_subscribers_run(current_app.config["REDIS"], keys)
+        with _writer() as engine:
+            with engine.connect() as conn:
+                mark = rebuild.rows_mark(conn)
+            click.echo(f"Rebuilding the aggregates of {mark.count} rows: {layout.describe()}")
+            with click.progressbar(length=mark.count, label="rows", show_pos=True) as bar:
+                swap_seconds = rebuild.rebuild(engine, layout, mark, bar.update)
+    except rebuild.RebuildRefused as exc:
+        raise click.ClickException(str(exc)) from None
+    except (OperationalError, ProgrammingError) as exc:  # ProgrammingError: no table (init-db)
+        raise click.ClickException(f"the database failed: {exc.orig}") from None
+    click.echo(
+        f"Done: {mark.count} of {mark.count} rows; aggregates of {layout.describe()}, "
+        f"swapped in at once ({swap_seconds:.3f} s)"
+    )
+    hours_set = f"{layout.window_seconds / 3600:g}"
+    click.echo(f"Start the subscribers and web apps with WINDOW_HOURS={hours_set}")
+
+
 @contextlib.contextmanager
 def _writer() -> Iterator[Engine]:
     """An engine that writes, for the commands (the app's own only reads)."""
@@ -242,7 +310,15 @@ def _masked_url(engine: Engine) -> str:
     return config.mask_url(engine.url.render_as_string(hide_password=False))
 
 
+def running_a_command(argv: list[str]) -> bool:
+    """Whether `argv` runs a `flask` command other than `run` (init-db, rebuild-windows):
+    those work whatever WINDOW_HOURS says, since changing it is one of their jobs."""
+    program = Path(argv[0])
+    is_flask = program.name == "flask" or program.parts[-2:] == ("flask", "__main__.py")
+    return is_flask and "run" not in argv[1:]
+
+
 try:
-    app = create_app()
+    app = create_app(check_window=not running_a_command(sys.argv))
 except config.ConfigError as exc:
     sys.exit(f"app: {exc}")

@@ -76,3 +76,6 @@ def test_subscriber_refuses_a_database_kept_with_another_window(tmp_path, closed
         "cannot store: the database's aggregates are of windows of 6 h, buckets of 60 s, "
         "not windows of 1 h, buckets of 60 s: set WINDOW_HOURS=6" in subscriber.output
     )
+    assert "rebuild the aggregates with `flask --app app rebuild-windows --hours 1`" in (
+        subscriber.output
+    )

@@ -170,3 +170,29 @@ def _rows_read(conn) -> int:
     """The rows this session's statements have read from indexes and tables so far."""
     status = conn.execute(text("SHOW SESSION STATUS LIKE 'Handler_read%'")).all()
     return sum(int(value) for _, value in status)
+
+
+def test_the_next_sum_after_a_rebuild_uses_the_new_layout(app):
+    """A web app caches the layout; the windows are rebuilt with another length (1 h to
+    6 h: the 1 h split would count a whole 6 h window at each end); its very next sum is
+    right, since the statement itself checks the layout it was split by."""
+    engine = app.config["ENGINE"]
+    every = timedelta(hours=30) / 800
+    txns = [Transaction(f"c{i}", USER, Decimal(i).scaleb(-2), NOW - i * every) for i in range(800)]
+    Store(engine, app.config["REDIS"], Keys(app.config["KEY_PREFIX"]), 3600).commit(txns)
+    now = NOW + timedelta(minutes=20, seconds=7)
+    app.config.update(CLOCK=lambda: now, WINDOW_HOURS=Decimal(1))
+    client = signed_in_client(app)
+    hours = Decimal("7.5")
+    expected = expected_sum(txns, now - span(hours), now)
+    assert expected[0] > queries.FEW_ROWS  # read from the aggregates
+    assert client.get(f"/api/users/{USER}/sum?hours={hours}").get_json()["count"] == expected[0]
+    assert app.config["LAYOUT"].get(None) == Layout.for_window(3600)  # cached
+
+    result = app.test_cli_runner().invoke(args=["rebuild-windows", "--hours", "6"])
+    assert result.exit_code == 0, result.output
+
+    body = client.get(f"/api/users/{USER}/sum?hours={hours}").get_json()
+    assert (body["count"], Decimal(body["sum"])) == expected
+    assert app.config["LAYOUT"].get(None) == Layout.for_window(6 * 3600)
+    assert_totals_match_raw_rows(engine, 6 * 3600)

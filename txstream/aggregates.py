@@ -17,8 +17,9 @@ window rows, 2 x window/bucket bucket rows (718 for 6 h windows) and the raw row
 buckets (two minutes of the user's transactions).
 
 The sums are right only with the lengths the aggregates were built with, so those are
-recorded in the table `settings`: a writer with another WINDOW_HOURS refuses to start,
-and the web app reads the lengths from there, not from its own configuration.
+recorded in the table `settings`: a writer or web app with another WINDOW_HOURS refuses
+to start, and the web app reads the lengths from there, not from its own configuration.
+`flask --app app rebuild-windows` changes them (txstream.rebuild).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, Table, insert, select
 
 from models import settings
 from txstream.times import from_micros, to_micros
@@ -43,6 +44,17 @@ BUCKET_SECONDS = "bucket_seconds"
 
 class LayoutMismatch(Exception):
     """The database's aggregates were built with other lengths than this process's."""
+
+    @classmethod
+    def between(cls, recorded: Layout, wanted: Layout) -> LayoutMismatch:
+        """The error, saying how to agree: which WINDOW_HOURS, or how to rebuild."""
+        old, new = (f"{x.window_seconds / 3600:g}" for x in (recorded, wanted))
+        return cls(
+            f"the database's aggregates are of {recorded.describe()}, not "
+            f"{wanted.describe()}: set WINDOW_HOURS={old}, or use another database, or stop "
+            f"the subscribers and rebuild the aggregates with `flask --app app "
+            f"rebuild-windows --hours {new}`"
+        )
 
 
 class BadLayout(ValueError):
@@ -82,10 +94,11 @@ def recorded_layout(conn: Connection) -> Layout | None:
     return layout
 
 
-def record_layout(conn: Connection, layout: Layout) -> None:
-    """Record `layout`; raises IntegrityError when one is recorded already."""
+def record_layout(conn: Connection, layout: Layout, table: Table = settings) -> None:
+    """Record `layout` (in `table`, made like `settings`); raises IntegrityError when one is
+    recorded already."""
     conn.execute(
-        insert(settings),
+        insert(table),
         [
             {"name": WINDOW_SECONDS, "value": str(layout.window_seconds)},
             {"name": BUCKET_SECONDS, "value": str(layout.bucket_seconds)},
@@ -97,7 +110,8 @@ class KnownLayout:
     """The database's layout as a web app process knows it: read when first needed.
 
     Until a writer has recorded one, sums are read from the raw rows (`None`); once
-    known, it is kept, since only rebuilding the aggregates changes it.
+    known, it is kept until a sum finds that the aggregates were rebuilt with another
+    (`forget`; txstream.queries.checked_user_sum).
     """
 
     def __init__(self) -> None:
@@ -111,6 +125,10 @@ class KnownLayout:
             except BadLayout as exc:
                 log.error("summing raw rows: the aggregates' layout is unreadable: %s", exc)
         return self._layout
+
+    def forget(self) -> None:
+        """Read the layout again when next needed: the aggregates were rebuilt."""
+        self._layout = None
 
 
 class RangeParts(NamedTuple):

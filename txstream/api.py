@@ -67,7 +67,7 @@ def user_sum(user_id: str):
     layout = current_app.config["LAYOUT"]
     count, total = queries.read(
         current_app.config["ENGINE"],
-        lambda conn: queries.user_sum(conn, uid, start, end, layout.get(conn)),
+        lambda conn: queries.checked_user_sum(conn, uid, start, end, layout),
     )
     return {
         "user_id": uid,

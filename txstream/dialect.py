@@ -11,7 +11,7 @@ SQL on MySQL and to those functions on SQLite.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from decimal import Decimal
 
 from sqlalchemy import Numeric, String, event
@@ -74,17 +74,27 @@ class StoreStatements:
     add_to_windows: str  # upsert of window totals: added to the stored ones
     add_to_buckets: str  # upsert of bucket totals: added to the stored ones
 
+    def into(self, windows: str, buckets: str) -> StoreStatements:
+        """These statements, adding to the tables `windows` and `buckets` (made like
+        user_window_totals and user_bucket_totals) instead: a rebuild's new tables."""
+        return replace(
+            self,
+            add_to_windows=self.add_to_windows.replace(_WINDOWS_INTO, f"INTO {windows} ", 1),
+            add_to_buckets=self.add_to_buckets.replace(_BUCKETS_INTO, f"INTO {buckets} ", 1),
+        )
+
 
 _INSERT = (
     "INSERT{verb} INTO transactions (txn_id, user_id, amount, ts, received_at) VALUES {{rows}}"
 )
+_WINDOWS_INTO, _BUCKETS_INTO = "INTO user_window_totals ", "INTO user_bucket_totals "
 _WINDOWS = (
-    "INSERT INTO user_window_totals "
+    f"INSERT {_WINDOWS_INTO}"
     "(user_id, window_start, tx_count, amount_sum, amount_min, amount_max, updated_at) "
     "VALUES {{rows}} {merge}"
 )
 _BUCKETS = (
-    "INSERT INTO user_bucket_totals (user_id, bucket_start, tx_count, amount_sum) "
+    f"INSERT {_BUCKETS_INTO}(user_id, bucket_start, tx_count, amount_sum) "
     "VALUES {{rows}} {merge}"
 )
 STATEMENTS = {

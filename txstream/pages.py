@@ -93,7 +93,7 @@ def user(user_id: str):
 
     def read_all(conn):
         return (
-            queries.user_sum(conn, uid, start, end, current_app.config["LAYOUT"].get(conn)),
+            queries.checked_user_sum(conn, uid, start, end, current_app.config["LAYOUT"]),
             queries.transactions_page(conn, PAGE_SIZE, user_id=uid, before=before),
             queries.user_windows(conn, uid, WINDOWS_SHOWN),
         )

@@ -26,14 +26,16 @@ from sqlalchemy import (
     and_,
     bindparam,
     func,
+    literal_column,
+    null,
     or_,
     select,
     union_all,
 )
 from sqlalchemy.exc import DBAPIError
 
-from models import transactions, user_bucket_totals, user_window_totals
-from txstream.aggregates import Layout, split_range
+from models import settings, transactions, user_bucket_totals, user_window_totals
+from txstream.aggregates import WINDOW_SECONDS, KnownLayout, Layout, split_range
 from txstream.dialect import money_sum
 from txstream.money import MONEY_CONTEXT
 from txstream.times import MAX_MICROS, from_micros, to_micros
@@ -46,6 +48,10 @@ T = TypeVar("T")
 MAX_CURSOR_CHARS = 200
 # The cursor's text: "<epoch microseconds>:<txn_id>".
 _POSITION = re.compile(r"([0-9]{1,18}):(.*)", re.DOTALL)
+
+
+class StaleLayout(Exception):
+    """The aggregates were rebuilt with another layout than the one a sum was split by."""
 
 
 class InvalidCursor(ValueError):
@@ -75,32 +81,38 @@ class WindowRow:
 
 # Each statement is built once, with bound parameters: building and hashing a new
 # statement on every request cost more than MariaDB's work (docs/BENCHMARKS.md).
-_t, _w, _b = transactions, user_window_totals, user_bucket_totals
+_t, _w, _b, _s = transactions, user_window_totals, user_bucket_totals, settings
 _USER_ID = bindparam("user_id")
 _RAW_SUM = select(func.count(), money_sum(_t.c.amount)).where(
     _t.c.user_id == _USER_ID, _t.c.ts > bindparam("start"), _t.c.ts <= bindparam("end")
 )
 # One statement, so one consistent snapshot of the rows and aggregates (each batch writes
-# them in one transaction). Its parts: see txstream.aggregates.
+# them in one transaction). Its parts: see txstream.aggregates. The first column says which
+# part a row is of: the last part counts 1 if the window length the range was split by is
+# still the one recorded (a rebuild swaps the aggregates and `settings` at once).
+_PART, _LAYOUT_PART = literal_column("0"), 1
 _AGGREGATE_SUM = union_all(
-    select(func.count(), money_sum(_t.c.amount)).where(
+    select(_PART, func.count(), money_sum(_t.c.amount)).where(
         _t.c.user_id == _USER_ID,
         or_(
             and_(_t.c.ts > bindparam("start"), _t.c.ts < bindparam("a")),
             and_(_t.c.ts >= bindparam("b"), _t.c.ts <= bindparam("end")),
         ),
     ),
-    select(func.sum(_b.c.tx_count), money_sum(_b.c.amount_sum)).where(
+    select(_PART, func.sum(_b.c.tx_count), money_sum(_b.c.amount_sum)).where(
         _b.c.user_id == _USER_ID,
         or_(
             and_(_b.c.bucket_start >= bindparam("a"), _b.c.bucket_start < bindparam("wa")),
             and_(_b.c.bucket_start >= bindparam("wb"), _b.c.bucket_start < bindparam("b")),
         ),
     ),
-    select(func.sum(_w.c.tx_count), money_sum(_w.c.amount_sum)).where(
+    select(_PART, func.sum(_w.c.tx_count), money_sum(_w.c.amount_sum)).where(
         _w.c.user_id == _USER_ID,
         _w.c.window_start >= bindparam("wa"),
         _w.c.window_start < bindparam("wb"),
+    ),
+    select(literal_column(str(_LAYOUT_PART)), func.count(), null()).where(
+        _s.c.name == WINDOW_SECONDS, _s.c.value == bindparam("window_seconds")
     ),
 )
 
@@ -108,6 +120,7 @@ _AGGREGATE_SUM = union_all(
 # Most users have a few transactions in a range: their raw rows, one short index range, cost
 # less than the three tables of the aggregates (docs/BENCHMARKS.md).
 FEW_ROWS = 100
+_LAYOUT_READS = 3  # a rebuild between the layout's read and the sum: read it again
 _FIRST_ROWS = (
     _RAW_SUM.with_only_columns(_t.c.amount).limit(bindparam("probe", type_=Integer)).subquery()
 )
@@ -127,6 +140,7 @@ def user_sum(
     Summed from the raw rows when there are at most `few_rows` of them (found by reading
     at most one more); else read from the aggregates of `layout`, at a cost bounded whatever
     the user's volume. From all the raw rows when `layout` is None (no aggregates yet).
+    Raises `StaleLayout` when the aggregates are of another layout by now.
     """
     params = {"user_id": user_id, "start": start, "end": end}
     if layout is None:
@@ -135,8 +149,29 @@ def user_sum(
         count, total = _added(conn.execute(_FEW_ROWS_SUM, {**params, "probe": few_rows + 1}))
         if count <= few_rows:
             return count, total
-    parts = split_range(start, end, layout)
-    return _added(conn.execute(_AGGREGATE_SUM, {"user_id": user_id, **parts._asdict()}))
+    params = {
+        "user_id": user_id,
+        "window_seconds": str(layout.window_seconds),
+        **split_range(start, end, layout)._asdict(),
+    }
+    rows = conn.execute(_AGGREGATE_SUM, params).all()
+    if sum(count for part, count, _ in rows if part == _LAYOUT_PART) != 1:
+        raise StaleLayout(f"the aggregates are not of {layout.describe()} any more")
+    return _added((count, total) for part, count, total in rows if part != _LAYOUT_PART)
+
+
+def checked_user_sum(
+    conn: Connection, user_id: int, start: datetime, end: datetime, known: KnownLayout
+) -> tuple[int, Decimal]:
+    """`user_sum` with the layout that `known` holds; when the aggregates were rebuilt
+    since, with the layout read anew."""
+    for _ in range(_LAYOUT_READS - 1):
+        try:
+            return user_sum(conn, user_id, start, end, known.get(conn))
+        except StaleLayout as exc:
+            log.warning("reading the aggregates' layout again: %s", exc)
+            known.forget()
+    return user_sum(conn, user_id, start, end, known.get(conn))
 
 
 def _added(rows) -> tuple[int, Decimal]:

@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -322,11 +322,7 @@ def ensure_layout(engine: Engine, layout: Layout) -> None:
         with engine.connect() as conn:
             recorded = recorded_layout(conn)
     if recorded != layout:
-        hours = f"{recorded.window_seconds / 3600:g}"
-        raise LayoutMismatch(
-            f"the database's aggregates are of {recorded.describe()}, not "
-            f"{layout.describe()}: set WINDOW_HOURS={hours}, or use another database"
-        )
+        raise LayoutMismatch.between(recorded, layout)
 
 
 def _rebuild_aggregates(engine: Engine, conn: Connection, layout: Layout) -> None:
@@ -340,15 +336,27 @@ def _rebuild_aggregates(engine: Engine, conn: Connection, layout: Layout) -> Non
     conn.execute(delete(user_window_totals))
     conn.execute(delete(user_bucket_totals))
     sql, now, done = statements(conn.dialect), utcnow(), 0
+    for txns in stored_in_chunks(engine):
+        add_to_aggregates(conn, sql, txns, layout, now)
+        done += len(txns)
+        if done % (50 * _REBUILD_CHUNK) < _REBUILD_CHUNK:
+            log.info("built the totals of %d stored transactions so far", done)
+    log.warning("built the window and bucket totals of %d stored transactions", done)
+
+
+def stored_in_chunks(engine: Engine) -> Iterator[list[Transaction]]:
+    """Every stored transaction, by user and time, a chunk at a time.
+
+    One statement on a connection of its own, streamed (a server-side cursor on MySQL):
+    one consistent snapshot of the rows, read without locks (InnoDB's consistent read,
+    SQLite's WAL), so that writers are not held up meanwhile.
+    """
+    t = transactions
     query = select(t.c.txn_id, t.c.user_id, t.c.amount, t.c.ts).order_by(t.c.user_id, t.c.ts)
-    with engine.connect() as reader:  # one statement: one consistent snapshot of the rows
+    with engine.connect() as reader:
         result = reader.execution_options(yield_per=_REBUILD_CHUNK).execute(query)
         for rows in result.partitions():
-            add_to_aggregates(conn, sql, [Transaction(*row) for row in rows], layout, now)
-            done += len(rows)
-            if done % (50 * _REBUILD_CHUNK) < _REBUILD_CHUNK:
-                log.info("built the totals of %d stored transactions so far", done)
-    log.warning("built the window and bucket totals of %d stored transactions", done)
+            yield [Transaction(*row) for row in rows]
 
 
 def _sort_out(txns: Sequence[Transaction], stored: dict[str, Transaction]) -> Committed:
