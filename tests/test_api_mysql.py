@@ -8,6 +8,8 @@ app's own engine.
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 from sqlalchemy import text
 
@@ -40,12 +42,17 @@ def app(request, app, mysql_engine, redis_client, key_prefix):
     engine.dispose()
 
 
+@pytest.mark.parametrize("in_a_range", [False, True])
 @pytest.mark.parametrize("user_id", [None, 1])
-def test_pages_read_an_index_range(app, user_id):
-    before = queries.Position(app.config["CLOCK"](), "x")
+def test_pages_read_an_index_range(app, user_id, in_a_range):
+    now = app.config["CLOCK"]()
+    before = queries.Position(now, "x")
+    since, until = (now - timedelta(days=1), now) if in_a_range else (None, None)
     with app.config["ENGINE"].connect() as conn:
-        statement = queries._page_statement(user_id is not None, after_a_position=True)
-        query = statement.params(queries._page_params(51, user_id, before))
+        statement = queries._page_statement(
+            user_id is not None, True, since is not None, until is not None
+        )
+        query = statement.params(queries._page_params(51, user_id, before, since, until))
         compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
         plan = conn.execute(text(f"EXPLAIN {compiled}")).mappings().one()
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import logging
+from datetime import datetime
 from decimal import Decimal
+from typing import NamedTuple
 
 import redis
 from flask import Blueprint, Response, abort, current_app, jsonify, render_template, request
@@ -62,21 +64,36 @@ def user_sum(user_id: str):
     """Count and exact sum of the user's transactions with `now - hours < ts <= now`."""
     uid = parse_user_id(user_id)
     hours = parse_hours(request.args.get("hours"), current_app.config["WINDOW_HOURS"])
+    result = read_user_sum(uid, hours)
+    return {
+        "user_id": uid,
+        "hours": _json_number(hours),
+        "from": format_time(result.start),
+        "to": format_time(result.end),
+        "count": result.count,
+        "sum": format_amount(result.total),
+    }
+
+
+class UserSum(NamedTuple):
+    """A user's count and exact sum over `start < ts <= end`."""
+
+    start: datetime
+    end: datetime
+    count: int
+    total: Decimal
+
+
+def read_user_sum(user_id: int, hours: Decimal) -> UserSum:
+    """The user's sum over the last `hours` by the app's CLOCK (the API's and the page's)."""
     end = current_app.config["CLOCK"]()
     start = end - span(hours)
     layout = current_app.config["LAYOUT"]
     count, total = queries.read(
         current_app.config["ENGINE"],
-        lambda conn: queries.checked_user_sum(conn, uid, start, end, layout),
+        lambda conn: queries.checked_user_sum(conn, user_id, start, end, layout),
     )
-    return {
-        "user_id": uid,
-        "hours": _json_number(hours),
-        "from": format_time(start),
-        "to": format_time(end),
-        "count": count,
-        "sum": format_amount(total),
-    }
+    return UserSum(start, end, count, total)
 
 
 @bp.get("/api/users/<user_id>/transactions")

@@ -18,3 +18,8 @@ def format_amount(amount: Decimal) -> str:
     """`amount` with exactly two decimals, e.g. `-44690489068.00`."""
     cents = amount.quantize(CENT, context=_FORMAT_CONTEXT)
     return f"{cents.copy_abs() if cents.is_zero() else cents:.2f}"  # never -0.00
+
+
+def format_money(amount: Decimal) -> str:
+    """`amount` for people: thousands separators and two decimals, e.g. `-1,234,567.89`."""
+    return f"{Decimal(format_amount(amount)):,.2f}"

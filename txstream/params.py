@@ -7,7 +7,7 @@ rule; nothing is clamped or rounded silently.
 from __future__ import annotations
 
 import re
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 from txstream import wire
@@ -22,6 +22,10 @@ _LIMIT = re.compile(r"[0-9]{1,10}")
 POSITION_DIGITS = 16  # a dead letter's position: up to 2^52 (txstream.deadletters)
 _POSITION = re.compile(rf"[0-9]{{1,{POSITION_DIGITS}}}")
 _MICROS_PER_HOUR = 3_600_000_000
+# A date-range bound as HTML's date and datetime-local inputs send it, read as UTC.
+_BOUND = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}(T[0-9]{2}:[0-9]{2}(:[0-9]{2})?)?")
+EARLIEST = datetime(1970, 1, 1)  # txstream's times are after the epoch
+LATEST = datetime(9999, 12, 31, 23, 59, 59)
 
 
 class InvalidParameter(ValueError):
@@ -80,6 +84,36 @@ def parse_dead_before(raw: str | None) -> int | None:
             f"{POSITION_DIGITS} digits, got {raw[:40]!r}"
         )
     return int(raw)
+
+
+def parse_range(
+    raw_from: str | None, raw_to: str | None
+) -> tuple[datetime | None, datetime | None]:
+    """The `from` and `to` parameters: UTC bounds of `from <= ts < to`; empty or absent
+    is no bound. Each is `YYYY-MM-DD`, `YYYY-MM-DDTHH:MM` or `YYYY-MM-DDTHH:MM:SS`, from
+    1970 to 9999; `to` must be later than `from`."""
+    since, until = _parse_bound("from", raw_from), _parse_bound("to", raw_to)
+    if since is not None and until is not None and until <= since:
+        raise InvalidParameter(
+            f"to must be later than from (the range is from <= time < to), "
+            f"got from {raw_from!r} and to {raw_to!r}"
+        )
+    return since, until
+
+
+def _parse_bound(name: str, raw: str | None) -> datetime | None:
+    if not raw:
+        return None
+    try:
+        bound = datetime.fromisoformat(raw) if _BOUND.fullmatch(raw) else None
+    except ValueError:
+        bound = None
+    if bound is None or not EARLIEST <= bound <= LATEST:
+        raise InvalidParameter(
+            f"{name} must be a UTC date YYYY-MM-DD or date and time YYYY-MM-DDTHH:MM[:SS] "
+            f"from {EARLIEST.year} to {LATEST.year}, got {raw[:40]!r}"
+        )
+    return bound
 
 
 def span(hours: Decimal) -> timedelta:

@@ -185,14 +185,23 @@ def _added(rows) -> tuple[int, Decimal]:
 
 
 def transactions_page(
-    conn: Connection, limit: int, user_id: int | None = None, before: Position | None = None
+    conn: Connection,
+    limit: int,
+    user_id: int | None = None,
+    before: Position | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
 ) -> tuple[list[Transaction], str | None]:
     """Up to `limit` transactions, newest first, after `before`; and the next page's cursor.
 
-    `user_id` None means all users. The cursor is None on the last page.
+    `user_id` None means all users. `since` and `until`, when given, keep the transactions
+    with `since <= ts < until`. The cursor is None on the last page.
     """
-    statement = _page_statement(user_id is not None, before is not None)
-    params = _page_params(limit + 1, user_id, before)  # one more: is there a next page?
+    statement = _page_statement(
+        user_id is not None, before is not None, since is not None, until is not None
+    )
+    # One more than `limit`: is there a next page?
+    params = _page_params(limit + 1, user_id, before, since=since, until=until)
     rows = [Transaction(*row) for row in conn.execute(statement, params)]
     if len(rows) <= limit:
         return rows, None
@@ -201,11 +210,17 @@ def transactions_page(
 
 
 @functools.cache
-def _page_statement(of_one_user: bool, after_a_position: bool) -> Select:
+def _page_statement(
+    of_one_user: bool, after_a_position: bool, since: bool = False, until: bool = False
+) -> Select:
     t = transactions
     query = select(t.c.txn_id, t.c.user_id, t.c.amount, t.c.ts)
     if of_one_user:
         query = query.where(t.c.user_id == bindparam("user_id"))
+    if since:
+        query = query.where(t.c.ts >= bindparam("since"))
+    if until:
+        query = query.where(t.c.ts < bindparam("until"))
     if after_a_position:
         ts, txn_id = bindparam("before_ts"), bindparam("before_txn_id")
         query = query.where(
@@ -216,10 +231,17 @@ def _page_statement(of_one_user: bool, after_a_position: bool) -> Select:
     return query.order_by(t.c.ts.desc(), t.c.txn_id.desc()).limit(bindparam("limit", type_=Integer))
 
 
-def _page_params(limit: int, user_id: int | None, before: Position | None) -> dict:
+def _page_params(
+    limit: int,
+    user_id: int | None,
+    before: Position | None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+) -> dict:
     params: dict = {"limit": limit}
-    if user_id is not None:
-        params["user_id"] = user_id
+    for name, value in (("user_id", user_id), ("since", since), ("until", until)):
+        if value is not None:
+            params[name] = value
     if before is not None:
         params["before_ts"], params["before_txn_id"] = before.ts, before.txn_id
     return params
