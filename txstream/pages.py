@@ -3,19 +3,23 @@
 from __future__ import annotations
 
 import logging
+from decimal import Decimal
 
 import redis
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from txstream import queries, system
-from txstream.api import read_dead_letters
+from txstream.api import read_dead_letters, read_user_sum
+from txstream.chart import bar_chart
 from txstream.keys import Keys
-from txstream.money import format_amount
+from txstream.money import format_amount, format_money
 from txstream.params import (
     InvalidParameter,
     parse_before,
     parse_dead_before,
+    parse_hours,
+    parse_range,
     parse_user_id,
     span,
 )
@@ -24,10 +28,13 @@ from txstream.times import format_time
 
 PAGE_SIZE = 50
 WINDOWS_SHOWN = 50
+# The user page's choice of periods to sum over: hours and their labels.
+PERIODS = {Decimal(1): "1 h", Decimal(6): "6 h", Decimal(24): "24 h", Decimal(168): "7 d"}
 
 log = logging.getLogger(__name__)
 bp = Blueprint("pages", __name__)
 bp.add_app_template_filter(format_amount, "amount")
+bp.add_app_template_filter(format_money, "money")
 bp.add_app_template_filter(format_time, "time")
 
 
@@ -78,12 +85,20 @@ def find_user():
 
 @bp.get("/users/<user_id>")
 def user(user_id: str):
-    """One user: the sum over WINDOW_HOURS, the recent 5, all transactions, window totals."""
+    """One user: the sum over a chosen period, the recent 5, the transactions in a date
+    range, window totals."""
     uid = parse_user_id(user_id)
+    raw_hours = request.args.get("hours")
+    hours = parse_hours(raw_hours, current_app.config["WINDOW_HOURS"])
+    since, until = parse_range(request.args.get("from"), request.args.get("to"))
     before = parse_before(request.args.get("before"))
-    hours = current_app.config["WINDOW_HOURS"]
-    end = current_app.config["CLOCK"]()
-    start = end - span(hours)
+    # What the links keep: the accepted parameters as they came, without empty ones.
+    kept = {
+        name: request.args[name]
+        for name in ("hours", "from", "to")
+        if request.args.get(name)  # an empty from/to is no bound
+    }
+    total = read_user_sum(uid, hours)
     lists = RecentLists(current_app.config["REDIS"], Keys(current_app.config["KEY_PREFIX"]))
     try:
         recent = lists.read(uid)
@@ -93,26 +108,41 @@ def user(user_id: str):
 
     def read_all(conn):
         return (
-            queries.checked_user_sum(conn, uid, start, end, current_app.config["LAYOUT"]),
-            queries.transactions_page(conn, PAGE_SIZE, user_id=uid, before=before),
+            queries.transactions_page(
+                conn, PAGE_SIZE, user_id=uid, before=before, since=since, until=until
+            ),
             queries.user_windows(conn, uid, WINDOWS_SHOWN),
         )
 
-    (count, total), (txns, cursor), windows = queries.read(current_app.config["ENGINE"], read_all)
+    (txns, cursor), windows = queries.read(current_app.config["ENGINE"], read_all)
+    window_length = span(current_app.config["WINDOW_HOURS"])
+    periods = dict(PERIODS)
+    periods.setdefault(hours, f"{hours} h")
+
+    def link(**changes) -> str:
+        params = {name: value for name, value in {**kept, **changes}.items() if value}
+        return url_for("pages.user", user_id=uid, **params)
+
     return render_template(
         "user.html",
         user_id=uid,
         hours=hours,
-        start=start,
-        end=end,
-        count=count,
+        period=periods[hours],
+        period_links=[(h, label, link(hours=str(h))) for h, label in sorted(periods.items())],
         total=total,
+        since=since,
+        until=until,
+        kept=kept,
         recent=recent,
         txns=txns,
-        cursor=cursor,
         paged=before is not None,
+        newest_url=link(),
+        older_url=cursor and link(before=cursor),
+        all_times_url=link(**{"from": None, "to": None}),
         windows=windows,
-        window_length=span(hours),
+        window_hours=current_app.config["WINDOW_HOURS"],
+        window_length=window_length,
+        chart=bar_chart(windows, window_length),
     )
 
 
