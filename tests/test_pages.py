@@ -72,8 +72,8 @@ def test_user_page_shows_sum_recent_list_and_windows(app, client):
 
     sums = page.split("<h2>Latest")[0]
     assert "<h1>User 5</h1>" in page
-    assert '<dd class="num">6</dd>' in sums
-    assert '<dd class="num">5999999999999999999.94</dd>' in sums
+    assert '<dd id="count" class="num">6</dd>' in sums
+    assert '<dd id="sum" class="num">5999999999999999999.94</dd>' in sums
     recent = page.split("<h2>Recent 5</h2>")[1].split("<h2>")[0]
     assert re.findall(r"recent-\d", recent) == [f"recent-{i}" for i in range(5)]
     assert "outside-the-sum" in page  # in the full list
@@ -93,7 +93,7 @@ def test_user_page_without_redis_still_shows_the_database_parts(app, client, clo
     page = get_page(client, "/users/5")
 
     assert "Unavailable: Redis is not answering." in page
-    assert "stored-one" in page and '<dd class="num">12.34</dd>' in page
+    assert "stored-one" in page and '<dd id="sum" class="num">12.34</dd>' in page
 
 
 def test_jump_form_redirects_to_the_user_page(client):
