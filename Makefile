@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 READY  := $(VENV)/.installed
 
-.PHONY: demo test install lint format lock init-db serve bench-ingest bench-api bench-heavy clean
+.PHONY: demo test install lint format lock init-db serve screenshots bench-ingest bench-api bench-heavy clean
 
 demo: $(READY)            ## emitter + subscriber + web app; embedded Redis/SQLite unless configured
 	$(BIN)/python -m txstream.demo
@@ -30,6 +30,9 @@ serve: $(READY)           ## the web app under gunicorn (WEB_BIND, WEB_WORKERS, 
 	rm -rf var/prometheus && mkdir -p var/prometheus  # the workers' metrics: from zero
 	PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/var/prometheus \
 	  $(BIN)/python -m gunicorn --config gunicorn.conf.py app:app
+
+screenshots: $(READY)     ## docs/screenshot-*.png of the pages, with demo data (needs Redis, MariaDB, chromium)
+	$(BIN)/python docs/screenshots.py
 
 bench-ingest: $(READY)    ## ingest tx/s per mode (needs Redis, MariaDB); writes docs/ingest.png
 	$(BIN)/pip install --quiet -r bench/requirements.txt

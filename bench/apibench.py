@@ -15,7 +15,6 @@ import secrets
 import shlex
 import subprocess  # nosec B404 # runs wrk, by fixed argument lists
 import sys
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
@@ -29,10 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import config  # noqa: E402
 import models  # noqa: E402
 from txstream import tokens  # noqa: E402
-from txstream.processes import ROOT, Script, free_port, wait_until  # noqa: E402
+from txstream.processes import ROOT, web_app  # noqa: E402
 from txstream.times import utcnow  # noqa: E402
 
-SERVE = ("-m", "gunicorn", "--config", "gunicorn.conf.py", "app:app")  # as `make serve`
 # Which seed the database holds; written last, so a seed that stopped half-way has none.
 SEEDS = Table("bench_api_seed", MetaData(), Column("seed", String(200)), Column("at", DateTime))
 
@@ -77,32 +75,18 @@ def serving(engine: Engine, redis_url: str, key_prefix: str, args) -> Iterator[t
     (each request still counts itself in Redis, as in production). The server is
     stopped and the token revoked on the way out.
     """
-    bind = f"127.0.0.1:{free_port()}"
     env = {"DATABASE_URL": engine.url.render_as_string(hide_password=False)}
     env |= {"REDIS_URL": redis_url, "KEY_PREFIX": key_prefix}
     env |= {"SECRET_KEY": secrets.token_hex(32), "RATE_LIMIT": "100000000/minute"}
     env["AUTH"] = args.auth
-    env |= {"WEB_BIND": bind, "WEB_WORKERS": str(args.workers), "WEB_THREADS": str(args.threads)}
-    server = Script(*SERVE, env={**env, "LOG_LEVEL": "WARNING"})
+    env |= {"WEB_WORKERS": str(args.workers), "WEB_THREADS": str(args.threads)}
     token_name = f"bench-{os.getpid()}"
     models.create_schema(engine)  # a seed older than the tokens has no table for them
     token = tokens.create(engine, token_name)
-
-    def healthy() -> bool:
-        if server.proc.poll() is not None:
-            raise SystemExit(f"gunicorn exited:\n{server.output}")
-        try:
-            health = f"http://{bind}/healthz"  # bandit B310: an http:// URL made here
-            with urllib.request.urlopen(health, timeout=1) as response:  # nosec B310
-                return response.status == 200
-        except OSError:
-            return False
-
     try:
-        wait_until(healthy, 30, f"http://{bind}/healthz")
-        yield f"http://{bind}", token
+        with web_app({**env, "LOG_LEVEL": "WARNING"}) as (_server, url):
+            yield url, token
     finally:
-        server.stop()
         tokens.revoke(engine, token_name)
 
 

@@ -28,6 +28,13 @@ from tests.helpers import (
     service_unavailable,
     signed_in_client,
 )
+from txstream.browsing import (
+    DESKTOP,
+    chromium,
+    fatal_console_messages,
+    running_system,
+    sign_in,
+)
 from txstream.processes import Script, free_port
 from txstream.testing import (
     ACL_FILE,
@@ -265,3 +272,59 @@ def private_mariadb(tmp_path, _mariadb_template):
         "A private MariaDB",
         lambda: PrivateMariaDB(tmp_path / "mariadb", template=_mariadb_template),
     )
+
+
+# --- The browser tests: Chromium, and the whole system running for it ----------------------
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium through Playwright, one for the whole run (a page per test)."""
+    try:
+        with chromium() as launched:
+            yield launched
+    except ServerMissing as exc:
+        service_unavailable("Chromium", exc)
+
+
+@pytest.fixture(scope="module")
+def system(_mysql_database):
+    """The subscriber and the web app (gunicorn, AUTH on) on this run's database and a key
+    prefix of this module's own, for the browser tests (txstream.browsing.System)."""
+    client = redis.Redis.from_url(TEST_REDIS_URL, socket_timeout=10)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        service_unavailable(f"Redis at {TEST_REDIS_URL}", exc)
+    prefix = f"txstream-test:{uuid.uuid4().hex[:12]}:"
+    empty_tables(_mysql_database)
+    try:
+        with running_system(_mysql_database, TEST_REDIS_URL, prefix) as running:
+            yield running
+    finally:
+        keys = list(client.scan_iter(match=prefix + "*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+@pytest.fixture
+def anonymous_page(browser):
+    """A new page, not signed in, at a desktop width; `page.console` collects its console
+    messages and `page.errors` its uncaught exceptions."""
+    context = browser.new_context(viewport=DESKTOP)
+    page = context.new_page()
+    page.console, page.errors = [], []
+    page.on("console", lambda message: page.console.append(message))
+    page.on("pageerror", lambda error: page.errors.append(error))
+    yield page
+    fatal = fatal_console_messages(page.console) + [str(error) for error in page.errors]
+    context.close()
+    assert not fatal, f"console errors on the page: {fatal}"
+
+
+@pytest.fixture
+def page(anonymous_page, system):
+    """A page signed in to `system` through /login."""
+    sign_in(anonymous_page, system.url, system.token)
+    return anonymous_page

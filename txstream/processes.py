@@ -10,10 +10,13 @@ import subprocess  # nosec B404 # starts the scripts, by fixed argument lists
 import sys
 import threading
 import time
-from collections.abc import Callable
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: where the scripts are
+SERVE = ("-m", "gunicorn", "--config", "gunicorn.conf.py", "app:app")  # as `make serve`
 
 
 class TimedOut(AssertionError):
@@ -134,3 +137,27 @@ class Script:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+
+
+@contextmanager
+def web_app(env: dict[str, str], timeout: float = 30) -> Iterator[tuple[Script, str]]:
+    """(the process, its base URL): the web app under gunicorn as `make serve` runs it, with
+    `env`, on a free local port, once /healthz answers 200; stopped on the way out."""
+    bind = f"127.0.0.1:{free_port()}"
+    server = Script(*SERVE, env={**env, "WEB_BIND": bind})
+
+    def healthy() -> bool:
+        if server.proc.poll() is not None:
+            raise AssertionError(f"gunicorn exited:\n{server.output}")
+        try:
+            health = f"http://{bind}/healthz"  # bandit B310: an http:// URL made here
+            with urllib.request.urlopen(health, timeout=1) as response:  # nosec B310
+                return response.status == 200
+        except OSError:
+            return False
+
+    try:
+        wait_until(healthy, timeout, f"http://{bind}/healthz")
+        yield server, f"http://{bind}"
+    finally:
+        server.stop()
