@@ -6,6 +6,7 @@ What the benchmarks use too is in txstream.testing and txstream.processes.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from datetime import datetime
 
@@ -97,3 +98,13 @@ def make_app(engine, client, key_prefix: str, **extra):
             **extra,
         }
     )
+
+
+def assert_no_inline_code(page: str) -> None:
+    """The page runs only files of this site (CSP default-src 'self'): no inline script or
+    style, every script a file under /static/."""
+    assert "style=" not in page and "<style" not in page
+    scripts = re.findall(r"<script[^>]*>(.*?)</script>", page, re.DOTALL)
+    tags = re.findall(r"<script[^>]*>", page)
+    assert all(body == "" for body in scripts) and len(scripts) == len(tags)
+    assert all(re.fullmatch(r'<script src="/static/[a-z_]+\.js" defer>', tag) for tag in tags)

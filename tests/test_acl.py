@@ -106,6 +106,11 @@ def test_each_process_works_with_its_own_user(acl_redis, mysql_engine, run, tran
     if transport == "stream":
         assert system["stream"]["length"] == COUNT + 1 and system["stream"]["pending"] == 0
     (letter,) = api.get("/api/dead-letters").json["items"]  # the web user reads them
+    for _ in range(2):  # the second answer comes from the top users' cache
+        dashboard = api.get("/api/live")  # counters, rankings, the cache of the top users
+        assert dashboard.status_code == 200, dashboard.json
+    assert dashboard.json["counts"] == {"stored": COUNT, "duplicates": 0, "dead_letters": 1}
+    assert sum(point["stored"] for point in dashboard.json["rate"]["series"]) == COUNT
     assert letter["raw"] == "not a transaction"
     revoked = web.test_cli_runner().invoke(args=["revoke-token", "acl"])
     assert revoked.exit_code == 0, revoked.output
@@ -156,6 +161,10 @@ def test_the_subscriber_user_moves_the_old_layout(acl_redis):
         (WEB_USER, ("RPUSH", "txstream:dead", FORGED)),
         (WEB_USER, ("SET", "txstream:dead:count", "0")),
         (WEB_USER, ("KEYS", "*")),
+        (WEB_USER, ("INCRBY", "txstream:rate:1700000000", 5)),
+        (WEB_USER, ("HINCRBY", "txstream:counts", "stored", 5)),
+        (WEB_USER, ("ZINCRBY", "txstream:top:sum:1699999200", 5, "1")),
+        (WEB_USER, ("SET", "txstream:top:count:1699999200", "x")),
         # The subscriber stores what it reads: it cannot make transactions up.
         (SUBSCRIBER_USER, ("PUBLISH", "transactions", FORGED)),
         (SUBSCRIBER_USER, ("XADD", "transactions", "*", "line", FORGED)),

@@ -83,7 +83,6 @@ def test_a_wrong_token_is_refused(anonymous_page, system):
     assert page.locator("form.logout").count() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="dashboard not merged yet")
 def test_a_new_transaction_shows_on_the_dashboard_without_a_reload(page, system):
     page.goto(system.url + "/")
     page.evaluate("window.__same_page = true")

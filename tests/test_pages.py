@@ -38,8 +38,8 @@ def test_index_lists_the_latest_transactions_of_all_users(app, client):
 
     assert page.index('<td class="id">newest</td>') < page.index('<td class="id">older</td>')
     assert '<a href="/users/11">11</a>' in page
-    assert '<td class="num">1234.50</td>' in page
-    assert '<td class="num">-7.00</td>' in page
+    assert '<td class="num money" data-amount="1234.50">1234.50</td>' in page
+    assert '<td class="num money negative" data-amount="-7.00">-7.00</td>' in page
     assert format_time(now) in page
     assert 'action="/users"' in page  # the jump-to-user form
     assert older_link(page) is None

@@ -17,12 +17,13 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from txstream import openapi, queries, system
+from txstream import live, openapi, queries, system
 from txstream.deadletters import DeadLetters, Unreadable
 from txstream.keys import Keys
 from txstream.money import format_amount
 from txstream.params import (
     InvalidParameter,
+    parse_after,
     parse_before,
     parse_dead_before,
     parse_hours,
@@ -33,6 +34,7 @@ from txstream.params import (
 from txstream.recent import RecentLists
 from txstream.times import format_time
 from txstream.transaction import to_json
+from txstream.windows import window_start
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +164,21 @@ def read_dead_letters(limit: int, before: int | None):
     except Unreadable as exc:
         log.error("dead letters: %s", exc)
         abort(503, description=f"{exc}; an operator must look at it")
+
+
+@bp.get("/api/live")
+def live_data():
+    """What the dashboard polls: the transactions newer than `after`, the ingest rate, the
+    top users of the current window, the counts and health (txstream.live)."""
+    after = parse_after(request.args.get("after"))
+    config = current_app.config
+    window = window_start(config["CLOCK"](), int(span(config["WINDOW_HOURS"]).total_seconds()))
+    keys = Keys(config["KEY_PREFIX"])
+    try:
+        return live.live(config["REDIS"], keys, config["ENGINE"], after, window)
+    except redis.ResponseError as exc:  # e.g. a key of another type: not ours to mend
+        log.error("live: Redis refused a read: %s", exc)
+        abort(503, description=f"Redis refused a read ({exc}); an operator must look at it")
 
 
 @bp.get("/api/openapi.json")

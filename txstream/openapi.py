@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from txstream.deadletters import MAX_RAW_CHARS, MAX_TEXT_CHARS
 from txstream.heartbeats import HEARTBEAT_INTERVAL, LIVE_BEATS, SHOWN_CHARS
+from txstream.live import LIVE_LIMIT, RATE_BUCKETS, TOP_USERS
 from txstream.params import DEFAULT_LIMIT, MAX_HOURS, MAX_LIMIT, POSITION_DIGITS
 from txstream.queries import MAX_CURSOR_CHARS
 from txstream.recent import RECENT_SIZE
@@ -238,6 +239,49 @@ _SCHEMAS = {
     ),
 }
 
+_CURSOR = {
+    "type": "string",
+    "format": CURSOR_FORMAT,
+    "minLength": 1,
+    "maxLength": MAX_CURSOR_CHARS,
+    "pattern": "^[A-Za-z0-9_-]+$",
+}
+_COUNT = {"type": "integer", "minimum": 0}
+_TOP_USER = _object(user_id=_USER_ID, count=_COUNT, sum=_ref("schemas", "Total"))
+_TOP_LIST = {"type": "array", "items": _TOP_USER, "maxItems": TOP_USERS}
+_SCHEMAS["Live"] = _object(
+    items={
+        "type": "array",
+        "items": _ref("schemas", "Transaction"),
+        "maxItems": LIVE_LIMIT,
+        "description": "The newest transactions after `after`, newest first",
+    },
+    position={
+        "oneOf": [_CURSOR, {"type": "null"}],
+        "description": "The `after` of the next poll: the newest transaction seen; null: none",
+    },
+    rate=_object(
+        bucket_seconds={"type": "integer", "minimum": 1},
+        series={
+            "type": "array",
+            "items": _object(at=_ref("schemas", "Time"), stored=_COUNT),
+            "minItems": RATE_BUCKETS,
+            "maxItems": RATE_BUCKETS,
+            "description": "Transactions stored per bucket (commit time), oldest first",
+        },
+    ),
+    top=_object(
+        window_start=_ref("schemas", "Time"),
+        by_sum={**_TOP_LIST, "description": "The largest absolute sums of the window"},
+        by_count={**_TOP_LIST, "description": "The most transactions in the window"},
+    ),
+    counts=_object(stored=_COUNT, duplicates=_COUNT, dead_letters=_COUNT),
+    subscribers={**_COUNT, "description": "Subscribers with a recent heartbeat"},
+    health=_object(
+        redis={"type": "string", "enum": ["ok"]}, database={"type": "string", "enum": ["ok"]}
+    ),
+)
+
 _PARAMETERS = {
     "user_id": {
         "name": "user_id",
@@ -275,13 +319,17 @@ _PARAMETERS = {
             "The `next` of the previous page, as it came: an opaque cursor, valid only as "
             "this API made it (anything else is a 400). Absent: the newest page"
         ),
-        "schema": {
-            "type": "string",
-            "format": CURSOR_FORMAT,
-            "minLength": 1,
-            "maxLength": MAX_CURSOR_CHARS,
-            "pattern": "^[A-Za-z0-9_-]+$",
-        },
+        "schema": _CURSOR,
+    },
+    "after": {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": (
+            "The `position` of the previous answer, as it came (anything else is a 400). "
+            "Absent: the newest transactions"
+        ),
+        "schema": _CURSOR,
     },
     "dead_before": {
         "name": "before",
@@ -466,6 +514,14 @@ def document(window_hours: Decimal) -> dict:
                 "200 even while Redis or the database is down (it says which)",
                 "The system's state",
                 _json(_ref("schemas", "System")),
+            ),
+            "/api/live": _operation(
+                "live",
+                "What the dashboard polls: the transactions newer than `after`, the ingest "
+                "rate over 15 minutes, the current window's top users, counts and health",
+                "The dashboard's data",
+                _json(_ref("schemas", "Live")),
+                ("after",),
             ),
             "/api/dead-letters": _operation(
                 "deadLetters",

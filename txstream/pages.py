@@ -23,6 +23,7 @@ from txstream.params import (
     parse_user_id,
     span,
 )
+from txstream.queries import Position, encode_cursor
 from txstream.recent import RecentLists
 from txstream.times import format_time
 
@@ -55,15 +56,25 @@ def invalid_parameter(exc: InvalidParameter):
     return page, 400
 
 
+@bp.app_template_global()
+def money_class(amount: Decimal) -> str:
+    """The CSS classes of a cell showing `amount`: refunds are marked negative."""
+    return "num money negative" if amount < 0 else "num money"
+
+
 @bp.get("/")
 def index():
-    """The latest transactions of all users."""
+    """The console: the latest transactions of all users, then kept live by dashboard.js
+    (which polls /api/live), the ingest rate, the top users, counts and health."""
     before = parse_before(request.args.get("before"))
     txns, cursor = queries.read(
         current_app.config["ENGINE"],
         lambda conn: queries.transactions_page(conn, PAGE_SIZE, before=before),
     )
-    return render_template("index.html", txns=txns, cursor=cursor, paged=before is not None)
+    position = encode_cursor(Position(txns[0].ts, txns[0].txn_id)) if txns else None
+    return render_template(
+        "index.html", txns=txns, cursor=cursor, paged=before is not None, position=position
+    )
 
 
 @bp.get("/dead-letters")

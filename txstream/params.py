@@ -66,12 +66,21 @@ def parse_limit(raw: str | None) -> int:
 
 def parse_before(raw: str | None) -> Position | None:
     """The `before` parameter: a page cursor from a previous response, or absent."""
+    return _position(raw, "before is not a valid page cursor")
+
+
+def parse_after(raw: str | None) -> Position | None:
+    """The dashboard's `after`: the `position` of its previous answer, or absent."""
+    return _position(raw, "after is not a valid position")
+
+
+def _position(raw: str | None, complaint: str) -> Position | None:
     if raw is None:
         return None
     try:
         return decode_cursor(raw)
     except InvalidCursor as exc:
-        raise InvalidParameter(f"before is not a valid page cursor: {exc}") from None
+        raise InvalidParameter(f"{complaint}: {exc}") from None
 
 
 def parse_dead_before(raw: str | None) -> int | None:

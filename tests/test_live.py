@@ -1,0 +1,248 @@
+"""The dashboard (/) and what it polls (GET /api/live): new transactions by position, the
+ingest rate from the batch script's counters, the top users, counts, health and outages."""
+
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+import pytest
+import redis
+
+import models
+from tests.helpers import BIGGEST, assert_no_inline_code, line, seed
+from tests.test_api import get_json
+from txstream import live
+from txstream.keys import Keys
+from txstream.queries import Position, decode_cursor
+from txstream.store import RATE_BUCKET, RATE_KEEP, Store, rate_bucket
+from txstream.times import format_time, to_micros
+from txstream.wire import parse
+
+_MICRO = timedelta(microseconds=1)
+WINDOW_SECONDS = 6 * 3600
+NOW = datetime(2024, 5, 6, 12, 0, 0)  # the app fixture's CLOCK
+
+
+def keys_of(app) -> Keys:
+    return Keys(app.config["KEY_PREFIX"])
+
+
+def test_live_gives_only_what_is_newer_than_after(app, client):
+    now = app.config["CLOCK"]()
+    seed(app, line(1, "1.00", now - 2 * _MICRO, "a"), line(2, "2.00", now - _MICRO, "b"))
+
+    first = get_json(client, "/api/live")
+    assert [item["txn_id"] for item in first["items"]] == ["b", "a"]
+    assert decode_cursor(first["position"]) == Position(now - _MICRO, "b")
+
+    # the same time as b, a greater txn_id: newer; the same time, a smaller one: older
+    seed(app, line(3, "3.00", now - _MICRO, "c"), line(4, "4.00", now - _MICRO, "B"))
+    seed(app, line(5, "5.00", now, "d"))
+    second = get_json(client, "/api/live", after=first["position"])
+    assert [item["txn_id"] for item in second["items"]] == ["d", "c"]
+    assert decode_cursor(second["position"]) == Position(now, "d")
+
+    third = get_json(client, "/api/live", after=second["position"])
+    assert third["items"] == [] and third["position"] == second["position"]
+
+
+def test_live_is_bounded_to_the_newest(app, client):
+    now = app.config["CLOCK"]()
+    seed(app, *(line(1, "1.00", now - k * _MICRO, f"t{k:03d}") for k in range(live.LIVE_LIMIT + 7)))
+
+    items = get_json(client, "/api/live")["items"]
+
+    assert len(items) == live.LIVE_LIMIT
+    assert items[0]["txn_id"] == "t000" and items[-1]["txn_id"] == f"t{live.LIVE_LIMIT - 1:03d}"
+
+
+def test_newer_transactions_on_each_backend(backend, key_prefix):
+    engine, client = backend
+    rows = [parse(line(1, "1.00", NOW + k * _MICRO, f"n{k}")) for k in range(5)]
+    Store(engine, client, Keys(key_prefix), WINDOW_SECONDS).store(rows)
+
+    with engine.connect() as conn:
+        newer = live.newer_transactions(conn, Position(rows[1].ts, "n1"), limit=2)
+        assert [tx.txn_id for tx in newer] == ["n4", "n3"]
+        assert live.newer_transactions(conn, Position(rows[4].ts, "n4")) == []
+
+
+@pytest.mark.parametrize("after", ["", "x", "bm90IGEgY3Vyc29y", "A" * 300, "MTo="])
+def test_a_bad_after_is_a_400(client, after):
+    assert (
+        "after is not a valid position" in get_json(client, "/api/live", 400, after=after)["error"]
+    )
+
+
+def test_the_batch_script_counts_new_rows_only(backend, key_prefix):
+    engine, client = backend
+    keys = Keys(key_prefix)
+    store = Store(engine, client, keys, WINDOW_SECONDS)
+    now = NOW
+    batch = [parse(line(u, "1.25", now, f"r{u}")) for u in (1, 2, 3)]
+
+    before = time.time()
+    store.store(batch)
+    store.store(batch[:2] + [parse(line(4, "-2.00", now, "r4"))])  # 2 duplicates, 1 new
+    after = time.time()
+
+    buckets = {rate_bucket(before), rate_bucket(after)}
+    assert sum(int(client.get(keys.rate(b)) or 0) for b in buckets) == 4
+    assert 0 < client.ttl(keys.rate(rate_bucket(after))) <= RATE_KEEP
+    assert live.counts(client, keys) == {"stored": 4, "duplicates": 2, "dead_letters": 0}
+    series = live.rate_series(client, keys, after)
+    assert len(series) == live.RATE_BUCKETS and sum(p["stored"] for p in series) == 4
+    start = _epoch(now) // WINDOW_SECONDS * WINDOW_SECONDS
+    assert client.zscore(keys.top_count(start), "1") == 1  # the duplicate is not counted
+    assert client.zscore(keys.top_sum(start), "4") == -200
+
+
+def _epoch(ts) -> int:
+    return to_micros(ts) // 10**6
+
+
+def test_the_rate_series_reads_the_counters(fake_redis):
+    keys = Keys("txstream-test:")
+    now = 1_700_000_005.5
+    last = rate_bucket(now)
+    fake_redis.set(keys.rate(last), 7)
+    fake_redis.set(keys.rate(last - RATE_BUCKET), 3)
+    fake_redis.set(keys.rate(last - RATE_BUCKET * live.RATE_BUCKETS), 1000)  # too old
+
+    series = live.rate_series(fake_redis, keys, now)
+
+    assert [p["stored"] for p in series[-3:]] == [0, 3, 7]
+    assert sum(p["stored"] for p in series) == 10
+    assert series[-1]["at"] == "2023-11-14T22:13:20.000000Z"
+
+
+def test_top_users_are_ranked_and_exact(app, client):
+    now = app.config["CLOCK"]()
+    seed(
+        app,
+        line(1, BIGGEST, now, "big1"),
+        line(1, "0.01", now, "big2"),  # a float sum would lose this cent
+        line(2, "-5000.00", now, "refund"),
+        *(line(3, "1.00", now + k * _MICRO, f"many{k}") for k in range(5)),
+        line(4, "20.00", now - timedelta(hours=7), "last-window"),
+    )
+
+    top = get_json(client, "/api/live")["top"]
+
+    assert top["window_start"] == "2024-05-06T12:00:00.000000Z"
+    exact = str(Decimal(BIGGEST) + Decimal("0.01"))
+    assert top["by_sum"] == [
+        {"user_id": 1, "count": 2, "sum": exact},
+        {"user_id": 2, "count": 1, "sum": "-5000.00"},
+        {"user_id": 3, "count": 5, "sum": "5.00"},
+    ]
+    assert [u["user_id"] for u in top["by_count"]] == [3, 1, 2]
+
+
+def test_top_users_are_cached_for_every_worker(app, client):
+    now = app.config["CLOCK"]()
+    seed(app, line(1, "1.00", now, "one"))
+    assert [u["user_id"] for u in get_json(client, "/api/live")["top"]["by_sum"]] == [1]
+
+    seed(app, line(2, "9.00", now, "two"))
+    assert [u["user_id"] for u in get_json(client, "/api/live")["top"]["by_sum"]] == [1]
+
+    app.config["REDIS"].delete(
+        keys_of(app).live_top(_epoch(now) // WINDOW_SECONDS * WINDOW_SECONDS)
+    )
+    assert [u["user_id"] for u in get_json(client, "/api/live")["top"]["by_sum"]] == [2, 1]
+
+
+def test_counts_health_and_shape(app, client):
+    now = app.config["CLOCK"]()
+    seed(app, line(1, "1.00", now, "one"))
+    body = get_json(client, "/api/live")
+    assert body["counts"] == {"stored": 1, "duplicates": 0, "dead_letters": 0}
+    assert body["health"] == {"redis": "ok", "database": "ok"}
+    assert body["subscribers"] == 0
+    assert body["rate"]["bucket_seconds"] == RATE_BUCKET
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda r, k, w: r.hset(k.counts, mapping={"stored": "lots", "duplicates": "-4"}),
+        lambda r, k, w: r.set(k.dead_count, "9" * 40),
+        lambda r, k, w: r.zadd(k.top_sum(w), {"abc": 5, "99999999999999999999": 9, "0": 1}),
+        lambda r, k, w: r.zadd(k.top_count(w), {"<script>": 5}),
+        lambda r, k, w: r.set(k.live_top(w), "not json"),
+        lambda r, k, w: r.hset(k.subscriber("x"), mapping={"heartbeat_at": "soon", "pid": "-"}),
+    ],
+    ids=["counts", "dead-count", "top-sum", "top-count", "cache", "heartbeat"],
+)
+def test_forged_keys_are_not_a_500(app, client, forge):
+    now = app.config["CLOCK"]()
+    seed(app, line(1, "1.00", now, "one"))
+    forge(app.config["REDIS"], keys_of(app), _epoch(now) // WINDOW_SECONDS * WINDOW_SECONDS)
+    body = get_json(client, "/api/live")
+    assert [u["user_id"] for u in body["top"]["by_sum"]] in ([1], [])
+    assert all(v >= 0 for v in body["counts"].values())
+
+
+def test_a_key_of_another_type_is_a_503(app, client):
+    app.config["REDIS"].rpush(keys_of(app).counts, "x")
+    body = get_json(client, "/api/live", status=503)
+    assert "Redis refused a read" in body["error"]
+
+
+@pytest.mark.parametrize("down", ["redis", "database"])
+def test_an_outage_is_a_503(app, client, closed_port, down):
+    if down == "redis":
+        url = f"redis://127.0.0.1:{closed_port}/0"
+        app.config["REDIS"] = redis.Redis.from_url(url, socket_connect_timeout=2)
+    else:
+        app.config["ENGINE"] = models.make_engine(f"mysql+pymysql://root@127.0.0.1:{closed_port}/x")
+    body = get_json(client, "/api/live", status=503)
+    assert "unavailable" in body["error"]
+    app.config["REDIS"].close()
+    app.config["ENGINE"].dispose()
+
+
+def test_the_console_page_has_its_parts_and_its_script(app, client):
+    now = app.config["CLOCK"]()
+    seed(app, line(11, "-1234.50", now, "newest"))
+
+    response = client.get("/")
+    page = response.get_data(as_text=True)
+
+    assert response.status_code == 200
+    for part in (
+        'id="dashboard"',
+        'data-live-url="/api/live"',
+        'data-live="on"',
+        'id="live-toggle" aria-pressed="false"',
+        'aria-live="polite"',
+        'id="live-rows"',
+        'id="rate-chart"',
+        'id="top-by-sum"',
+        'id="top-by-count"',
+        'id="count-stored"',
+        'id="health-redis"',
+    ):
+        assert part in page
+    assert re.search(r'<button type="button" id="live-toggle"', page)
+    position = re.search(r'data-position="([^"]*)"', page)[1]
+    assert decode_cursor(position) == Position(now, "newest")
+    assert '<script src="/static/app.js" defer></script>' in page
+    assert '<script src="/static/dashboard.js" defer></script>' in page
+    assert f'<time datetime="{format_time(now)}">' in page
+    assert_no_inline_code(page)
+    for script in ("app.js", "dashboard.js"):
+        with client.get(f"/static/{script}") as response:
+            assert response.status_code == 200
+
+
+def test_an_older_page_is_not_live(app, client):
+    now = app.config["CLOCK"]()
+    seed(app, *(line(1, "1.00", now - k * _MICRO, f"t{k:03d}") for k in range(60)))
+    first = client.get("/").get_data(as_text=True)
+    older = re.search(r'<a rel="next" href="([^"]+)">Older</a>', first)[1].replace("&amp;", "&")
+    assert 'data-live="off"' in client.get(older).get_data(as_text=True)

@@ -1,0 +1,170 @@
+"""The dashboard's live data (GET /api/live): what the page `/` polls about every second.
+
+Each part is a bounded read, whatever the volume stored:
+- the transactions newer than the page's position (ts, txn_id): a keyset range of the
+  (ts, txn_id) index, newest first, at most LIVE_LIMIT rows;
+- the ingest rate: the subscribers' per-10-second counters (txstream.store's batch script
+  adds each batch's new rows, one INCRBY), the last 15 minutes read with one MGET;
+- the top users of the current window: ranked by the subscribers' sorted sets (the batch
+  script's ZINCRBYs), their exact count and sum then read from `user_window_totals` by
+  primary key; cached a few seconds in Redis, so that open tabs share one read;
+- the counts ever stored, of duplicates and of dead letters (global counters the batch
+  script keeps), and the live subscribers.
+Redis or the database down raises, and the app answers 503.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import datetime
+from decimal import Decimal
+
+import redis
+from sqlalchemy import Connection, Engine, and_, bindparam, or_, select, tuple_
+
+from models import transactions, user_window_totals
+from txstream import queries
+from txstream.heartbeats import live_subscribers
+from txstream.keys import Keys
+from txstream.money import format_amount
+from txstream.queries import Position, encode_cursor
+from txstream.store import RATE_BUCKET, rate_bucket
+from txstream.times import format_time, from_micros, to_micros, utcnow
+from txstream.transaction import MAX_USER_ID, Transaction, to_json
+
+LIVE_LIMIT = 50  # transactions per answer: the page keeps about as many
+RATE_BUCKETS = 90  # 15 minutes of 10-second counters
+TOP_USERS = 10
+TOP_CACHE_SECONDS = 3
+
+_t, _w = transactions, user_window_totals
+_NEWEST = (
+    select(_t.c.txn_id, _t.c.user_id, _t.c.amount, _t.c.ts)
+    .order_by(_t.c.ts.desc(), _t.c.txn_id.desc())
+    .limit(bindparam("limit"))
+)
+_after_ts, _after_id = bindparam("after_ts"), bindparam("after_txn_id")
+# `ts >= :ts` repeats what the OR implies, so that MySQL scans an index range.
+_NEWER = _NEWEST.where(
+    _t.c.ts >= _after_ts,
+    or_(_t.c.ts > _after_ts, and_(_t.c.ts == _after_ts, _t.c.txn_id > _after_id)),
+)
+
+
+def newer_transactions(
+    conn: Connection, after: Position | None, limit: int = LIVE_LIMIT
+) -> list[Transaction]:
+    """The newest `limit` transactions after `after` (all, when None), newest first."""
+    if after is None:
+        rows = conn.execute(_NEWEST, {"limit": limit})
+    else:
+        params = {"limit": limit, "after_ts": after.ts, "after_txn_id": after.txn_id}
+        rows = conn.execute(_NEWER, params)
+    return [Transaction(*row) for row in rows]
+
+
+def rate_series(client: redis.Redis, keys: Keys, now: float) -> list[dict]:
+    """Transactions stored per 10 seconds over the last 15 minutes, oldest first; the
+    current bucket, still filling, last."""
+    last = rate_bucket(now)
+    starts = [last - RATE_BUCKET * k for k in range(RATE_BUCKETS - 1, -1, -1)]
+    values = client.mget([keys.rate(start) for start in starts])
+    return [
+        {"at": format_time(from_micros(start * 10**6)), "stored": _count(value)}
+        for start, value in zip(starts, values, strict=True)
+    ]
+
+
+def counts(client: redis.Redis, keys: Keys) -> dict:
+    """The transactions ever stored, the duplicates and the dead letters (global counters)."""
+    stored, duplicates = client.hmget(keys.counts, ["stored", "duplicates"])
+    return {
+        "stored": _count(stored),
+        "duplicates": _count(duplicates),
+        "dead_letters": _count(client.get(keys.dead_count)),
+    }
+
+
+def top_users(client: redis.Redis, keys: Keys, engine: Engine, window_start: datetime) -> dict:
+    """The window's users with the largest absolute sums and the most transactions, with
+    their exact totals; cached TOP_CACHE_SECONDS for every worker."""
+    window = to_micros(window_start) // 10**6
+    cached = client.get(keys.live_top(window))
+    if cached is not None:
+        try:
+            return json.loads(cached)
+        except ValueError:
+            pass  # not ours: read again, and overwrite it
+    # ZRANGE both ends (the ACL grants no ZREVRANGE): the largest and the most negative sums
+    by_sum = client.zrange(keys.top_sum(window), -TOP_USERS, -1)
+    by_sum += client.zrange(keys.top_sum(window), 0, TOP_USERS - 1)
+    by_count = client.zrange(keys.top_count(window), -TOP_USERS, -1)
+    ids = {uid for uid in map(_user_id, by_sum + by_count) if uid is not None}
+    totals = queries.read(engine, lambda conn: _window_totals(conn, ids, window_start))
+    rows = list(totals.values())
+    top = {
+        "window_start": format_time(window_start),
+        "by_sum": _shown(sorted(rows, key=lambda r: (-abs(r[2]), r[0]))[:TOP_USERS]),
+        "by_count": _shown(sorted(rows, key=lambda r: (-r[1], r[0]))[:TOP_USERS]),
+    }
+    client.set(keys.live_top(window), json.dumps(top), ex=TOP_CACHE_SECONDS)
+    return top
+
+
+def _window_totals(
+    conn: Connection, ids: set[int], window_start: datetime
+) -> dict[int, tuple[int, int, Decimal]]:
+    if not ids:
+        return {}
+    query = select(_w.c.user_id, _w.c.tx_count, _w.c.amount_sum).where(
+        tuple_(_w.c.user_id, _w.c.window_start).in_([(uid, window_start) for uid in ids])
+    )
+    return {row.user_id: tuple(row) for row in conn.execute(query)}
+
+
+def _shown(rows) -> list[dict]:
+    return [{"user_id": uid, "count": n, "sum": format_amount(total)} for uid, n, total in rows]
+
+
+def live(
+    client: redis.Redis,
+    keys: Keys,
+    engine: Engine,
+    after: Position | None,
+    window_start: datetime,
+) -> dict:
+    """Everything the dashboard shows (see txstream.openapi `Live`)."""
+    txns = queries.read(engine, lambda conn: newer_transactions(conn, after))
+    newest = txns[0] if txns else None
+    if newest is not None:
+        position = encode_cursor(Position(newest.ts, newest.txn_id))
+    else:
+        position = None if after is None else encode_cursor(after)
+    now = utcnow()  # the counters are of real time, whatever the app's CLOCK says
+    return {
+        "items": [to_json(tx) for tx in txns],
+        "position": position,
+        "rate": {"bucket_seconds": RATE_BUCKET, "series": rate_series(client, keys, time.time())},
+        "top": top_users(client, keys, engine, window_start),
+        "counts": counts(client, keys),
+        "subscribers": len(live_subscribers(client, keys, now)),
+        "health": {"redis": "ok", "database": "ok"},
+    }
+
+
+def _count(value: bytes | None) -> int:
+    """A counter read back: 0 when missing or not a whole number (a key can be forged)."""
+    try:
+        number = int(value or 0)
+    except ValueError:
+        return 0
+    return number if 0 <= number < 2**63 else 0
+
+
+def _user_id(member: bytes) -> int | None:
+    """A ranking's member as a user id, or None if it is not one (a key can be forged)."""
+    text = member.decode("ascii", "replace")
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
+        return None
+    return int(text) if int(text) <= MAX_USER_ID else None
