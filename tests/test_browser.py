@@ -169,3 +169,34 @@ def test_chart_drawing_sees_what_a_chart_drew(anonymous_page, name):
         anonymous_page.evaluate(draw)
     drawn = chart_drawing(anonymous_page, "#c")
     assert (drawn["shapes"], drawn["painted"]) == (shapes, painted)
+
+
+def test_the_charts_draw_the_data_they_are_given(page, system):
+    user_id = new_user()
+    now = utcnow()
+    amounts = {13: "100.00", 7: "-40.00", 0: "25.50"}  # hours ago: three 6-hour windows
+    system.publish(
+        *(line(user_id, a, now - timedelta(hours=h), f"c{user_id}-{h}") for h, a in amounts.items())
+    )
+    wait_until(
+        lambda: api(page, system, f"/api/users/{user_id}/sum?hours=24")["count"] == 3,
+        20,
+        "3 transactions stored",
+    )
+    page.goto(f"{system.url}/users/{user_id}")
+    bars = page.locator("#window-chart rect.bar")
+    assert sorted(bars.evaluate_all("bs => bs.map(b => b.dataset.amount)")) == sorted(
+        amounts.values()
+    )
+    assert page.locator("#window-chart rect.bar.negative").count() == 1
+    assert chart_drawing(page, "#window-chart")["shapes"] >= 3
+
+    page.goto(system.url + "/")
+
+    def drawn_equals_served():  # the rate chart's bars carry what /api/live says was stored
+        titles = page.locator("#rate-chart rect.bar title").all_inner_texts()
+        drawn = sum(int(title.rsplit(": ", 1)[1].replace(",", "")) for title in titles)
+        served = sum(p["stored"] for p in api(page, system, "/api/live")["rate"]["series"])
+        return len(titles) == 90 and drawn == served >= 3
+
+    wait_until(drawn_equals_served, 10, "the rate chart drawn from /api/live")
