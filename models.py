@@ -68,7 +68,11 @@ class UserWindowTotal(Base):
     """A user's totals over one tumbling window of WINDOW_HOURS, aligned to the epoch."""
 
     __tablename__ = "user_window_totals"
-    __table_args__ = (_TABLE_OPTIONS,)
+    __table_args__ = (
+        # A window's users, for the console's top users: one entry per new (user, window).
+        Index("ix_user_window_totals_window_start", "window_start"),
+        _TABLE_OPTIONS,
+    )
 
     user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     window_start: Mapped[datetime] = mapped_column(DateTime, primary_key=True, comment="UTC")

@@ -30,7 +30,9 @@ CREATE TABLE IF NOT EXISTS user_window_totals (
   amount_min   DECIMAL(20,2) NOT NULL,
   amount_max   DECIMAL(20,2) NOT NULL,
   updated_at   DATETIME(6) NOT NULL COMMENT 'UTC',
-  PRIMARY KEY (user_id, window_start)
+  PRIMARY KEY (user_id, window_start),
+  -- a window's users, for the console's top users
+  KEY ix_user_window_totals_window_start (window_start)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Per user, per bucket of BUCKET seconds (60 with the default window; it divides the

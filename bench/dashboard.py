@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import redis
-from sqlalchemy import create_engine, select
+from sqlalchemy import create_engine, func, select
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -41,23 +41,18 @@ KEYS = Keys("benchdash:")
 
 
 def fill_counters(engine, client: redis.Redis, window_seconds: int) -> int:
-    """The current window's rankings and 15 minutes of rate counters, as subscribers keep
-    them; the number of users ranked."""
+    """15 minutes of rate counters, as subscribers keep them; the number of users active
+    in the current window (whose top users the console reads from the database)."""
     start = window_start(utcnow(), window_seconds)
-    window = to_micros(start) // 10**6
     w = user_window_totals
-    query = select(w.c.user_id, w.c.tx_count, w.c.amount_sum).where(w.c.window_start == start)
+    query = select(func.count()).select_from(w).where(w.c.window_start == start)
     with engine.connect() as conn:
-        rows = conn.execute(query).all()
-    client.delete(KEYS.top_sum(window), KEYS.top_count(window), KEYS.live_top(window))
-    for chunk in range(0, len(rows), 10_000):
-        part = rows[chunk : chunk + 10_000]
-        client.zadd(KEYS.top_sum(window), {str(r[0]): int(r[2] * 100) for r in part})
-        client.zadd(KEYS.top_count(window), {str(r[0]): r[1] for r in part})
+        users = conn.execute(query).scalar()
+    client.delete(KEYS.live_top(to_micros(start) // 10**6))
     now = rate_bucket(time.time())
     for k in range(RATE_KEEP // RATE_BUCKET):
         client.set(KEYS.rate(now - k * RATE_BUCKET), 1000 + k, ex=RATE_KEEP)
-    return len(rows)
+    return users
 
 
 class Tab(threading.Thread):
@@ -99,7 +94,7 @@ def main() -> None:
     engine = create_engine(DATABASE_URL)
     client = redis.Redis.from_url(REDIS_URL)
     ranked = fill_counters(engine, client, config.load().window_seconds)
-    print(f"ranked {ranked:,} users of the current window", file=sys.stderr)
+    print(f"{ranked:,} users in the current window", file=sys.stderr)
     path = ENDPOINTS["sum"]
     with serving(engine, REDIS_URL, KEYS.prefix, args) as (url, token):
         wrk(url, path, args.users, args.connections, 2, token)  # warm-up, not reported

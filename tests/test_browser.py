@@ -67,7 +67,7 @@ def test_sign_in_with_a_token(anonymous_page, system):
     page.fill("#token", system.token)
     page.click("form.login button[type=submit]")
     page.wait_for_url(system.url + "/")
-    assert page.locator("h1").inner_text() == "Latest transactions"
+    assert page.locator("h1").inner_text() == "Console"
     assert page.locator("form.logout button").is_visible()
 
 

@@ -95,9 +95,6 @@ def test_the_batch_script_counts_new_rows_only(backend, key_prefix):
     assert live.counts(client, keys) == {"stored": 4, "duplicates": 2, "dead_letters": 0}
     series = live.rate_series(client, keys, after)
     assert len(series) == live.RATE_BUCKETS and sum(p["stored"] for p in series) == 4
-    start = _epoch(now) // WINDOW_SECONDS * WINDOW_SECONDS
-    assert client.zscore(keys.top_count(start), "1") == 1  # the duplicate is not counted
-    assert client.zscore(keys.top_sum(start), "4") == -200
 
 
 def _epoch(ts) -> int:
@@ -171,12 +168,10 @@ def test_counts_health_and_shape(app, client):
     [
         lambda r, k, w: r.hset(k.counts, mapping={"stored": "lots", "duplicates": "-4"}),
         lambda r, k, w: r.set(k.dead_count, "9" * 40),
-        lambda r, k, w: r.zadd(k.top_sum(w), {"abc": 5, "99999999999999999999": 9, "0": 1}),
-        lambda r, k, w: r.zadd(k.top_count(w), {"<script>": 5}),
         lambda r, k, w: r.set(k.live_top(w), "not json"),
         lambda r, k, w: r.hset(k.subscriber("x"), mapping={"heartbeat_at": "soon", "pid": "-"}),
     ],
-    ids=["counts", "dead-count", "top-sum", "top-count", "cache", "heartbeat"],
+    ids=["counts", "dead-count", "cache", "heartbeat"],
 )
 def test_forged_keys_are_not_a_500(app, client, forge):
     now = app.config["CLOCK"]()

@@ -75,15 +75,6 @@ class Keys:
         """The hash of what the subscribers ever did: `stored` and `duplicates`."""
         return f"{self.prefix}counts"
 
-    def top_sum(self, window: int) -> str:
-        """The sorted set of users by their sum in cents in the window from epoch second
-        `window` (the dashboard's ranking; the amounts shown come from the database)."""
-        return f"{self.prefix}top:sum:{window}"
-
-    def top_count(self, window: int) -> str:
-        """The sorted set of users by their count of transactions in a window."""
-        return f"{self.prefix}top:count:{window}"
-
     def live_top(self, window: int) -> str:
         """The dashboard's top users of a window, cached a few seconds for every worker."""
         return f"{self.prefix}live:top:{window}"

@@ -77,9 +77,14 @@ def rows_mark(conn: Connection) -> RowsMark:
 
 
 def new_tables(suffix: str) -> list[Table]:
-    """Tables made like the swapped ones, named with `suffix`."""
+    """Tables made like the swapped ones, named with `suffix`; their indexes too, since
+    SQLite's index names are the database's, not the table's (see `_swap`)."""
     metadata = MetaData()
-    return [table.to_metadata(metadata, name=table.name + suffix) for table in SWAPPED]
+    tables = [table.to_metadata(metadata, name=table.name + suffix) for table in SWAPPED]
+    for table in tables:
+        for index in table.indexes:
+            index.name = f"{index.name}{suffix}"
+    return tables
 
 
 def rebuild(
@@ -148,6 +153,18 @@ def _swap(engine: Engine, mark: RowsMark) -> None:
                 conn.execute(text(f"ALTER TABLE {quote(a)} RENAME TO {quote(b)}"))
             _check_unchanged(conn, mark)
         new_tables(OLD)[0].metadata.drop_all(conn)
+        for table in SWAPPED:  # the swapped-in indexes get their own names back
+            for index in table.indexes:
+                if family(engine.dialect) == MYSQL:
+                    old_name, new_name = quote(index.name + NEW), quote(index.name)
+                    conn.execute(
+                        text(
+                            f"ALTER TABLE {quote(table.name)} RENAME INDEX {old_name} TO {new_name}"
+                        )
+                    )
+                else:
+                    conn.execute(text(f"DROP INDEX {quote(index.name + NEW)}"))
+                    index.create(conn)
 
 
 def _check_unchanged(conn: Connection, mark: RowsMark) -> None:

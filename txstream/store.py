@@ -38,7 +38,7 @@ from txstream.aggregates import Layout, LayoutMismatch, record_layout, recorded_
 from txstream.dialect import PLAIN_INSERT, StoreStatements, statements
 from txstream.keys import Keys
 from txstream.recent import MERGE_RECENT_LUA, merge_arguments
-from txstream.times import format_time, sql_time, to_micros, utcnow
+from txstream.times import format_time, sql_time, utcnow
 from txstream.transaction import Transaction, checked_txn_id
 from txstream.windows import totals
 from txstream.wire import format_line
@@ -63,21 +63,19 @@ RATE_BUCKET = 10
 RATE_KEEP = 16 * 60
 
 # KEYS: the dead letters, their count, the stream, the ingest-rate counter of now, the
-# global counts, for each window of the new rows its two rankings (sum, count), then the
-# recent lists. ARGV: the consumer group ('' for none), how many entry ids and how many dead
-# letters, the dead-letter list's cap, the new rows, the duplicates, the rate counter's and
-# the rankings' lifetimes (seconds), how many windows; the ids; the dead letters; for each
-# window its number of users and (user, cents, count) of each; then for each recent list its
-# number of new items and the items. Nothing is acknowledged unless everything before it was
-# written. The count is of every dead letter ever appended (txstream.deadletters pages by
-# it); missing or unreadable, it starts again from the list's length.
+# global counts, then the recent lists. ARGV: the consumer group ('' for none), how many
+# entry ids and how many dead letters, the dead-letter list's cap, the new rows, the
+# duplicates, the rate counter's lifetime (seconds); the ids; the dead letters; then for
+# each recent list its number of new items and the items. Nothing is acknowledged unless
+# everything before it was written. The count is of every dead letter ever appended
+# (txstream.deadletters pages by it); missing or unreadable, it starts again from the
+# list's length.
 _WRITE_BATCH = (
     MERGE_RECENT_LUA
     + f"""
 local n_ids, n_dead, dead_max = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local n_new, n_dup, rate_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local top_ttl, n_windows = tonumber(ARGV[8]), tonumber(ARGV[9])
-local ids, dead = 10, 10 + n_ids  -- where the entry ids and the dead letters begin in ARGV
+local ids, dead = 8, 8 + n_ids  -- where the entry ids and the dead letters begin in ARGV
 if n_dead > 0 then
   local kind = redis.call('TYPE', KEYS[1])['ok']
   if kind ~= 'none' and kind ~= 'list' then
@@ -104,17 +102,7 @@ end
 if n_dup > 0 then
   redis.call('HINCRBY', KEYS[5], 'duplicates', n_dup)
 end
-for w = 0, n_windows - 1 do
-  local by_sum, by_count, n = KEYS[6 + 2 * w], KEYS[7 + 2 * w], tonumber(ARGV[pos])
-  for i = pos + 1, pos + 3 * n, 3 do
-    redis.call('ZINCRBY', by_sum, ARGV[i + 1], ARGV[i])
-    redis.call('ZINCRBY', by_count, ARGV[i + 2], ARGV[i])
-  end
-  redis.call('EXPIRE', by_sum, top_ttl)
-  redis.call('EXPIRE', by_count, top_ttl)
-  pos = pos + 3 * n + 1
-end
-for k = 6 + 2 * n_windows, #KEYS do
+for k = 6, #KEYS do
   local n = tonumber(ARGV[pos])
   local r, d = merge_recent(KEYS[k], pos + 1, pos + n)
   replaced, dropped, pos = replaced + r, dropped + d, pos + n + 1
@@ -194,8 +182,6 @@ class Store:
         self.group = group  # the stream's consumer group, whose entries are acknowledged
         self.dead_letters_max = dead_letters_max  # the dead-letter list keeps the newest
         self._write_batch = client.register_script(_WRITE_BATCH)
-        # A window's rankings outlive it a little: the dashboard reads the current one.
-        self._top_keep = self.layout.window_seconds + RATE_KEEP
 
     def store(
         self, txns: Sequence[Transaction], dead: Sequence[dict] = (), entry_ids: Sequence = ()
@@ -250,19 +236,11 @@ class Store:
             self.keys, committed.new + committed.stored_before
         )
         ids = list(entry_ids) if self.group else []
-        windows = rankings(committed.new, self.layout.window_seconds)
         keys = [self.keys.dead, self.keys.dead_count, self.keys.stream]
         keys += [self.keys.rate(rate_bucket(time.time())), self.keys.counts]
-        for start in windows:
-            keys += [self.keys.top_sum(start), self.keys.top_count(start)]
         args = [self.group or "", len(ids), len(dead), self.dead_letters_max]
-        args += [len(committed.new), committed.duplicates, RATE_KEEP, self._top_keep]
-        args += [len(windows), *ids]
+        args += [len(committed.new), committed.duplicates, RATE_KEEP, *ids]
         args += (json.dumps(d) for d in dead)
-        for users in windows.values():
-            args.append(len(users))
-            for user_id, (cents, count) in users.items():
-                args += [user_id, cents, count]
         replaced, dropped = self._write_batch(keys=keys + recent_keys, args=args + recent_args)
         if replaced or dropped:
             log.error(
@@ -336,23 +314,6 @@ class Store:
 def rate_bucket(epoch: float) -> int:
     """The epoch second that starts the RATE_BUCKET-second bucket of `epoch`."""
     return int(epoch) // RATE_BUCKET * RATE_BUCKET
-
-
-def rankings(txns: Sequence[Transaction], window_seconds: int) -> dict[int, dict]:
-    """{window start (epoch s): {user_id: [sum in cents, count]}} of `txns`: what the batch
-    adds to the dashboard's rankings of users (txstream.live)."""
-    windows: dict[int, dict] = {}
-    for tx in txns:
-        start = to_micros(tx.ts) // 10**6 // window_seconds * window_seconds
-        users = windows.setdefault(start, {})
-        entry = users.get(tx.user_id)
-        cents = int(tx.amount.scaleb(2))
-        if entry is None:
-            users[tx.user_id] = [cents, 1]
-        else:
-            entry[0] += cents
-            entry[1] += 1
-    return windows
 
 
 def add_to_aggregates(
