@@ -69,8 +69,9 @@ class UserWindowTotal(Base):
 
     __tablename__ = "user_window_totals"
     __table_args__ = (
-        # A window's users, for the console's top users: one entry per new (user, window).
-        Index("ix_user_window_totals_window_start", "window_start"),
+        # A window's users and their totals, for the console's top users: read from the
+        # index alone (one range), never from the table's pages.
+        Index("ix_user_window_totals_window_start", "window_start", "amount_sum", "tx_count"),
         _TABLE_OPTIONS,
     )
 

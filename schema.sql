@@ -31,8 +31,8 @@ CREATE TABLE IF NOT EXISTS user_window_totals (
   amount_max   DECIMAL(20,2) NOT NULL,
   updated_at   DATETIME(6) NOT NULL COMMENT 'UTC',
   PRIMARY KEY (user_id, window_start),
-  -- a window's users, for the console's top users
-  KEY ix_user_window_totals_window_start (window_start)
+  -- a window's users and their totals, for the console's top users (read from the index)
+  KEY ix_user_window_totals_window_start (window_start, amount_sum, tx_count)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
 
 -- Per user, per bucket of BUCKET seconds (60 with the default window; it divides the
