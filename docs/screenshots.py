@@ -78,8 +78,10 @@ def main() -> None:
                 sign_in(page, system.url, system.token)
                 for name, path in pages.items():
                     page.goto(system.url + path)
+                    if name == "dashboard":  # drawn by its script from its first poll
+                        page.locator("#rate-chart rect").first.wait_for(state="attached")
                     target = args.out / f"screenshot-{name}.png"
-                    page.screenshot(path=str(target))
+                    page.screenshot(path=str(target), full_page=True)
                     print(f"wrote {target} ({path})")
     finally:
         keys = list(client.scan_iter(match=prefix + "*"))

@@ -5,11 +5,10 @@ Each part is a bounded read, whatever the volume stored:
   (ts, txn_id) index, newest first, at most LIVE_LIMIT rows;
 - the ingest rate: the subscribers' per-10-second counters (txstream.store's batch script
   adds each batch's new rows, one INCRBY), the last 15 minutes read with one MGET;
-- the top users of the current window: read from `user_window_totals` through its index on
-  `window_start` (one range: the window's rows, one per user active in it), ranked by the
-  database; cached a few seconds in Redis, so that open tabs share one read. Ranking in
-  Redis instead (two ZINCRBYs per user and batch in the subscriber's script) cost ingest
-  6-8 %; the index costs one entry per new (user, window);
+- the top users of the current window: read from `user_window_totals`'s covering index
+  (window_start, amount_sum, tx_count) alone, one range (a row per user active in the
+  window), ranked by the database; cached a few seconds in Redis, so that open tabs share
+  one read (docs/BENCHMARKS.md: what the index costs ingest, and why not Redis);
 - the counts ever stored, of duplicates and of dead letters (global counters the batch
   script keeps), and the live subscribers.
 Redis or the database down raises, and the app answers 503.
