@@ -194,7 +194,9 @@ def test_the_charts_draw_the_data_they_are_given(page, system):
     page.goto(system.url + "/")
 
     def drawn_equals_served():  # the rate chart's bars carry what /api/live says was stored
-        titles = page.locator("#rate-chart rect.bar title").all_inner_texts()
+        titles = page.locator("#rate-chart rect.bar title").evaluate_all(
+            "ts => ts.map(t => t.textContent)"
+        )
         drawn = sum(int(title.rsplit(": ", 1)[1].replace(",", "")) for title in titles)
         served = sum(p["stored"] for p in api(page, system, "/api/live")["rate"]["series"])
         return len(titles) == 90 and drawn == served >= 3
