@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import json
 import secrets
-from datetime import timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
 
 from tests.helpers import line
-from txstream.browsing import chart_drawing
+from txstream.browsing import DESKTOP, chart_drawing, sign_in
 from txstream.processes import wait_until
 from txstream.times import utcnow
 
@@ -202,3 +202,32 @@ def test_the_charts_draw_the_data_they_are_given(page, system):
         return len(titles) == 90 and drawn == served >= 3
 
     wait_until(drawn_equals_served, 10, "the rate chart drawn from /api/live")
+
+
+def test_pause_holds_new_rows_back_and_times_are_local_with_utc_on_hover(browser, system):
+    context = browser.new_context(viewport=DESKTOP, timezone_id="Asia/Tokyo")  # UTC+9
+    page = context.new_page()
+    try:
+        sign_in(page, system.url, system.token)
+        toggle = page.locator("#live-toggle")
+        toggle.press("Enter")  # a real button: the keyboard works it
+        assert toggle.get_attribute("aria-pressed") == "true"
+        assert page.locator("#live-state").get_attribute("data-state") == "paused"
+        user_id = new_user()
+        (published,) = lines_for(user_id, ["1.00"])
+        system.publish(published)
+        wait_until(
+            lambda: api(page, system, f"/api/users/{user_id}/sum")["count"] == 1, 20, "stored"
+        )
+        row = page.locator(f'#live-transactions [data-txn-id="b{user_id}-0"]')
+        page.wait_for_timeout(2 * LIVE * 1000)  # paused: nothing may arrive in this time
+        assert row.count() == 0
+        toggle.click()
+        assert toggle.get_attribute("aria-pressed") == "false"
+        row.wait_for(timeout=LIVE * 1000)
+        shown = row.locator("time")
+        utc = datetime.strptime(shown.get_attribute("datetime"), "%Y-%m-%dT%H:%M:%S.%fZ")
+        assert shown.inner_text() == (utc + timedelta(hours=9)).strftime("%Y-%m-%d %H:%M:%S")
+        assert shown.get_attribute("title").endswith(" UTC")
+    finally:
+        context.close()
