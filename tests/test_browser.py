@@ -34,10 +34,12 @@ def new_user() -> int:
 
 
 def lines_for(user_id: int, amounts: list[str]) -> list[str]:
-    """Wire lines of `user_id`'s transactions, a second apart, the last one now."""
+    """Wire lines of `user_id`'s transactions, a second apart, the last one now: newer than
+    what earlier tests published, so that a dashboard already open shows it (it shows what
+    is newer than its newest row)."""
     now = utcnow()
     return [
-        line(user_id, amount, now - timedelta(seconds=len(amounts) - i), f"b{user_id}-{i}")
+        line(user_id, amount, now - timedelta(seconds=len(amounts) - 1 - i), f"b{user_id}-{i}")
         for i, amount in enumerate(amounts)
     ]
 
