@@ -3,6 +3,7 @@ ingest rate from the batch script's counters, the top users, counts, health and 
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from datetime import datetime, timedelta
@@ -18,7 +19,7 @@ from txstream import live
 from txstream.keys import Keys
 from txstream.queries import Position, decode_cursor
 from txstream.store import RATE_BUCKET, RATE_KEEP, Store, rate_bucket
-from txstream.times import format_time, to_micros
+from txstream.times import format_time, from_micros, to_micros
 from txstream.wire import parse
 
 _MICRO = timedelta(microseconds=1)
@@ -169,9 +170,20 @@ def test_counts_health_and_shape(app, client):
         lambda r, k, w: r.hset(k.counts, mapping={"stored": "lots", "duplicates": "-4"}),
         lambda r, k, w: r.set(k.dead_count, "9" * 40),
         lambda r, k, w: r.set(k.live_top(w), "not json"),
+        lambda r, k, w: r.set(k.live_top(w), json.dumps({"by_sum": 5})),
+        lambda r, k, w: r.set(
+            k.live_top(w),
+            json.dumps(
+                {
+                    "window_start": format_time(from_micros(w * 10**6)),
+                    "by_sum": [{"user_id": "<script>", "count": 1, "sum": "1e9"}],
+                    "by_count": [],
+                }
+            ),
+        ),
         lambda r, k, w: r.hset(k.subscriber("x"), mapping={"heartbeat_at": "soon", "pid": "-"}),
     ],
-    ids=["counts", "dead-count", "cache", "heartbeat"],
+    ids=["counts", "dead-count", "cache", "cache-shape", "cache-rows", "heartbeat"],
 )
 def test_forged_keys_are_not_a_500(app, client, forge):
     now = app.config["CLOCK"]()

@@ -17,6 +17,7 @@ Redis or the database down raises, and the app answers 503.
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import datetime
 
@@ -37,6 +38,7 @@ LIVE_LIMIT = 50  # transactions per answer: the page keeps about as many
 RATE_BUCKETS = 90  # 15 minutes of 10-second counters
 TOP_USERS = 10
 TOP_CACHE_SECONDS = 3
+_SUM = re.compile(r"-?[0-9]{1,28}\.[0-9]{2}")  # a window's sum: DECIMAL(30, 2)
 
 _t, _w = transactions, user_window_totals
 _NEWEST = (
@@ -90,12 +92,9 @@ def top_users(client: redis.Redis, keys: Keys, engine: Engine, window_start: dat
     """The window's users with the largest absolute sums and the most transactions, with
     their exact totals; cached TOP_CACHE_SECONDS for every worker."""
     window = to_micros(window_start) // 10**6
-    cached = client.get(keys.live_top(window))
+    cached = _cached_top(client.get(keys.live_top(window)), window_start)
     if cached is not None:
-        try:
-            return json.loads(cached)
-        except ValueError:
-            pass  # not ours: read again, and overwrite it
+        return cached
     by_sum, by_count = queries.read(engine, lambda conn: _ranked(conn, window_start))
     top = {
         "window_start": format_time(window_start),
@@ -103,6 +102,35 @@ def top_users(client: redis.Redis, keys: Keys, engine: Engine, window_start: dat
         "by_count": _shown(by_count),
     }
     client.set(keys.live_top(window), json.dumps(top), ex=TOP_CACHE_SECONDS)
+    return top
+
+
+def _cached_top(raw: bytes | None, window_start: datetime) -> dict | None:
+    """The cached top users if they are what `top_users` writes for this window; else None
+    (missing, or forged: read again, and overwritten)."""
+    try:
+        top = json.loads(raw) if raw is not None else None
+    except ValueError:
+        return None
+    if not (
+        isinstance(top, dict)
+        and set(top) == {"window_start", "by_sum", "by_count"}
+        and top["window_start"] == format_time(window_start)
+    ):
+        return None
+    for rows in (top["by_sum"], top["by_count"]):
+        if not (isinstance(rows, list) and len(rows) <= TOP_USERS):
+            return None
+        for row in rows:
+            if not (
+                isinstance(row, dict)
+                and set(row) == {"user_id", "count", "sum"}
+                and type(row["user_id"]) is int
+                and type(row["count"]) is int
+                and isinstance(row["sum"], str)
+                and _SUM.fullmatch(row["sum"])
+            ):
+                return None
     return top
 
 
