@@ -25,6 +25,7 @@ from tests.helpers import (
     TEST_DATABASE_URL,
     TEST_REDIS_URL,
     TEST_SECRET_KEY,
+    OneNodeCluster,
     service_unavailable,
     signed_in_client,
 )
@@ -241,6 +242,13 @@ def _serve(what: str, make: Callable[[], PrivateServer]) -> Iterator[PrivateServ
 def private_redis(tmp_path):
     """A Redis server of this test's own (AOF, fsync always), free to stop, restart or kill."""
     yield from _serve("A private Redis", lambda: PrivateRedis(tmp_path / "redis"))
+
+
+@pytest.fixture
+def one_node_cluster(tmp_path):
+    """A Redis Cluster of one node holding every slot (tests.helpers.OneNodeCluster): what a
+    cluster refuses (CROSSSLOT) it refuses too."""
+    yield from _serve("A private Redis Cluster node", lambda: OneNodeCluster(tmp_path / "redis"))
 
 
 @pytest.fixture

@@ -167,7 +167,7 @@ def test_counts_health_and_shape(app, client):
 @pytest.mark.parametrize(
     "forge",
     [
-        lambda r, k, w: r.hset(k.counts, mapping={"stored": "lots", "duplicates": "-4"}),
+        lambda r, k, w: r.hset(k.counts(), mapping={"stored": "lots", "duplicates": "-4"}),
         lambda r, k, w: r.set(k.dead_count, "9" * 40),
         lambda r, k, w: r.set(k.live_top(w), "not json"),
         lambda r, k, w: r.set(k.live_top(w), json.dumps({"by_sum": 5})),
@@ -195,7 +195,7 @@ def test_forged_keys_are_not_a_500(app, client, forge):
 
 
 def test_a_key_of_another_type_is_a_503(app, client):
-    app.config["REDIS"].rpush(keys_of(app).counts, "x")
+    app.config["REDIS"].rpush(keys_of(app).counts(), "x")
     body = get_json(client, "/api/live", status=503)
     assert "Redis refused a read" in body["error"]
 

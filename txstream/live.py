@@ -80,7 +80,7 @@ def rate_series(client: redis.Redis, keys: Keys, now: float) -> list[dict]:
 
 def counts(client: redis.Redis, keys: Keys) -> dict:
     """The transactions ever stored, the duplicates and the dead letters (global counters)."""
-    stored, duplicates = client.hmget(keys.counts, ["stored", "duplicates"])
+    stored, duplicates = client.hmget(keys.counts(), ["stored", "duplicates"])
     return {
         "stored": _count(stored),
         "duplicates": _count(duplicates),

@@ -237,7 +237,7 @@ class Store:
         )
         ids = list(entry_ids) if self.group else []
         keys = [self.keys.dead, self.keys.dead_count, self.keys.stream]
-        keys += [self.keys.rate(rate_bucket(time.time())), self.keys.counts]
+        keys += [self.keys.rate(rate_bucket(time.time())), self.keys.counts()]
         args = [self.group or "", len(ids), len(dead), self.dead_letters_max]
         args += [len(committed.new), committed.duplicates, RATE_KEEP, *ids]
         args += (json.dumps(d) for d in dead)
