@@ -22,9 +22,24 @@ AnyRedis = redis.Redis | RedisCluster
 
 
 def is_cluster(url: str, **kwargs) -> bool:
-    """Whether the server at `url` is a node of a Redis Cluster (raises while it is down)."""
+    """Whether the server at `url` is a node of a Redis Cluster (raises while it is down).
+
+    A server that refuses INFO (an ACL without +info; an embedded fake) is taken for a
+    single server, with a warning: REDIS_CLUSTER=1 says otherwise without asking.
+    """
     with redis.Redis.from_url(url, **kwargs) as client:
-        return bool(client.info("cluster").get("cluster_enabled"))
+        try:
+            return bool(client.info("cluster").get("cluster_enabled"))
+        except redis.ResponseError as exc:
+            denied = isinstance(exc, redis.exceptions.NoPermissionError)
+            log.log(
+                logging.WARNING if denied else logging.INFO,
+                "Redis at %s does not say whether it is a cluster (INFO: %s): taken for a "
+                "single server; set REDIS_CLUSTER=1 or 0 to say which",
+                config.mask_url(url),
+                exc,
+            )
+            return False
 
 
 def resolve(settings: config.Settings) -> config.Settings:

@@ -511,13 +511,13 @@ def assert_totals_match_raw_rows(engine, window_seconds: int) -> None:
         assert recorded == layout
 
 
-def assert_recent_lists_match_db(engine, client, prefix: str) -> None:
+def assert_recent_lists_match_db(engine, client, keys: Keys | str) -> None:
     """Each user's Redis list holds their latest 5 stored transactions, newest first, as
-    the JSON texts the API returns for them."""
+    the JSON texts the API returns for them (`keys`: the names, or their prefix)."""
     by_user: dict[int, list[Transaction]] = {}
     for tx in reversed(stored_transactions(engine)):
         by_user.setdefault(tx.user_id, []).append(tx)
-    keys = Keys(prefix)
+    keys = Keys(keys) if isinstance(keys, str) else keys
     for user_id, txns in by_user.items():
         listed = client.lrange(keys.recent(user_id), 0, -1)
         expected = [to_json_text(tx).encode() for tx in txns[:RECENT_SIZE]]
