@@ -16,7 +16,7 @@ from sqlalchemy import make_url
 
 from txstream import tokens
 from txstream.keys import Keys
-from txstream.processes import wait_until
+from txstream.processes import free_port, wait_until
 from txstream.store import Store
 from txstream.testing import PrivateRedis
 from txstream.times import format_epoch
@@ -118,9 +118,12 @@ class OneNodeCluster(PrivateRedis):
     command on keys of two slots fails with CROSSSLOT as on any cluster."""
 
     def command(self) -> list[str]:
-        """redis-server as a cluster node, its cluster state in its own directory."""
+        """redis-server as a cluster node, its cluster state in its own directory; its
+        cluster bus on a free port of its own (by default the port + 10000, which Redis
+        refuses for a port above 55535, as free ports often are)."""
         nodes = str(self.dir / "nodes.conf")
-        return [*super().command(), "--cluster-enabled", "yes", "--cluster-config-file", nodes]
+        cluster = ["--cluster-enabled", "yes", "--cluster-config-file", nodes]
+        return [*super().command(), *cluster, "--cluster-port", str(free_port())]
 
     def start(self) -> None:
         """Start, take every slot, and wait until the cluster says it is ok."""

@@ -117,6 +117,24 @@ def test_the_rate_series_reads_the_counters(fake_redis):
     assert series[-1]["at"] == "2023-11-14T22:13:20.000000Z"
 
 
+def test_the_rate_series_and_the_counts_add_up_the_partitions(fake_redis):
+    keys = Keys("txstream-test:", partitions=3)
+    now = 1_700_000_005.5
+    last = rate_bucket(now)
+    fake_redis.set(keys.rate(last, 0), 7)
+    fake_redis.set(keys.rate(last, 2), 5)
+    fake_redis.set(keys.rate(last - RATE_BUCKET, 1), 3)
+    fake_redis.set(keys.rate(last, 1), "9" * 40)  # forged: counted as 0, as ever
+    fake_redis.hset(keys.counts(0), mapping={"stored": 4, "duplicates": 1})
+    fake_redis.hset(keys.counts(2), mapping={"stored": 6, "duplicates": "-2"})
+    fake_redis.set(keys.dead_count, 2)
+
+    series = live.rate_series(fake_redis, keys, now)
+
+    assert [p["stored"] for p in series[-3:]] == [0, 3, 7 + 5]
+    assert live.counts(fake_redis, keys) == {"stored": 10, "duplicates": 1, "dead_letters": 2}
+
+
 def test_top_users_are_ranked_and_exact(app, client):
     now = app.config["CLOCK"]()
     seed(
