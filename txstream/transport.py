@@ -153,9 +153,10 @@ def agree_on_partitions(client: redis.Redis, keys: Keys) -> None:
     client.set(keys.partitions_record, keys.partitions, nx=True)
     recorded = client.get(keys.partitions_record)
     if recorded != str(keys.partitions).encode():
+        theirs = (recorded or b"").decode("utf-8", "replace")[:20]
         raise PartitionsMismatch(
             f"STREAM_PARTITIONS is {keys.partitions}, but the emitters and subscribers of "
-            f"this Redis (key prefix {keys.prefix!r}) use {recorded!r}: set it to theirs "
+            f"this Redis (key prefix {keys.prefix!r}) use {theirs}: set it to theirs "
             f"(changing it means draining the streams first, then deleting "
             f"{keys.partitions_record})"
         )
