@@ -22,7 +22,7 @@ from typing import Any
 import redis
 
 from txstream.keys import Keys
-from txstream.store import DEAD_RAW_BYTES
+from txstream.store import DEAD_COUNT_LUA, DEAD_RAW_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +39,15 @@ UNREADABLE = "an unreadable dead letter (not a JSON object as txstream writes th
 #   A script may touch only the keys it declares on a Redis Cluster. Redis's ACL checks
 # declared keys as written to, whatever the script does: the web user's rights
 # (deploy/redis.acl) let it declare these two to EVALSHA, and read them only.
-_READ_PAGE = """
+_READ_PAGE = (
+    DEAD_COUNT_LUA
+    + """
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'list' then
   return {0, {}, kind, 0}
 end
 local held = redis.call('LLEN', KEYS[1])
-local count = nil
-if redis.call('TYPE', KEYS[2])['ok'] == 'string' then
-  count = tonumber(redis.call('GET', KEYS[2]))
-end
-if not count or count ~= math.floor(count) or count < held or count > 2^52 then
-  count = held
-end
+local count = dead_count(held)
 local head = count - held
 local before = tonumber(ARGV[1]) or count
 local last = math.min(before, count) - 1 - head
@@ -61,6 +57,7 @@ end
 local first = math.max(last - tonumber(ARGV[2]) + 1, 0)
 return {head + first, redis.call('LRANGE', KEYS[1], first, last), kind, first}
 """
+)
 
 
 class Unreadable(Exception):

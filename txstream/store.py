@@ -98,24 +98,34 @@ return {{replaced, dropped}}
 """
 )
 
+# Lua: how many dead letters were ever appended to the list KEYS[1] (of length `held`), as
+# KEYS[2] keeps it; missing or unreadable (not a whole number from `held` to 2^52): `held`.
+DEAD_COUNT_LUA = """
+local function dead_count(held)
+  local count = nil
+  if redis.call('TYPE', KEYS[2])['ok'] == 'string' then
+    count = tonumber(redis.call('GET', KEYS[2]))
+  end
+  if not count or count ~= math.floor(count) or count < held or count > 2^52 then
+    return held
+  end
+  return count
+end
+"""
+
 # Appends dead letters, before the batch's entries are acknowledged (a crash between the
 # two delivers the entries again: their letters are then appended twice, never lost).
 # KEYS: the dead letters, their count (both in one slot). ARGV: the list's cap, the
 # letters. The count is of every dead letter ever appended (txstream.deadletters pages by
 # it); missing or unreadable, it starts again from the list's length.
-_WRITE_DEAD = f"""
+_WRITE_DEAD = (
+    DEAD_COUNT_LUA
+    + f"""
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'none' and kind ~= 'list' then
   return redis.error_reply('WRONGTYPE dead-letter key ' .. KEYS[1] .. ' holds a ' .. kind)
 end
-local held = redis.call('LLEN', KEYS[1])
-local count = nil
-if redis.call('TYPE', KEYS[2])['ok'] == 'string' then
-  count = tonumber(redis.call('GET', KEYS[2]))
-end
-if not count or count ~= math.floor(count) or count < held or count > 2^52 then
-  count = held
-end
+local count = dead_count(redis.call('LLEN', KEYS[1]))
 for i = 2, #ARGV, {_UNPACK} do
   redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, #ARGV)))
 end
@@ -123,6 +133,7 @@ redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)  -- the newest ARGV[1]
 redis.call('SET', KEYS[2], string.format('%d', count + #ARGV - 1))
 return #ARGV - 1
 """
+)
 
 
 @dataclass
