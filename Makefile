@@ -4,13 +4,19 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 READY  := $(VENV)/.installed
 
-.PHONY: demo test install lint format lock init-db serve screenshots bench-ingest bench-api bench-heavy clean
+.PHONY: demo cluster-demo test test-cluster install lint format lock init-db serve screenshots bench-ingest bench-api bench-heavy clean
 
 demo: $(READY)            ## emitter + subscriber + web app; embedded Redis/SQLite unless configured
 	$(BIN)/python -m txstream.demo
 
-test: $(READY)            ## the whole test suite (integration tests need Redis and MariaDB)
-	$(BIN)/pytest
+cluster-demo: $(READY)    ## the same on a 3-master, 3-replica Redis Cluster it starts (var/cluster)
+	$(BIN)/python -m txstream.cluster_demo
+
+test: $(READY)            ## the test suite but the cluster tests (integration tests need Redis, MariaDB)
+	$(BIN)/pytest -m "not cluster"
+
+test-cluster: $(READY)    ## the tests on private Redis Clusters (need redis-server, redis-cli)
+	$(BIN)/pytest -m cluster
 
 install: $(READY)         ## create .venv and install requirements-dev.lock (runtime + tools)
 

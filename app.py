@@ -9,6 +9,7 @@ flask --app app rebuild-windows --hours H   # change the window (subscribers sto
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import sys
 from collections.abc import Iterator
@@ -18,15 +19,16 @@ import click
 import redis
 from flask import Flask, Response, current_app, request
 from flask.cli import with_appcontext
+from redis.cluster import RedisCluster
+from redis.exceptions import ClusterDownError, RedisClusterException
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 import config
 import models
-from txstream import access, api, metrics, pages, rebuild, replica, tokens
+from txstream import access, api, metrics, pages, rebuild, redisconn, replica, tokens
 from txstream.aggregates import BadLayout, KnownLayout, Layout, LayoutMismatch, recorded_layout
-from txstream.keys import Keys
 from txstream.store import ensure_layout
 from txstream.times import format_time, utcnow
 
@@ -41,8 +43,9 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
     REDIS (a redis client), KEY_PREFIX, TRANSPORT, STREAM, GROUP, WINDOW_HOURS (a Decimal),
     CLOCK (returns the current naive-UTC datetime), AUTH, SECRET_KEY and RATE_LIMIT. Only
     the aggregates' layout is read at once (`_check_window`, unless `check_window` is
-    False); nothing else connects until a request needs it. Raises `config.ConfigError`
-    when the settings cannot work.
+    False), and Redis is asked whether it is a cluster (`_connect_redis`); nothing else
+    connects until a request needs it. KEYS holds the names of every Redis key, for every
+    blueprint. Raises `config.ConfigError` when the settings cannot work.
     """
     settings = config.load()
     app = Flask(__name__)
@@ -62,6 +65,7 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
         CLOCK=utcnow,
         ENGINE=None,
         REDIS=None,
+        KEYS=None,  # set by _connect_redis: they depend on whether Redis is a cluster
         LAYOUT=KnownLayout(),  # the aggregates' lengths, read from the database
         AUTH=settings.auth,
         SECRET_KEY=settings.secret_key or None,
@@ -83,13 +87,7 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
         )
     if app.config["ENGINE"] is None:
         app.config["ENGINE"] = models.make_engine(app.config["DATABASE_URL"], reads_only=True)
-    if app.config["REDIS"] is None:
-        app.config["REDIS"] = redis.Redis.from_url(
-            app.config["REDIS_URL"], socket_connect_timeout=2, socket_timeout=5
-        )
-        redis_location = config.mask_url(app.config["REDIS_URL"])
-    else:
-        redis_location = "the client given in test_config"
+    redis_location = _connect_redis(app, settings)
     log.info(
         "web app: Redis %s, database %s, reads %s, tokens %s",
         redis_location,
@@ -108,7 +106,14 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_error_handler(HTTPException, _http_error)
-    for outage in (redis.ConnectionError, redis.TimeoutError, OperationalError, InterfaceError):
+    for outage in (
+        redis.ConnectionError,
+        redis.TimeoutError,
+        RedisClusterException,  # the cluster client's: no node answers
+        ClusterDownError,  # a slot without a master, for a moment after a failover
+        OperationalError,
+        InterfaceError,
+    ):
         app.register_error_handler(outage, _unavailable)
     app.after_request(_security_headers)
     for command in (
@@ -120,6 +125,59 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
     ):
         app.cli.add_command(command)
     return app
+
+
+def _connect_redis(app: Flask, settings: config.Settings) -> str:
+    """Connect to Redis (unless test_config gave a client) and set KEYS; where Redis is.
+
+    Whether Redis is a cluster decides the client and the keys' names: REDIS_CLUSTER, or
+    else the server is asked. The app must start while Redis is down (it answers 503
+    until Redis is back): then it goes by REDIS_CLUSTER, or takes Redis for one server.
+    """
+    web = dataclasses.replace(
+        settings,
+        redis_url=app.config["REDIS_URL"],
+        key_prefix=app.config["KEY_PREFIX"],
+        stream=app.config["STREAM"],
+    )
+    given = app.config["REDIS"]
+    if given is not None:
+        if web.redis_cluster is None:
+            web = dataclasses.replace(web, redis_cluster=isinstance(given, RedisCluster))
+        location = "the client given in test_config"
+    else:
+        web = _resolved(web)
+        app.config["REDIS"] = _client(web)
+        location = config.mask_url(web.redis_url)
+    if web.keys.tagged:
+        config.check_taggable(web)
+    app.config["KEYS"] = web.keys
+    kind = "a cluster" if web.redis_cluster else "one server"
+    return f"{location} ({kind}, STREAM_PARTITIONS={web.stream_partitions})"
+
+
+def _resolved(settings: config.Settings) -> config.Settings:
+    """`settings` with `redis_cluster` decided (txstream.redisconn.resolve): one server
+    when Redis cannot be asked now and REDIS_CLUSTER does not say."""
+    try:
+        return redisconn.resolve(settings)
+    except redisconn.ERRORS as exc:
+        log.warning(
+            "web app: cannot ask Redis at %s whether it is a cluster (%s); taking it for one "
+            "server. Set REDIS_CLUSTER=1 if it is a Redis Cluster (REDIS_CLUSTER=0 if not), "
+            "so that the web app need not ask",
+            config.mask_url(settings.redis_url),
+            exc,
+        )
+        return dataclasses.replace(settings, redis_cluster=False)
+
+
+def _client(settings: config.Settings) -> redisconn.AnyRedis | redisconn.Deferred:
+    """The app's Redis client; a cluster's made at its first use (redisconn.Deferred)."""
+    options = {"socket_connect_timeout": 2, "socket_timeout": 5}
+    if settings.redis_cluster:
+        return redisconn.Deferred(lambda: redisconn.connect(settings, **options))
+    return redisconn.connect(settings, **options)
 
 
 def _check_window(app: Flask) -> None:
@@ -244,10 +302,8 @@ def revoke_token_command(name: str) -> None:
     with _writer() as engine:
         revoked = tokens.revoke(engine, name)
     try:
-        tokens.announce_revocation(
-            current_app.config["REDIS"], Keys(current_app.config["KEY_PREFIX"])
-        )
-    except redis.RedisError as exc:
+        tokens.announce_revocation(current_app.config["REDIS"], current_app.config["KEYS"])
+    except redisconn.ERRORS as exc:
         done = f"Revoked token {name!r} in the database" if revoked else f"No token {name!r}"
         raise click.ClickException(
             f"{done}, but Redis could not be told ({exc}). Web workers running now may keep "
@@ -278,9 +334,8 @@ def rebuild_windows_command(hours: str | None) -> None:
     except config.ConfigError as exc:
         raise click.BadParameter(str(exc), param_hint="--hours") from None
     layout = _layout(window_hours or current_app.config["WINDOW_HOURS"])
-    keys = Keys(current_app.config["KEY_PREFIX"])
     try:
-        rebuild.refuse_if_subscribers_run(current_app.config["REDIS"], keys)
+        rebuild.refuse_if_subscribers_run(current_app.config["REDIS"], current_app.config["KEYS"])
         with _writer() as engine:
             with engine.connect() as conn:
                 mark = rebuild.rows_mark(conn)

@@ -37,6 +37,8 @@ LOG_DATEFMT = "%m/%d/%Y %I:%M:%S %p"
 
 
 TRANSPORTS = ("pubsub", "stream")
+MAX_PARTITIONS = 256  # STREAM_PARTITIONS: far more than masters a cluster usually has
+MAX_MIN_REPLICAS = 16
 
 
 class ConfigError(ValueError):
@@ -76,11 +78,31 @@ class Settings:
     # listen (a firewall rule for them covers it), and none of the common ones' (9100, 9104).
     metrics_port: int = 9108
     metrics_bind: str = "127.0.0.1"  # address of the metrics server: this host only
+    # Redis Cluster: None = ask the server (INFO cluster), at connection (txstream.redisconn)
+    redis_cluster: bool | None = None
+    stream_partitions: int = 1  # streams (channels) the transactions are split in, by user
+    # Replicas that must hold each chunk before the emitter counts it as sent (WAIT);
+    # None = 1 on a cluster, 0 on a single server (nothing to fail over to)
+    min_replicas: int | None = None
+    replica_wait_ms: int = 1000  # how long the emitter waits for them per chunk, ms
 
     @property
     def keys(self) -> Keys:
         """Every Redis name of these settings."""
-        return Keys(self.key_prefix, self.stream, self.channel)
+        return Keys(
+            self.key_prefix,
+            self.stream,
+            self.channel,
+            self.stream_partitions,
+            cluster=bool(self.redis_cluster),
+        )
+
+    @property
+    def replicas_needed(self) -> int:
+        """MIN_REPLICAS, or its default for the kind of Redis."""
+        if self.min_replicas is not None:
+            return self.min_replicas
+        return 1 if self.redis_cluster else 0
 
     @property
     def window_seconds(self) -> int:
@@ -124,7 +146,15 @@ def load(env: dict[str, str] | None = None) -> Settings:
         ),
         metrics_port=_whole(env, "METRICS_PORT", defaults.metrics_port, 0, maximum=65535),
         metrics_bind=_text(env, "METRICS_BIND", defaults.metrics_bind),
+        redis_cluster=_optional_flag(env, "REDIS_CLUSTER"),
+        stream_partitions=_whole(
+            env, "STREAM_PARTITIONS", defaults.stream_partitions, 1, maximum=MAX_PARTITIONS
+        ),
+        min_replicas=_whole(env, "MIN_REPLICAS", None, 0, maximum=MAX_MIN_REPLICAS),
+        replica_wait_ms=_positive_int(env, "REPLICA_WAIT_MS", defaults.replica_wait_ms),
     )
+    if settings.redis_cluster is not None or settings.stream_partitions > 1:
+        check_taggable(settings)
     return settings
 
 
@@ -217,8 +247,8 @@ def _positive_int(env: dict[str, str], name: str, default: int) -> int:
 
 
 def _whole(
-    env: dict[str, str], name: str, default: int, minimum: int, maximum: int | None = None
-) -> int:
+    env: dict[str, str], name: str, default: int | None, minimum: int, maximum: int | None = None
+) -> int | None:
     raw = env.get(name)
     if not raw:
         return default
@@ -232,6 +262,31 @@ def _whole(
             bound = f"from {minimum} to {maximum}"
         raise ConfigError(f"{name} must be a whole number {bound} (got {raw!r})")
     return value
+
+
+def _optional_flag(env: dict[str, str], name: str) -> bool | None:
+    """A 1/0 setting that may be left unset (None: decided at run time)."""
+    raw = env.get(name)
+    if not raw:
+        return None
+    if raw not in ("0", "1"):
+        raise ConfigError(f"{name} must be 1, 0 or unset (got {raw!r})")
+    return raw == "1"
+
+
+def check_taggable(settings: Settings) -> None:
+    """Hash-tagged names (txstream.keys) need a prefix, stream and channel without braces:
+    a brace in them would make the hash tag another one."""
+    for name, value in (
+        ("KEY_PREFIX", settings.key_prefix),
+        ("STREAM", settings.stream),
+        ("CHANNEL", settings.channel),
+    ):
+        if "{" in value or "}" in value:
+            raise ConfigError(
+                f"{name} must not contain {{ or }} with a Redis Cluster or STREAM_PARTITIONS > 1 "
+                f"(got {value!r}): the names carry hash tags"
+            )
 
 
 def _choice(env: dict[str, str], name: str, choices: tuple[str, ...], default: str) -> str:

@@ -24,22 +24,28 @@ import random
 import sys
 import time
 from bisect import bisect
-from collections import deque
+from collections import defaultdict, deque
 from decimal import Decimal
 from itertools import accumulate, islice
 
-import redis
-
 import config
+from txstream.keys import Keys
 from txstream.runtime import GiveUp, Outage, StopFlag, retry
 from txstream.times import utcnow
 from txstream.transaction import Transaction
-from txstream.transport import REDIS_ERRORS, Sink, is_redis_outage, make_sink
+from txstream.transport import (
+    ConnectingSink,
+    NotReplicated,
+    PartitionsMismatch,
+    Sink,
+    is_redis_outage,
+)
 from txstream.wire import format_line
 
 log = logging.getLogger("pub_transactions")
 
 BURST_CHUNK = 1000  # messages per round trip (one script call) with --rate 0
+HOLD_CHECK = 1.0  # seconds between asks whether a held partition has its replicas again
 
 
 class FakeTransactions:
@@ -85,8 +91,15 @@ class Emitter:
     """Sends transactions from a `FakeTransactions` at Poisson-distributed times.
 
     Transactions keep coming while Redis is down, as real ones would: they wait in a
-    bounded queue and go out, in order, once Redis is back. Past `max_pending` the
-    oldest are dropped, loudly.
+    bounded queue, one line per partition of the stream (a user's partition:
+    `Keys.partition_of`), and go out, in order, once Redis is back. Past `max_pending` the
+    oldest of the longest line are dropped, loudly.
+
+    With replicas required (MIN_REPLICAS), a chunk counts as sent once they hold it. A
+    chunk they did not confirm is sent again (the txn_ids make a repeat harmless), and its
+    partition is held, warned about, until its master has the replicas again (after a
+    failover, once the lost node is back as a replica), as a Kafka producer holds its
+    records under min.insync.replicas; the other partitions go on.
     """
 
     def __init__(
@@ -95,17 +108,24 @@ class Emitter:
         stop: StopFlag,
         quiet: bool = False,
         max_pending: int = 100_000,
+        partitions: int = 1,
     ) -> None:
         self.sink = sink
         self.stop = stop
         self.quiet = quiet
         self.max_pending = max_pending
-        self.pending: deque[str] = deque()
+        self.partition_of = Keys("", partitions=partitions).partition_of
+        self.partitioned = partitions > 1
+        self.pending: dict[int, deque[str]] = defaultdict(deque)  # by partition, in order
+        self.queued = 0  # lines in `pending`
         self.generated = 0
         self.published = 0
         self.dropped = 0
         self.no_listener = 0  # pub/sub only: messages no subscriber received
         self.redis = Outage("redis")
+        self.held: dict[int, int] = {}  # partitions whose master lacks replicas: how many needed
+        self._outages: dict[int, Outage] = {}
+        self._next_try: dict[int, float] = defaultdict(float)  # monotonic, by partition
 
     def run(
         self,
@@ -121,38 +141,41 @@ class Emitter:
         """
         gaps = gaps or random.Random()  # nosec B311 # made-up arrival times, not a secret
         due = time.monotonic()
-        retry_at = 0.0
         while not self.stop:
             more = count is None or self.generated < count
-            if not more and not self.pending:
+            if not more and not self.queued:
                 break
             now = time.monotonic()
-            if more and rate == 0 and len(self.pending) < BURST_CHUNK:
+            if more and rate == 0 and self._ready_lines(now) < BURST_CHUNK:
                 left = BURST_CHUNK if count is None else count - self.generated
                 self._generate(source, min(BURST_CHUNK, left))
             while more and rate and due <= now:
                 self._generate(source, 1)
                 due += gaps.expovariate(rate)
                 more = count is None or self.generated < count
-            if self.pending and now >= retry_at:
-                try:
-                    self._send_some()
-                except REDIS_ERRORS as exc:
-                    kept = f"; {len(self.pending)} transactions kept"
-                    retry_at = now + self.redis.failed(exc, kept)
-                    continue
-                self.redis.ok()
-            if rate and not self.pending:
+            next_try = self._send_ready(now)
+            if rate and not self.queued:
                 self.stop.wait(min(due - time.monotonic(), 0.2))
-            elif self.pending and retry_at > time.monotonic():
-                self.stop.wait(min(retry_at - time.monotonic(), 0.2))
-        if self.pending:  # stopped: a last try, for a few seconds, to send what is kept
+            elif next_try > time.monotonic():
+                wake = due if rate and more else math.inf
+                self.stop.wait(min(next_try - time.monotonic(), wake - time.monotonic(), 0.2))
+        if self.queued:  # stopped: a last try, for a few seconds, to send what is kept
             retry(self.redis, self._send_all, is_redis_outage, self.stop, grace=5)
+
+    def _ready_lines(self, now: float) -> int:
+        """Lines waiting in partitions that may be sent now; BURST_CHUNK when none may (a
+        burst waits rather than filling the queue of a partition that cannot send)."""
+        ready = [p for p in self.pending if now >= self._next_try[p]]
+        if self.pending and not ready:
+            return BURST_CHUNK
+        return sum(len(self.pending[p]) for p in ready)
 
     def _generate(self, source: FakeTransactions, n: int) -> None:
         for _ in range(n):
-            if len(self.pending) >= self.max_pending:
-                self.pending.popleft()
+            if self.queued >= self.max_pending:
+                longest = max(self.pending.values(), key=len)
+                longest.popleft()
+                self.queued -= 1
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 10_000 == 0:
                     log.error(
@@ -160,19 +183,78 @@ class Emitter:
                         self.dropped,
                         self.max_pending,
                     )
-            self.pending.append(format_line(source.next()))
+            tx = source.next()
+            self.pending[self.partition_of(tx.user_id)].append(format_line(tx))
+            self.queued += 1
             self.generated += 1
 
-    def _send_some(self) -> None:
-        lines = list(islice(self.pending, BURST_CHUNK))
-        receivers = self.sink.send(lines)
+    def _send_ready(self, now: float) -> float:
+        """Send a chunk of each partition whose turn it is; when to try again (monotonic)."""
+        for p in [p for p, lines in self.pending.items() if lines and now >= self._next_try[p]]:
+            try:
+                if p in self.held:
+                    self._release_when_replicated(p)
+                if p not in self.held:
+                    self._send_chunk(p)
+            except NotReplicated as exc:
+                self._hold(p, exc)
+            except Exception as exc:
+                if not is_redis_outage(exc):
+                    raise
+                of = f" of partition {p}" if self.partitioned else ""
+                kept = f"; {len(self.pending[p])} transactions{of} kept"
+                self._next_try[p] = now + self._outage(p).failed(exc, kept)
+                self.sink.refresh()
+                continue
+            self._outage(p).ok()
+        waiting = [self._next_try[p] for p, lines in self.pending.items() if lines]
+        return min(waiting, default=math.inf)
+
+    def _send_chunk(self, p: int) -> None:
+        lines = list(islice(self.pending[p], BURST_CHUNK))
+        receivers = self.sink.send(lines, p)
         for line, count in zip(lines, receivers, strict=True):
-            self.pending.popleft()
+            self.pending[p].popleft()
+            self.queued -= 1
             self._sent(line, count)
 
+    def _hold(self, p: int, exc: NotReplicated) -> None:
+        """Keep partition `p`'s lines (the unconfirmed chunk too) until it has replicas."""
+        self._next_try[p] = time.monotonic() + HOLD_CHECK
+        if p not in self.held:
+            self.held[p] = exc.needed
+            log.warning(
+                "HOLDING partition %d: %s (MIN_REPLICAS); its %d transactions wait until its "
+                "master has the replicas again, and the unconfirmed chunk is sent again then "
+                "(MIN_REPLICAS=0 sends without replicas, at the risk of losing what a "
+                "failover loses)",
+                p,
+                exc,
+                len(self.pending[p]),
+            )
+
+    def _release_when_replicated(self, p: int) -> None:
+        """Release a held partition once its master has the replicas needed again."""
+        have = self.sink.replicas(p)
+        if have < self.held[p]:
+            raise NotReplicated(p, have, self.held[p])
+        del self.held[p]
+        log.warning(
+            "partition %d has %d replica(s) again: sending its %d held transactions",
+            p,
+            have,
+            len(self.pending[p]),
+        )
+
+    def _outage(self, p: int) -> Outage:
+        if p not in self._outages:
+            self._outages[p] = Outage(f"redis (partition {p})" if self.partitioned else "redis")
+        return self._outages[p]
+
     def _send_all(self) -> None:
-        while self.pending:
-            self._send_some()
+        for p in list(self.pending):
+            while self.pending[p]:
+                self._send_chunk(p)
 
     def _sent(self, line: str, receivers: int) -> None:
         self.published += 1
@@ -238,20 +320,24 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv, settings)
     settings = config.with_transport_flags(settings, args)
     config.configure_logging(settings.log_level)
-    client = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=30)
-    sink = make_sink(settings, client)
-    target = sink.describe()
+    stop = StopFlag().install()
+    sink = ConnectingSink(settings, socket_connect_timeout=5, socket_timeout=30)
     log.info(
         "publishing to %s on %s: rate=%s tx/s, users=%d, count=%s, seed=%s",
-        target,
+        sink.describe(),
         config.mask_url(settings.redis_url),
         args.rate or "max",
         args.users,
         args.count or "unlimited",
         args.seed,
     )
-    stop = StopFlag().install()
-    emitter = Emitter(sink, stop, quiet=args.quiet, max_pending=args.max_pending)
+    emitter = Emitter(
+        sink,
+        stop,
+        quiet=args.quiet,
+        max_pending=args.max_pending,
+        partitions=settings.stream_partitions,
+    )
     started = time.monotonic()
     try:
         # bandit B311: made-up transactions and gaps, replayed from a seed
@@ -259,16 +345,19 @@ def main(argv: list[str] | None = None) -> int:
         emitter.run(source, args.rate, args.count, gaps=random.Random(args.seed))  # nosec B311
     except GiveUp as exc:
         log.error("stopped before Redis was back: %s", exc)
+    except (config.ConfigError, PartitionsMismatch) as exc:
+        log.error("cannot send: %s", exc)
+        return 2
     finally:
-        client.close()
+        sink.close()
     elapsed = time.monotonic() - started
-    unsent = len(emitter.pending) + emitter.dropped
+    unsent = emitter.queued + emitter.dropped
     log.info(
         "published %d transactions in %.1f s (%.0f tx/s) to %s; %d had no subscriber, %d not sent",
         emitter.published,
         elapsed,
         emitter.published / max(elapsed, 1e-9),
-        target,
+        sink.describe(),
         emitter.no_listener,
         unsent,
     )

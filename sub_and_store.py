@@ -28,20 +28,26 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
-import redis
-
 import config
 import models
-from txstream.aggregates import LayoutMismatch
+from txstream.aggregates import Layout, LayoutMismatch
 from txstream.dialect import UnsupportedDatabase, is_transient
 from txstream.heartbeats import Heartbeat
 from txstream.metrics import SubscriberMetrics
 from txstream.recent import RecentLists
+from txstream.redisconn import connect, resolve
 from txstream.runtime import GiveUp, Outage, StopFlag, retry, short_error, with_traceback
-from txstream.store import Committed, Prepared, Store, dead_letter
+from txstream.store import Committed, Prepared, Store, dead_letter, ensure_layout
 from txstream.times import utcnow
 from txstream.transaction import Transaction
-from txstream.transport import Message, Source, is_redis_outage, make_source
+from txstream.transport import (
+    Message,
+    PartitionsMismatch,
+    Source,
+    agree_on_partitions,
+    is_redis_outage,
+    make_source,
+)
 from txstream.wire import MalformedMessage, latest_accepted, parse
 
 log = logging.getLogger("sub_and_store")
@@ -80,9 +86,13 @@ class Batch:
             self.dead.append(dead_letter(message.raw, str(exc)))
 
     @property
-    def entry_ids(self) -> list[str]:
-        """The stream entry ids of its messages (none from pub/sub)."""
-        return [m.entry_id for m in self.messages if m.entry_id]
+    def entry_ids(self) -> dict[int, list[str]]:
+        """The stream entry ids of its messages, by partition (none from pub/sub)."""
+        ids: dict[int, list[str]] = {}
+        for m in self.messages:
+            if m.entry_id:
+                ids.setdefault(m.partition, []).append(m.entry_id)
+        return ids
 
 
 @dataclass
@@ -387,9 +397,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sub_and_store: DATABASE_URL: {exc}", file=sys.stderr)
         return 2
     log.info(
-        "starting: redis=%s transport=%s database=%s window=%sh batch=%d msgs/%d ms prefix=%r",
+        "starting: redis=%s transport=%s partitions=%d database=%s window=%sh "
+        "batch=%d msgs/%d ms prefix=%r",
         config.mask_url(settings.redis_url),
         settings.transport,
+        settings.stream_partitions,
         config.mask_url(settings.database_url),
         settings.window_hours,
         settings.batch_size,
@@ -397,12 +409,44 @@ def main(argv: list[str] | None = None) -> int:
         settings.key_prefix,
     )
     stop = StopFlag().install()
-    client = redis.Redis.from_url(
-        settings.redis_url,
-        socket_connect_timeout=5,
-        socket_timeout=30,  # well above the blocking reads' 0.2 s
-        client_name=f"sub_and_store-{os.getpid()}",  # who is who in CLIENT LIST
-    )
+
+    def prepare_database() -> None:
+        models.create_schema(engine)
+        ensure_layout(engine, Layout.for_window(settings.window_seconds))
+
+    try:  # the database first: its layout is checked before Redis is needed
+        retry(Outage("database"), prepare_database, is_transient, stop, grace=0)
+    except GiveUp:
+        log.info("stopped before the database answered")
+        engine.dispose()
+        return 0
+    except LayoutMismatch as exc:
+        log.error("cannot store: %s", exc)
+        engine.dispose()
+        return 2
+    try:
+        settings = retry(Outage("redis"), lambda: resolve(settings), is_redis_outage, stop, 0)
+        client = connect(
+            settings,
+            socket_connect_timeout=5,
+            socket_timeout=30,  # well above the blocking reads' 0.2 s
+            client_name=f"sub_and_store-{os.getpid()}",  # who is who in CLIENT LIST
+        )
+        retry(
+            Outage("redis"),
+            lambda: agree_on_partitions(client, settings.keys),
+            is_redis_outage,
+            stop,
+            grace=0,
+        )
+    except GiveUp:
+        log.info("stopped before Redis answered")
+        engine.dispose()
+        return 0
+    except (config.ConfigError, PartitionsMismatch) as exc:
+        log.error("cannot read: %s", exc)
+        engine.dispose()
+        return 2
     source = make_source(settings, client)
     store = Store(
         engine,
@@ -416,10 +460,8 @@ def main(argv: list[str] | None = None) -> int:
     metrics_client = None
     if source.group is not None:
         # A client of its own, quick to give up: a scrape must not wait on a stalled Redis.
-        metrics_client = redis.Redis.from_url(
-            settings.redis_url, socket_connect_timeout=2, socket_timeout=2
-        )
-        subscriber.metrics.watch_backlog(metrics_client, settings.keys.stream, source.group)
+        metrics_client = connect(settings, socket_connect_timeout=2, socket_timeout=2)
+        subscriber.metrics.watch_backlog(metrics_client, settings.keys.stream_of(0), source.group)
     metrics_server = None
     if settings.metrics_port:
         where = f"{settings.metrics_bind}:{settings.metrics_port}"
@@ -438,19 +480,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         log.info("metrics on http://%s/metrics", where)
 
-    def prepare() -> None:
-        models.create_schema(engine)
-        store.ensure_layout()
-
     try:
-        try:
-            retry(subscriber.database, prepare, is_transient, stop, grace=0)
-        except GiveUp:
-            log.info("stopped before the database answered")
-            return 0
-        except LayoutMismatch as exc:
-            log.error("cannot store: %s", exc)
-            return 2
         subscriber.run(args.max_messages)
     except GiveUp as exc:
         c = subscriber.counts

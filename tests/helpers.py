@@ -11,11 +11,14 @@ import secrets
 from datetime import datetime
 
 import pytest
+from redis.cluster import RedisCluster
 from sqlalchemy import make_url
 
 from txstream import tokens
 from txstream.keys import Keys
+from txstream.processes import free_port, wait_until
 from txstream.store import Store
+from txstream.testing import PrivateRedis
 from txstream.times import format_epoch
 from txstream.transaction import Transaction
 from txstream.wire import parse
@@ -108,3 +111,32 @@ def assert_no_inline_code(page: str) -> None:
     tags = re.findall(r"<script[^>]*>", page)
     assert all(body == "" for body in scripts) and len(scripts) == len(tags)
     assert all(re.fullmatch(r'<script src="/static/[a-z_]+\.js" defer>', tag) for tag in tags)
+
+
+class OneNodeCluster(PrivateRedis):
+    """A Redis Cluster of one master that holds every slot: quick to start, and a script or
+    command on keys of two slots fails with CROSSSLOT as on any cluster."""
+
+    def command(self) -> list[str]:
+        """redis-server as a cluster node, its cluster state in its own directory; its
+        cluster bus on a free port of its own (by default the port + 10000, which Redis
+        refuses for a port above 55535, as free ports often are)."""
+        nodes = str(self.dir / "nodes.conf")
+        cluster = ["--cluster-enabled", "yes", "--cluster-config-file", nodes]
+        return [*super().command(), *cluster, "--cluster-port", str(free_port())]
+
+    def start(self) -> None:
+        """Start, take every slot, and wait until the cluster says it is ok."""
+        super().start()
+        with self.client(socket_timeout=5) as client:
+            if b"cluster_slots_assigned:16384" not in client.execute_command("CLUSTER", "INFO"):
+                client.execute_command("CLUSTER", "ADDSLOTSRANGE", 0, 16383)
+            wait_until(
+                lambda: b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO"),
+                timeout=10,
+                what="the one-node cluster's state to be ok",
+            )
+
+    def cluster_client(self, **kwargs) -> RedisCluster:
+        """A redis-py cluster client of this node."""
+        return RedisCluster.from_url(self.url, **kwargs)

@@ -12,6 +12,7 @@ import redis
 
 from tests.helpers import TEST_DATABASE_URL
 from txstream import tokens
+from txstream.deadletters import DeadLetters
 from txstream.keys import Keys
 from txstream.processes import wait_until
 from txstream.ratelimit import FixedWindows
@@ -194,6 +195,31 @@ def test_the_web_user_cannot_write_with_a_script_of_its_own(acl_redis, declared)
     assert not acl_redis.client().exists("txstream:recent:1")
 
 
+@pytest.mark.parametrize(
+    "write",
+    [
+        "redis.call('RPUSH', KEYS[1], 'forged')",
+        "redis.call('DEL', KEYS[1])",
+        "redis.call('EXPIRE', KEYS[1], 1)",
+        "redis.call('SET', KEYS[2], '0')",
+        "redis.call('INCR', KEYS[2])",
+    ],
+)
+def test_the_web_user_declares_the_dead_letters_to_its_script_and_only_reads_them(acl_redis, write):
+    """The dead-letter script declares its keys (a Redis Cluster needs it), which the ACL
+    allows as writes: what the script does with them is still read only."""
+    keys = Keys(PREFIX)
+    dead = [keys.dead, keys.dead_count]
+    acl_redis.client().rpush(keys.dead, "a letter")
+    with client_of(acl_redis, WEB_USER) as web:
+        sha = web.script_load(f"{write} return 1")
+        with pytest.raises(redis.ResponseError, match=REFUSED):
+            web.evalsha(sha, 2, *dead)
+        assert DeadLetters(web, keys).page(10)[0][0].raw == "a letter"
+    assert acl_redis.client().lrange(keys.dead, 0, -1) == [b"a letter"]
+    assert acl_redis.client().ttl(keys.dead) == -1 and not acl_redis.client().exists(dead[1])
+
+
 def test_the_default_user_is_off(acl_redis):
     with redis.Redis.from_url(acl_redis.url_for()) as anonymous:
         with pytest.raises(redis.AuthenticationError):
@@ -204,7 +230,7 @@ def test_the_web_user_counts_requests_and_announces_revocations(acl_redis):
     """The rate limiter's script and revoke-token's new epoch, with the web user's rights."""
     keys = Keys(PREFIX)
     with client_of(acl_redis, WEB_USER) as web:
-        limits = FixedWindows(web, keys, "2/second;2/minute")
+        limits = FixedWindows(keys, "2/second;2/minute")
         hits = [limits.hit(web, "token:1") for _ in range(3)]
         assert [hit.exceeded is None for hit in hits] == [True, True, False]
         tokens.announce_revocation(web, keys)
@@ -221,7 +247,7 @@ def test_rate_limits_outside_the_prefix_are_refused(acl_redis):
     """Another KEY_PREFIX than the file's: configure both the same."""
     with client_of(acl_redis, WEB_USER) as web:
         with pytest.raises(redis.ResponseError, match=REFUSED):
-            FixedWindows(web, Keys("other:"), "2/minute").hit(web, "token:1")
+            FixedWindows(Keys("other:"), "2/minute").hit(web, "token:1")
 
 
 def test_the_subscriber_user_deletes_stale_consumers_and_beats(acl_redis):

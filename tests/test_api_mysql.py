@@ -27,6 +27,7 @@ from tests.test_api import (  # noqa: F401 - collected and run here
     test_windows_newest_first_with_string_amounts,
 )
 from txstream import queries
+from txstream.keys import Keys
 
 pytestmark = pytest.mark.services
 
@@ -36,7 +37,9 @@ def app(request, app, mysql_engine, redis_client, key_prefix):
     """The test app on the real MariaDB (empty tables) and Redis (keys of its own)."""
     url = mysql_engine.url.set(drivername=request.param).render_as_string(hide_password=False)
     engine = models.make_engine(url, reads_only=True)
-    app.config.update(ENGINE=engine, REDIS=redis_client, KEY_PREFIX=key_prefix)
+    app.config.update(
+        ENGINE=engine, REDIS=redis_client, KEY_PREFIX=key_prefix, KEYS=Keys(key_prefix)
+    )
     app.config["SEED_ENGINE"] = mysql_engine  # the tests' writes: `engine` only reads
     yield app
     engine.dispose()

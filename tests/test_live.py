@@ -117,6 +117,24 @@ def test_the_rate_series_reads_the_counters(fake_redis):
     assert series[-1]["at"] == "2023-11-14T22:13:20.000000Z"
 
 
+def test_the_rate_series_and_the_counts_add_up_the_partitions(fake_redis):
+    keys = Keys("txstream-test:", partitions=3)
+    now = 1_700_000_005.5
+    last = rate_bucket(now)
+    fake_redis.set(keys.rate(last, 0), 7)
+    fake_redis.set(keys.rate(last, 2), 5)
+    fake_redis.set(keys.rate(last - RATE_BUCKET, 1), 3)
+    fake_redis.set(keys.rate(last, 1), "9" * 40)  # forged: counted as 0, as ever
+    fake_redis.hset(keys.counts(0), mapping={"stored": 4, "duplicates": 1})
+    fake_redis.hset(keys.counts(2), mapping={"stored": 6, "duplicates": "-2"})
+    fake_redis.set(keys.dead_count, 2)
+
+    series = live.rate_series(fake_redis, keys, now)
+
+    assert [p["stored"] for p in series[-3:]] == [0, 3, 7 + 5]
+    assert live.counts(fake_redis, keys) == {"stored": 10, "duplicates": 1, "dead_letters": 2}
+
+
 def test_top_users_are_ranked_and_exact(app, client):
     now = app.config["CLOCK"]()
     seed(
@@ -167,7 +185,7 @@ def test_counts_health_and_shape(app, client):
 @pytest.mark.parametrize(
     "forge",
     [
-        lambda r, k, w: r.hset(k.counts, mapping={"stored": "lots", "duplicates": "-4"}),
+        lambda r, k, w: r.hset(k.counts(), mapping={"stored": "lots", "duplicates": "-4"}),
         lambda r, k, w: r.set(k.dead_count, "9" * 40),
         lambda r, k, w: r.set(k.live_top(w), "not json"),
         lambda r, k, w: r.set(k.live_top(w), json.dumps({"by_sum": 5})),
@@ -195,7 +213,7 @@ def test_forged_keys_are_not_a_500(app, client, forge):
 
 
 def test_a_key_of_another_type_is_a_503(app, client):
-    app.config["REDIS"].rpush(keys_of(app).counts, "x")
+    app.config["REDIS"].rpush(keys_of(app).counts(), "x")
     body = get_json(client, "/api/live", status=503)
     assert "Redis refused a read" in body["error"]
 

@@ -10,6 +10,7 @@ import sys
 import textwrap
 from types import SimpleNamespace
 
+import pytest
 import redis
 from prometheus_client import generate_latest
 
@@ -138,7 +139,7 @@ def test_stream_backlog_is_read_at_most_every_few_seconds(fake_redis):
         fake_redis.xadd("s", {"line": str(i)})
     fake_redis.xreadgroup("store", "c1", {"s": ">"}, count=1)
     now = [100.0]
-    collector = StreamBacklog(fake_redis, "s", "store", refresh=5, clock=lambda: now[0])
+    collector = StreamBacklog(fake_redis, ["s"], "store", refresh=5, clock=lambda: now[0])
     first = backlog(collector)
     assert first["txstream_stream_pending"] == 1
     assert first.get("txstream_stream_lag", 2) == 2  # fakeredis may not know the lag
@@ -151,13 +152,31 @@ def test_stream_backlog_is_read_at_most_every_few_seconds(fake_redis):
 
 def test_a_stream_backlog_that_cannot_be_read_is_left_out(closed_port, caplog):
     client = redis.Redis(port=closed_port, socket_connect_timeout=1)
-    assert backlog(StreamBacklog(client, "s", "store")) == {}
-    assert "metrics: cannot read group 'store' of 's'" in caplog.text
+    assert backlog(StreamBacklog(client, ["s"], "store")) == {}
+    assert "metrics: cannot read group 'store' of stream 's'" in caplog.text
 
 
 def test_a_missing_group_is_left_out(fake_redis):
     fake_redis.xadd("s", {"line": "1"})
-    assert backlog(StreamBacklog(fake_redis, "s", "store")) == {}
+    assert backlog(StreamBacklog(fake_redis, ["s"], "store")) == {}
+
+
+@pytest.mark.services
+def test_the_backlog_of_partitions_is_added_up(redis_client, key_prefix, caplog):
+    streams = [f"{key_prefix}s:{{p{p}}}" for p in range(3)]
+    for stream, (entries, read) in zip(streams, [(3, 1), (4, 2), (1, 0)], strict=True):
+        redis_client.xgroup_create(stream, "store", id="0", mkstream=True)
+        for i in range(entries):
+            redis_client.xadd(stream, {"line": str(i)})
+        if read:
+            redis_client.xreadgroup("store", "c1", {stream: ">"}, count=read)
+    found = backlog(StreamBacklog(redis_client, streams, "store"))
+    assert found == {"txstream_stream_pending": 1 + 2, "txstream_stream_lag": 2 + 2 + 1}
+
+    lost = f"{key_prefix}s:{{p3}}"
+    redis_client.xadd(lost, {"line": "a stream without the group"})
+    assert backlog(StreamBacklog(redis_client, [*streams, lost], "store")) == {}
+    assert f"metrics: stream '{lost}' has no group 'store' yet" in caplog.text
 
 
 def test_the_subscribers_metrics_port_flag_is_checked():

@@ -467,7 +467,7 @@ def test_a_stream_batch_is_acknowledged_with_its_redis_writes(store):
     client.xgroup_create(keys.stream, "store", id="0", mkstream=True)
     ids = [client.xadd(keys.stream, {"line": f"1,1.00,1570358269,e{i}"}) for i in range(3)]
     client.xreadgroup("store", "me", {keys.stream: ">"})
-    store.store([tx("e0"), tx("e1")], [dead_letter("x", "why")], ids[:2])
+    store.store([tx("e0"), tx("e1")], [dead_letter("x", "why")], {0: ids[:2]})
     pending = client.xpending_range(keys.stream, "store", "-", "+", 10)
     assert [p["message_id"] for p in pending] == [ids[2]]
     assert client.llen(keys.dead) == 1
@@ -481,7 +481,7 @@ def test_nothing_is_acknowledged_when_the_dead_letters_cannot_be_kept(store):
     client.xreadgroup("store", "me", {keys.stream: ">"})
     client.set(keys.dead, "not a list")
     with pytest.raises(redis.ResponseError, match="dead-letter key"):
-        store.write_redis(Committed(), [dead_letter("x", "why")], [entry])
+        store.write_redis(Committed(), [dead_letter("x", "why")], {0: [entry]})
     assert client.xpending(keys.stream, "store")["pending"] == 1
 
 

@@ -19,7 +19,6 @@ import logging
 import secrets
 from dataclasses import dataclass
 
-import redis
 from flask import (
     Blueprint,
     Flask,
@@ -36,8 +35,7 @@ from flask import (
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask.wrappers import Request
 
-from txstream import queries, tokens
-from txstream.keys import Keys
+from txstream import queries, redisconn, tokens
 from txstream.ratelimit import FixedWindows, Hit, RateLimited
 
 log = logging.getLogger(__name__)
@@ -69,9 +67,8 @@ def init_app(app: Flask) -> None:
     app.before_request(_guard)
     app.register_error_handler(RateLimited, _rate_limited)
     app.context_processor(lambda: {"csrf_token": csrf_token, "signed_in": g.get("token_name")})
-    keys = Keys(app.config["KEY_PREFIX"])
     app.extensions["txstream_access"] = _Access(
-        FixedWindows(app.config["REDIS"], keys, app.config["RATE_LIMIT"]), tokens.Cache()
+        FixedWindows(app.config["KEYS"], app.config["RATE_LIMIT"]), tokens.Cache()
     )
 
 
@@ -161,7 +158,7 @@ def _checked(token_hash: str) -> tuple[tokens.Token, Hit] | None:
             known = cache.epoch  # read by an earlier request: before the look-up
             token = _find(token_hash)
             hit = _count(f"token:{token.id}") if token is not None else None
-    except redis.RedisError:
+    except redisconn.ERRORS:
         cache.clear()  # revocations cannot be seen: trust no entry once Redis is back
         raise
     if token is None or hit is None:

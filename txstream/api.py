@@ -17,9 +17,8 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from txstream import live, openapi, queries, replica, system
+from txstream import live, openapi, queries, redisconn, replica, system
 from txstream.deadletters import DeadLetters, Unreadable
-from txstream.keys import Keys
 from txstream.money import format_amount
 from txstream.params import (
     InvalidParameter,
@@ -113,7 +112,7 @@ def all_transactions():
 def user_recent(user_id: str):
     """The user's latest transactions, read from its Redis list: what the list holds."""
     uid = parse_user_id(user_id)
-    lists = RecentLists(current_app.config["REDIS"], Keys(current_app.config["KEY_PREFIX"]))
+    lists = RecentLists(current_app.config["REDIS"], current_app.config["KEYS"])
     return {"items": [to_json(tx) for tx in lists.read(uid)]}
 
 
@@ -155,7 +154,7 @@ def dead_letters():
 def read_dead_letters(limit: int, before: int | None):
     """A page of the dead letters and the next page's position (the API's and the page's);
     a dead-letter key that is not a list is a 503 that says so."""
-    letters = DeadLetters(current_app.config["REDIS"], Keys(current_app.config["KEY_PREFIX"]))
+    letters = DeadLetters(current_app.config["REDIS"], current_app.config["KEYS"])
     try:
         return letters.page(limit, before)
     except Unreadable as exc:
@@ -170,9 +169,8 @@ def live_data():
     after = parse_after(request.args.get("after"))
     config = current_app.config
     window = window_start(config["CLOCK"](), int(span(config["WINDOW_HOURS"]).total_seconds()))
-    keys = Keys(config["KEY_PREFIX"])
     try:
-        return live.live(config["REDIS"], keys, replica.read, after, window)
+        return live.live(config["REDIS"], config["KEYS"], replica.read, after, window)
     except redis.ResponseError as exc:  # e.g. a key of another type: not ours to mend
         log.error("live: Redis refused a read: %s", exc)
         abort(503, description=f"Redis refused a read ({exc}); an operator must look at it")
@@ -224,7 +222,7 @@ def _page(user_id: int | None) -> dict:
 def _redis_status() -> str:
     try:
         current_app.config["REDIS"].ping()
-    except redis.RedisError as exc:
+    except redisconn.ERRORS as exc:
         log.error("health check: Redis is down: %s", exc)
         return "down"
     return "ok"

@@ -32,33 +32,34 @@ MAX_RAW_CHARS = 4 * DEAD_RAW_BYTES
 MAX_TEXT_CHARS = 1000  # of a reason, and of a time that is not one
 UNREADABLE = "an unreadable dead letter (not a JSON object as txstream writes them)"
 
-# ARGV: the keys of the dead letters and of their count, the position before which to read
-# ('' for the newest), how many. The keys are arguments, not KEYS: Redis's ACL lets a
-# user declare only keys it may write, and the web user may only read these. Returns the
-# position of the first (oldest) letter returned, the letters oldest first, the key's type,
-# and whether older letters are held. One call: no append or trim comes between count and
-# read.
+# KEYS: the dead letters and their count (one hash slot on a cluster: txstream.keys). ARGV:
+# the position before which to read ('' for the newest), how many. Returns the position of
+# the first (oldest) letter returned, the letters oldest first, the key's type, and whether
+# older letters are held. One call: no append or trim comes between count and read.
+#   A script may touch only the keys it declares on a Redis Cluster. Redis's ACL checks
+# declared keys as written to, whatever the script does: the web user's rights
+# (deploy/redis.acl) let it declare these two to EVALSHA, and read them only.
 _READ_PAGE = """
-local kind = redis.call('TYPE', ARGV[1])['ok']
+local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'list' then
   return {0, {}, kind, 0}
 end
-local held = redis.call('LLEN', ARGV[1])
+local held = redis.call('LLEN', KEYS[1])
 local count = nil
-if redis.call('TYPE', ARGV[2])['ok'] == 'string' then
-  count = tonumber(redis.call('GET', ARGV[2]))
+if redis.call('TYPE', KEYS[2])['ok'] == 'string' then
+  count = tonumber(redis.call('GET', KEYS[2]))
 end
 if not count or count ~= math.floor(count) or count < held or count > 2^52 then
   count = held
 end
 local head = count - held
-local before = tonumber(ARGV[3]) or count
+local before = tonumber(ARGV[1]) or count
 local last = math.min(before, count) - 1 - head
 if last < 0 then
   return {0, {}, kind, 0}
 end
-local first = math.max(last - tonumber(ARGV[4]) + 1, 0)
-return {head + first, redis.call('LRANGE', ARGV[1], first, last), kind, first}
+local first = math.max(last - tonumber(ARGV[2]) + 1, 0)
+return {head + first, redis.call('LRANGE', KEYS[1], first, last), kind, first}
 """
 
 
@@ -97,9 +98,9 @@ class DeadLetters:
     def page(self, limit: int, before: int | None = None) -> tuple[list[Letter], int | None]:
         """Up to `limit` letters before position `before` (the newest when None), newest
         first, and the cursor of the next (older) page: None when there is nothing older."""
-        keys = [self.keys.dead, self.keys.dead_count]
         position, items, kind, older = self._read_page(
-            args=[*keys, "" if before is None else before, limit]
+            keys=[self.keys.dead, self.keys.dead_count],
+            args=["" if before is None else before, limit],
         )
         if _text(kind) not in ("list", "none"):
             raise Unreadable(f"the dead-letter key {self.keys.dead} holds a {_text(kind)}")

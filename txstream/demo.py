@@ -9,7 +9,6 @@ those servers. Ctrl-C stops everything.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import multiprocessing
 import os
@@ -18,7 +17,7 @@ import signal
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import redis
@@ -55,9 +54,11 @@ def serve_fake_redis(port: int) -> None:
 
             self.current_client.read_response = read_response
 
-    # Ctrl-C reaches this process too; the demo terminates it last, after the
-    # subscriber has written its final batch.
+    # Ctrl-C reaches this process too; the demo terminates it last (SIGTERM, which ends
+    # it, whatever the demo's own handler that a fork inherits), after the subscriber
+    # has written its final batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     server = TcpFakeServer(("127.0.0.1", port), server_type="redis")
     server.RequestHandlerClass = KeepConnectionsOnErrors
     server.serve_forever()
@@ -93,38 +94,54 @@ def answers_200(url: str) -> bool:
         return False
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """Command-line flags of the demo."""
-    parser = argparse.ArgumentParser(
-        description="Run txstream's emitter, subscriber and web app together. Uses an "
-        "embedded Redis (fakeredis) and a SQLite file unless REDIS_URL / DATABASE_URL are set.",
-    )
+def argument_parser(description: str) -> argparse.ArgumentParser:
+    """The demos' command-line flags (this one's and `make cluster-demo`'s)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--port", type=int, default=5000, help="web port (default: %(default)s)")
     parser.add_argument(
         "--rate", type=float, default=2.0, help="transactions per second (default: %(default)s)"
     )
     parser.add_argument("--users", type=int, default=20, help="user population (default: 20)")
     parser.add_argument(
-        "--data-dir", type=Path, default=ROOT / "var", help="where the SQLite file goes (var/)"
+        "--data-dir", type=Path, default=ROOT / "var", help="where its files go (default: var/)"
     )
-    return parser.parse_args(argv)
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Start the three processes, print the URL, and stop them all on Ctrl-C."""
-    args = parse_args(argv)
+    """Run the demo on the configured Redis, or on an embedded fakeredis server."""
+    args = argument_parser(
+        "Run txstream's emitter, subscriber and web app together. Uses an embedded Redis "
+        "(fakeredis) and a SQLite file unless REDIS_URL / DATABASE_URL are set."
+    ).parse_args(argv)
     config.configure_logging("INFO")
-    settings = config.load()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    fake_redis = None
+    signal.signal(signal.SIGTERM, interrupt)
     if config.is_set("REDIS_URL"):
-        redis_what = f"Redis at {config.mask_url(settings.redis_url)}"
-    else:
-        port = free_port()
-        env["REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
-        fake_redis = multiprocessing.Process(target=serve_fake_redis, args=(port,), daemon=True)
-        fake_redis.start()
-        redis_what = f"embedded fakeredis server at {env['REDIS_URL']} (in memory)"
+        return run_system(args, {}, f"Redis at {config.mask_url(config.load().redis_url)}")
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    fake_redis = multiprocessing.Process(target=serve_fake_redis, args=(port,), daemon=True)
+    fake_redis.start()
+    try:
+        what = f"embedded fakeredis server at {url} (in memory)"
+        return run_system(args, {"REDIS_URL": url}, what)
+    finally:
+        fake_redis.terminate()
+        fake_redis.join(5)
+
+
+def run_system(
+    args: argparse.Namespace,
+    overrides: dict[str, str],
+    redis_what: str,
+    subscribers: int = 1,
+    notes: Sequence[str] = (),
+) -> int:
+    """Run the subscriber(s), the web app and the emitter with the environment plus
+    `overrides`, print where they are (and `notes`), and stop them all on Ctrl-C or
+    SIGTERM, or when one of them exits; the exit status."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **overrides}
+    settings = config.load(env)
     if config.is_set("DATABASE_URL"):
         database_url = settings.database_url
         db_what = f"database {config.mask_url(database_url)}"
@@ -134,34 +151,28 @@ def main(argv: list[str] | None = None) -> int:
         env["DATABASE_URL"] = database_url
         db_what = f"SQLite file {args.data_dir / 'demo.sqlite3'}"
     engine = models.make_engine(database_url)
-    models.create_schema(engine)
     # This run's own token and session key: revoked and forgotten when the demo stops.
-    token_name = f"demo-{os.getpid()}"
-    token = tokens.create(engine, token_name) if settings.auth else None
+    token_name, token = f"demo-{os.getpid()}", None
     env.setdefault("SECRET_KEY", secrets.token_hex(32))
-    if settings.metrics_port:  # the subscriber's; taken by another process: a free one
-        env["METRICS_PORT"] = str(free_port(settings.metrics_port))
-
     web_port = free_port(args.port)
     url = f"http://127.0.0.1:{web_port}/"
     rate, users = str(args.rate), str(args.users)
-    subscriber = child("subscriber", "sub_and_store.py", env=env)
-    web = child("web", "-m", "flask", "--app", "app", "run", "--port", str(web_port), env=env)
-    children = [subscriber, web]
-    signal.signal(signal.SIGTERM, _interrupt)
+    children: list[Script] = []
     status = 0
     try:
-        wait_for(
-            lambda: listening(dataclasses.replace(settings, redis_url=env["REDIS_URL"])),
-            "the subscriber subscribing",
-            60,
-            children,
-        )
+        models.create_schema(engine)
+        token = tokens.create(engine, token_name) if settings.auth else None
+        for i in range(subscribers):
+            name = "subscriber" if subscribers == 1 else f"subscriber-{i + 1}"
+            children.append(child(name, "sub_and_store.py", env=_metrics_port(env, settings, i)))
+        web_args = ("-m", "flask", "--app", "app", "run", "--port", str(web_port))
+        children.append(child("web", *web_args, env=env))
+        wait_for(lambda: listening(settings), "the subscriber subscribing", 60, children)
         # Started once the subscriber listens: pub/sub keeps nothing for latecomers.
         emitter = child("emitter", "emitter_and_pub.py", "--rate", rate, "--users", users, env=env)
         children.append(emitter)
         wait_for(lambda: answers_200(url + "healthz"), "the web app answering", 60, children)
-        print(access_lines(url, token, redis_what, db_what), flush=True)
+        print(access_lines(url, token, redis_what, db_what, notes), flush=True)
         while all(c.proc.poll() is None for c in children):
             time.sleep(0.5)
         dead = [c.name for c in children if c.proc.poll() is not None]
@@ -175,18 +186,25 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the stop
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        for process in reversed(children):  # emitter first: the subscriber stores what was sent
+        for process in reversed(children):  # emitter first: the subscribers store what was sent
             process.kill()
-        if fake_redis is not None:
-            fake_redis.terminate()
-            fake_redis.join(5)
         if token is not None:
             tokens.revoke(engine, token_name)
         engine.dispose()
     return status
 
 
-def access_lines(url: str, token: str | None, redis_what: str, db_what: str) -> str:
+def _metrics_port(env: dict[str, str], settings: config.Settings, index: int) -> dict[str, str]:
+    """The environment of the `index`th subscriber: a metrics port of its own, the configured
+    one (plus `index`) if it is free, else any free one."""
+    if not settings.metrics_port:
+        return env
+    return {**env, "METRICS_PORT": str(free_port(settings.metrics_port + index))}
+
+
+def access_lines(
+    url: str, token: str | None, redis_what: str, db_what: str, notes: Sequence[str] = ()
+) -> str:
     """What the demo prints once it runs: where everything is, and how to get in."""
     if token is None:
         web, api = f"{url}    <- open this (AUTH=off)", f"curl {url}api/transactions"
@@ -198,6 +216,7 @@ def access_lines(url: str, token: str | None, redis_what: str, db_what: str) -> 
         "  txstream demo is running",
         f"    Redis     {redis_what}",
         f"    Database  {db_what}",
+        *notes,
         f"    Web       {web}",
         *([f"    Token     {token}   (this run's; revoked when the demo stops)"] if token else []),
         f"    API       {api}",
@@ -207,7 +226,8 @@ def access_lines(url: str, token: str | None, redis_what: str, db_what: str) -> 
     return "\n".join(lines)
 
 
-def _interrupt(_signum, _frame) -> None:
+def interrupt(_signum, _frame) -> None:
+    """SIGTERM's handler: stop as on Ctrl-C."""
     raise KeyboardInterrupt
 
 

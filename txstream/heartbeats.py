@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 
 import redis
 
+from txstream import redisconn
 from txstream.keys import Keys
 from txstream.times import epoch_seconds, format_time, parse_time, utcnow
 
@@ -156,7 +157,7 @@ class Heartbeat:
                 pipe.delete(self.keys.subscriber(self.name))
                 pipe.zrem(self.keys.subscribers, self.name)
                 pipe.execute()
-        except redis.RedisError as exc:
+        except redisconn.ERRORS as exc:
             log.warning("could not delete the heartbeat of %r: %s", self.name, exc)
 
     def _run(self) -> None:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import re
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 _GLOB_SPECIAL = re.compile(r"([*?\[\]\\])")
 
@@ -12,18 +15,64 @@ class Keys:
 
     The stream and the channel keep the names they are configured with (STREAM, CHANNEL):
     renaming them would strand what an older version left in them.
+
+    Partitions (STREAM_PARTITIONS, and any Redis Cluster): the stream and the channel are
+    split in `partitions`, a user's transactions all in the partition `partition_of` gives.
+    A Redis Cluster runs a script or a multi-key command only on keys of one hash slot, so
+    then (`tagged`) every group of names used together carries one hash tag: a partition's
+    stream, channel, recent lists and counters share the partition's tag (its batch is
+    written by one script), the dead letters theirs, the rate limits theirs. One server
+    with one partition keeps the names of before.
     """
 
     def __init__(
-        self, prefix: str, stream: str = "transactions", channel: str = "transactions"
+        self,
+        prefix: str,
+        stream: str = "transactions",
+        channel: str = "transactions",
+        partitions: int = 1,
+        cluster: bool = False,
     ) -> None:
         self.prefix = prefix
         self.stream = stream
         self.channel = channel
+        self.partitions = partitions
+        self.tagged = cluster or partitions > 1
+
+    def partition_of(self, user_id: int) -> int:
+        """The partition of a user's transactions: each user's stay in order in one."""
+        return user_id % self.partitions
+
+    def stream_of(self, partition: int) -> str:
+        """The stream of a partition."""
+        return f"{self.stream}:{{{self.tag(partition)}}}" if self.tagged else self.stream
+
+    def channel_of(self, partition: int) -> str:
+        """The (sharded, on a cluster) pub/sub channel of a partition."""
+        return f"{self.channel}:{{{self.tag(partition)}}}" if self.tagged else self.channel
+
+    @property
+    def streams(self) -> list[str]:
+        """Every partition's stream, by partition."""
+        return [self.stream_of(p) for p in range(self.partitions)]
+
+    @property
+    def channels(self) -> list[str]:
+        """Every partition's channel, by partition."""
+        return [self.channel_of(p) for p in range(self.partitions)]
+
+    def tag(self, partition: int) -> str:
+        """The hash tag of a partition's names (`partition_tag`)."""
+        return partition_tag(partition, self.partitions)
+
+    def _in(self, group: str, name: str) -> str:
+        """`name` under the prefix, in hash slot `group` when names are tagged."""
+        return f"{self.prefix}{{{group}}}:{name}" if self.tagged else f"{self.prefix}{name}"
 
     def recent(self, user_id: int) -> str:
-        """The list of a user's latest transactions, newest first (txstream.recent)."""
-        return f"{self.prefix}recent:{user_id}"
+        """The list of a user's latest transactions, newest first (txstream.recent): in the
+        slot of the user's partition, so the partition's batch script writes it."""
+        return self._in(self.tag(self.partition_of(user_id)), f"recent:{user_id}")
 
     def old_recent(self, user_id: int) -> str:
         """The sorted set that held a user's latest transactions before the lists."""
@@ -32,13 +81,19 @@ class Keys:
     @property
     def dead(self) -> str:
         """The list of dead letters: messages that could not be stored, with their reasons."""
-        return f"{self.prefix}dead"
+        return self._in("dead", "dead")
 
     @property
     def dead_count(self) -> str:
         """How many dead letters were ever appended to the list `dead`: with its length, the
         position of each letter, which stays put while the list grows and is trimmed."""
-        return f"{self.prefix}dead:count"
+        return self._in("dead", "dead:count")
+
+    @property
+    def partitions_record(self) -> str:
+        """The number of partitions the emitters and subscribers use (STREAM_PARTITIONS),
+        set by the first: a user's partition must mean the same to all of them."""
+        return f"{self.prefix}partitions"
 
     @property
     def layout(self) -> str:
@@ -56,24 +111,25 @@ class Keys:
         return f"{self.prefix}subscribers"
 
     def rate_count(self, who: str, amount: int, seconds: int) -> str:
-        """The counter of `who`'s API requests in its current window of a rate limit."""
-        return f"{self.prefix}ratelimit:{who}:{amount}/{seconds}s"
+        """The counter of `who`'s API requests in its current window of a rate limit (in the
+        slot of `token_epoch`: one script reads both)."""
+        return self._in("auth", f"ratelimit:{who}:{amount}/{seconds}s")
 
     @property
     def token_epoch(self) -> str:
         """A random value that each token revocation changes: the web workers then forget
         the tokens they have cached (txstream.tokens.Cache)."""
-        return f"{self.prefix}tokens:epoch"
+        return self._in("auth", "tokens:epoch")
 
-    def rate(self, bucket: int) -> str:
-        """The count of transactions stored in the 10 seconds from epoch second `bucket`
-        (the dashboard's ingest rate; txstream.live)."""
-        return f"{self.prefix}rate:{bucket}"
+    def rate(self, bucket: int, partition: int = 0) -> str:
+        """The count of a partition's transactions stored in the 10 seconds from epoch second
+        `bucket` (the dashboard's ingest rate, their sum over partitions; txstream.live)."""
+        return self._in(self.tag(partition), f"rate:{bucket}")
 
-    @property
-    def counts(self) -> str:
-        """The hash of what the subscribers ever did: `stored` and `duplicates`."""
-        return f"{self.prefix}counts"
+    def counts(self, partition: int = 0) -> str:
+        """The hash of what the subscribers ever did with a partition's transactions:
+        `stored` and `duplicates` (the totals: their sums over partitions)."""
+        return self._in(self.tag(partition), "counts")
 
     def live_top(self, window: int) -> str:
         """The dashboard's top users of a window, cached a few seconds for every worker."""
@@ -97,6 +153,19 @@ class Keys:
             if tail != text and tail.isascii() and tail.isdigit():
                 return int(tail)
         return None
+
+
+@functools.cache
+def partition_tag(partition: int, partitions: int) -> str:
+    """A hash tag whose slot lies in the `partition`-th of `partitions` equal slot ranges:
+    a cluster's masters own equal ranges when it is created, so the partitions spread
+    over them evenly (a tag `{0}`, `{1}`, ... lands where its CRC16 happens to fall)."""
+    low = partition * REDIS_CLUSTER_HASH_SLOTS // partitions
+    high = (partition + 1) * REDIS_CLUSTER_HASH_SLOTS // partitions
+    attempt = 0
+    while not low <= key_slot(f"p{partition}.{attempt}".encode()) < high:
+        attempt += 1
+    return f"p{partition}.{attempt}"
 
 
 def _glob_literal(text: str) -> str:

@@ -3,14 +3,16 @@
 Each part is a bounded read, whatever the volume stored:
 - the transactions newer than the page's position (ts, txn_id): a keyset range of the
   (ts, txn_id) index, newest first, at most LIVE_LIMIT rows;
-- the ingest rate: the subscribers' per-10-second counters (txstream.store's batch script
-  adds each batch's new rows, one INCRBY), the last 15 minutes read with one MGET;
+- the ingest rate: the subscribers' per-10-second counters of each partition
+  (txstream.store's batch script adds each batch's new rows, one INCRBY), the last 15
+  minutes read with an MGET per partition (a partition's counters share its hash slot),
+  and added up;
 - the top users of the current window: read from `user_window_totals`'s covering index
   (window_start, amount_sum, tx_count) alone, one range (a row per user active in the
   window), ranked by the database; cached a few seconds in Redis, so that open tabs share
   one read (docs/BENCHMARKS.md: what the index costs ingest, and why not Redis);
-- the counts ever stored, of duplicates and of dead letters (global counters the batch
-  script keeps), and the live subscribers.
+- the counts ever stored, of duplicates and of dead letters (counters the batch script
+  keeps, per partition: added up), and the live subscribers.
 Redis or the database down raises, and the app answers 503.
 """
 
@@ -72,20 +74,30 @@ def rate_series(client: redis.Redis, keys: Keys, now: float) -> list[dict]:
     current bucket, still filling, last."""
     last = rate_bucket(now)
     starts = [last - RATE_BUCKET * k for k in range(RATE_BUCKETS - 1, -1, -1)]
-    values = client.mget([keys.rate(start) for start in starts])
+    # An MGET per partition: its counters share its hash slot. (The cluster client's
+    # pipelines refuse MGET, whatever the keys.)
+    by_partition = [
+        client.mget([keys.rate(start, partition) for start in starts])
+        for partition in range(keys.partitions)
+    ]
     return [
-        {"at": format_time(from_micros(start * 10**6)), "stored": _count(value)}
-        for start, value in zip(starts, values, strict=True)
+        {"at": format_time(from_micros(start * 10**6)), "stored": sum(map(_count, values))}
+        for start, *values in zip(starts, *by_partition, strict=True)
     ]
 
 
 def counts(client: redis.Redis, keys: Keys) -> dict:
-    """The transactions ever stored, the duplicates and the dead letters (global counters)."""
-    stored, duplicates = client.hmget(keys.counts, ["stored", "duplicates"])
+    """The transactions ever stored, the duplicates (each partition's, added up) and the
+    dead letters."""
+    with client.pipeline(transaction=False) as pipe:
+        for partition in range(keys.partitions):
+            pipe.hmget(keys.counts(partition), ["stored", "duplicates"])
+        pipe.get(keys.dead_count)
+        *by_partition, dead_letters = pipe.execute()
     return {
-        "stored": _count(stored),
-        "duplicates": _count(duplicates),
-        "dead_letters": _count(client.get(keys.dead_count)),
+        "stored": sum(_count(stored) for stored, _ in by_partition),
+        "duplicates": sum(_count(duplicates) for _, duplicates in by_partition),
+        "dead_letters": _count(dead_letters),
     }
 
 

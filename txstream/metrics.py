@@ -8,7 +8,8 @@ PROMETHEUS_MULTIPROC_DIR set (`make serve` sets it), each writes them to files t
 run, the tests) a process serves its own registry.
 
 The subscriber serves its counts, batch sizes, commit times, outages and, on the stream
-transport, the consumer group's lag and pending entries on METRICS_BIND:METRICS_PORT.
+transport, the consumer group's lag and pending entries (over every partition's stream) on
+METRICS_BIND:METRICS_PORT.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
+from txstream import redisconn
 from txstream.runtime import Outage, short_error
 
 log = logging.getLogger(__name__)
@@ -149,9 +151,10 @@ class SubscriberMetrics:
         self.registry.register(_Totals(counts, outages))
         ProcessCollector(registry=self.registry)
 
-    def watch_backlog(self, client: redis.Redis, stream: str, group: str) -> None:
-        """Also report the consumer group's lag and pending entries (stream transport)."""
-        self.registry.register(StreamBacklog(client, stream, group))
+    def watch_backlog(self, client: redis.Redis, streams: list[str], group: str) -> None:
+        """Also report the consumer group's lag and pending entries in `streams` (the stream
+        transport's partitions: `Keys.streams`), added up."""
+        self.registry.register(StreamBacklog(client, streams, group))
 
     def serve(self, bind: str, port: int) -> WSGIServer:
         """Serve the metrics on bind:port from a thread; OSError if the port is taken."""
@@ -198,22 +201,24 @@ class _Totals(Collector):
 
 class StreamBacklog(Collector):
     """The consumer group's lag (entries not yet delivered) and pending entries (delivered,
-    not acknowledged), from XINFO GROUPS when scraped, at most every BACKLOG_REFRESH s.
+    not acknowledged), added up over the streams (partitions), from XINFO GROUPS when
+    scraped, at most every BACKLOG_REFRESH s.
 
-    A failure is logged and leaves the two gauges out of that scrape; it never reaches the
+    A failure, or a stream without the group, is logged and leaves the two gauges out of
+    that scrape (a sum without a partition would look like progress); it never reaches the
     subscriber's loop, which does not call this.
     """
 
     def __init__(
         self,
         client: redis.Redis,
-        stream: str,
+        streams: list[str],
         group: str,
         refresh: float = BACKLOG_REFRESH,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
-        self.stream = stream
+        self.streams = streams
         self.group = group
         self.refresh = refresh
         self.clock = clock
@@ -245,16 +250,41 @@ class StreamBacklog(Collector):
             )
 
     def _read(self) -> dict | None:
+        """{"pending": n, "lag": n or None} of every stream, or None when one cannot tell."""
         try:
-            groups = self.client.xinfo_groups(self.stream)
-        except redis.RedisError as exc:
+            with self.client.pipeline(transaction=False) as pipe:
+                for stream in self.streams:
+                    pipe.xinfo_groups(stream)
+                replies = pipe.execute()
+        except redisconn.ERRORS as exc:
             log.warning(
-                "metrics: cannot read group %r of %r: %s", self.group, self.stream, short_error(exc)
+                "metrics: cannot read group %r of %s: %s",
+                self.group,
+                _named(self.streams),
+                short_error(exc),
             )
             return None
+        found = [self._group_in(groups) for groups in replies]
+        missing = [stream for stream, info in zip(self.streams, found, strict=True) if not info]
+        if missing:
+            log.warning("metrics: %s has no group %r yet", _named(missing), self.group)
+            return None
+        lags = [info.get("lag") for info in found]
+        return {
+            "pending": sum(info["pending"] for info in found),
+            "lag": None if None in lags else sum(lags),
+        }
+
+    def _group_in(self, groups: list[dict]) -> dict | None:
         for info in groups:
             name = info["name"]
             if (name.decode() if isinstance(name, bytes) else name) == self.group:
                 return info
-        log.warning("metrics: stream %r has no group %r yet", self.stream, self.group)
         return None
+
+
+def _named(streams: list[str]) -> str:
+    """Streams for a log line: the first few by name."""
+    shown = ", ".join(repr(s) for s in streams[:3])
+    more = f" and {len(streams) - 3} more" if len(streams) > 3 else ""
+    return f"stream {shown}{more}" if len(streams) == 1 else f"streams {shown}{more}"

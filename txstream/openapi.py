@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 from decimal import Decimal
 
+from config import MAX_PARTITIONS
 from txstream.deadletters import MAX_RAW_CHARS, MAX_TEXT_CHARS
 from txstream.heartbeats import HEARTBEAT_INTERVAL, LIVE_BEATS, SHOWN_CHARS
 from txstream.live import LIVE_LIMIT, RATE_BUCKETS, TOP_USERS
@@ -198,19 +199,38 @@ _SCHEMAS = {
         },
     ),
     "Stream": _object(
-        name={"type": "string"},
-        length={"type": "integer", "minimum": 0},
+        name={"type": "string", "description": "STREAM (its partitions: `partitions`)"},
+        length={"type": "integer", "minimum": 0, "description": "Of all partitions"},
         group={"type": "string"},
-        group_exists={"type": "boolean"},
-        lag={**_COUNT_OR_NULL, "description": "Entries not yet delivered to the group"},
-        pending={**_COUNT_OR_NULL, "description": "Delivered, not yet acknowledged"},
+        group_exists={"type": "boolean", "description": "In every partition"},
+        lag={
+            **_COUNT_OR_NULL,
+            "description": "Entries not yet delivered to the group; null: a partition cannot tell",
+        },
+        pending={
+            **_COUNT_OR_NULL,
+            "description": "Delivered, not yet acknowledged; null: a partition has no group",
+        },
         consumers={
             "type": "array",
             "items": _object(
                 name=_SHOWN,
-                pending={"type": "integer", "minimum": 0},
-                idle_ms={"type": "integer", "minimum": 0},
+                pending={"type": "integer", "minimum": 0, "description": "In all partitions"},
+                idle_ms={"type": "integer", "minimum": 0, "description": "The least"},
             ),
+        },
+        partitions={
+            "type": "array",
+            "items": _object(
+                name={"type": "string"},
+                length={"type": "integer", "minimum": 0},
+                group_exists={"type": "boolean"},
+                lag=_COUNT_OR_NULL,
+                pending=_COUNT_OR_NULL,
+            ),
+            "minItems": 1,
+            "maxItems": MAX_PARTITIONS,
+            "description": "Each partition's stream (STREAM_PARTITIONS), by partition",
         },
     ),
     "System": _object(

@@ -5,14 +5,12 @@ from __future__ import annotations
 import logging
 from decimal import Decimal
 
-import redis
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from txstream import queries, replica, system
+from txstream import queries, redisconn, replica, system
 from txstream.api import read_dead_letters, read_user_sum
 from txstream.chart import bar_chart
-from txstream.keys import Keys
 from txstream.money import format_amount, format_money
 from txstream.params import (
     InvalidParameter,
@@ -109,10 +107,10 @@ def user(user_id: str):
         if request.args.get(name)  # an empty from/to is no bound
     }
     total = read_user_sum(uid, hours)
-    lists = RecentLists(current_app.config["REDIS"], Keys(current_app.config["KEY_PREFIX"]))
+    lists = RecentLists(current_app.config["REDIS"], current_app.config["KEYS"])
     try:
         recent = lists.read(uid)
-    except redis.RedisError:
+    except redisconn.ERRORS:
         log.exception("user page: Redis is not answering; showing the page without it")
         recent = None  # the rest of the page comes from the database
 

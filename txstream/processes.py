@@ -12,7 +12,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository: where the scripts are
@@ -33,6 +33,15 @@ def free_port(preferred: int = 0) -> int:
                 continue
             return sock.getsockname()[1]
     raise OSError("no free port on 127.0.0.1")
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` different free ports on 127.0.0.1 (all held open until all are chosen)."""
+    with ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def wait_until(

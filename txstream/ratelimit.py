@@ -13,10 +13,12 @@ from dataclasses import dataclass
 
 import redis
 from limits import RateLimitItem, parse_many
+from redis.commands.core import Script
 
 from txstream.keys import Keys
 
-# KEYS[1]: the revocation epoch; KEYS[2..]: a counter per limit. ARGV[1]: the epoch to set
+# KEYS[1]: the revocation epoch; KEYS[2..]: a counter per limit (all in one hash slot when
+# names are tagged: txstream.keys). ARGV[1]: the epoch to set
 # when there is none (Redis lost it, or it was never set); ARGV[2..]: each counter's window
 # in seconds. Returns the epoch, then each counter's count and its seconds to live.
 _HIT = """
@@ -68,14 +70,16 @@ def new_epoch() -> bytes:
 class FixedWindows:
     """The counters of RATE_LIMIT in Redis, under `{KEY_PREFIX}ratelimit:`."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, limits: str) -> None:
+    def __init__(self, keys: Keys, limits: str) -> None:
         self.keys = keys
         self.limits = parse_many(limits)
         self._windows = [limit.get_expiry() for limit in self.limits]
-        self._script = client.register_script(_HIT)
+        self._script: Script | None = None
 
     def hit(self, client: redis.Redis, who: str) -> Hit:
         """Count a request of `who` against every limit; the epoch read in the same call."""
+        if self._script is None:  # now, not at start: a cluster's client connects to make it
+            self._script = client.register_script(_HIT)
         counters = [
             self.keys.rate_count(who, limit.amount, window)
             for limit, window in zip(self.limits, self._windows, strict=True)

@@ -25,6 +25,7 @@ import redis
 from sqlalchemy import Connection, Engine, MetaData, Table, func, insert, select, text
 
 from models import settings, transactions, user_bucket_totals, user_window_totals
+from txstream import redisconn
 from txstream.aggregates import BUCKET_SECONDS, WINDOW_SECONDS, Layout, record_layout
 from txstream.dialect import MYSQL, family, statements
 from txstream.heartbeats import HEARTBEAT_INTERVAL, LIVE_BEATS, live_subscribers
@@ -55,7 +56,7 @@ def refuse_if_subscribers_run(client: redis.Redis, keys: Keys) -> None:
     """Raise `RebuildRefused` while a subscriber's heartbeat is live, or Redis cannot tell."""
     try:
         live = [s.name for s in live_subscribers(client, keys, utcnow())]
-    except redis.RedisError as exc:
+    except redisconn.ERRORS as exc:
         raise RebuildRefused(
             f"cannot read the subscribers' heartbeats from Redis ({exc}), so cannot tell "
             "whether one is storing rows: run it again once Redis answers"

@@ -179,8 +179,11 @@ class RecentLists:
     def migrate(self) -> None:
         """Move the sorted sets of layout 1 into the lists, once per Redis (logged).
 
-        Lists whose items have an older JSON form are rewritten on the way.
+        Lists whose items have an older JSON form are rewritten on the way. Partitioned
+        names (a cluster, STREAM_PARTITIONS > 1) came after the lists: nothing to move.
         """
+        if self.keys.tagged:
+            return
         try:
             if self.client.get(self.keys.layout) == LAYOUT:
                 return

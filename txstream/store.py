@@ -12,9 +12,10 @@ comes again unchanged is a duplicate; with another user, amount or time, a dead 
 the first one stored wins. The SQL that differs between MySQL and SQLite is in
 txstream.dialect.
 
-Redis, after the commit, so that it never shows what the database lacks: one script call
-merges the batch into the recent lists (txstream.recent), appends its dead letters and
-acknowledges its stream entries, atomically.
+Redis, after the commit, so that it never shows what the database lacks: the dead letters
+first, then per partition one script call that merges the batch into the recent lists
+(txstream.recent), counts it and acknowledges its stream entries, atomically. (One server
+with one partition: a single call, as a batch rarely has dead letters.)
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -62,64 +64,65 @@ DEAD_RAW_BYTES = 4096
 RATE_BUCKET = 10
 RATE_KEEP = 16 * 60
 
-# KEYS: the dead letters, their count, the stream, the ingest-rate counter of now, the
-# global counts, then the recent lists. ARGV: the consumer group ('' for none), how many
-# entry ids and how many dead letters, the dead-letter list's cap, the new rows, the
-# duplicates, the rate counter's lifetime (seconds); the ids; the dead letters; then for
-# each recent list its number of new items and the items. Nothing is acknowledged unless
-# everything before it was written. The count is of every dead letter ever appended
-# (txstream.deadletters pages by it); missing or unreadable, it starts again from the
-# list's length.
+# A partition's part of a batch, in one script call: every key is in the partition's hash
+# slot (txstream.keys). KEYS: the stream, the ingest-rate counter of now, the counts, then
+# the recent lists. ARGV: the consumer group ('' for none), how many entry ids, the new
+# rows, the duplicates, the rate counter's lifetime (seconds); the ids; then for each
+# recent list its number of new items and the items. The entries are acknowledged last,
+# in the same atomic call as what they wrote.
 _WRITE_BATCH = (
     MERGE_RECENT_LUA
     + f"""
-local n_ids, n_dead, dead_max = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
-local n_new, n_dup, rate_ttl = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local ids, dead = 8, 8 + n_ids  -- where the entry ids and the dead letters begin in ARGV
-if n_dead > 0 then
-  local kind = redis.call('TYPE', KEYS[1])['ok']
-  if kind ~= 'none' and kind ~= 'list' then
-    return redis.error_reply('WRONGTYPE dead-letter key ' .. KEYS[1] .. ' holds a ' .. kind)
-  end
-end
-local dead_count = nil
-if n_dead > 0 then
-  local held = redis.call('LLEN', KEYS[1])
-  if redis.call('TYPE', KEYS[2])['ok'] == 'string' then
-    dead_count = tonumber(redis.call('GET', KEYS[2]))
-  end
-  if not dead_count or dead_count ~= math.floor(dead_count) or dead_count < held
-      or dead_count > 2^52 then
-    dead_count = held
-  end
-end
-local pos, replaced, dropped = dead + n_dead, 0, 0
+local n_ids, n_new = tonumber(ARGV[2]), tonumber(ARGV[3])
+local n_dup, rate_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
+local ids = 6  -- where the entry ids begin in ARGV
+local pos, replaced, dropped = ids + n_ids, 0, 0
 if n_new > 0 then
-  redis.call('INCRBY', KEYS[4], n_new)
-  redis.call('EXPIRE', KEYS[4], rate_ttl)
-  redis.call('HINCRBY', KEYS[5], 'stored', n_new)
+  redis.call('INCRBY', KEYS[2], n_new)
+  redis.call('EXPIRE', KEYS[2], rate_ttl)
+  redis.call('HINCRBY', KEYS[3], 'stored', n_new)
 end
 if n_dup > 0 then
-  redis.call('HINCRBY', KEYS[5], 'duplicates', n_dup)
+  redis.call('HINCRBY', KEYS[3], 'duplicates', n_dup)
 end
-for k = 6, #KEYS do
+for k = 4, #KEYS do
   local n = tonumber(ARGV[pos])
   local r, d = merge_recent(KEYS[k], pos + 1, pos + n)
   replaced, dropped, pos = replaced + r, dropped + d, pos + n + 1
 end
-for i = dead, dead + n_dead - 1, {_UNPACK} do
-  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, dead + n_dead - 1)))
-end
-if n_dead > 0 then
-  redis.call('LTRIM', KEYS[1], -dead_max, -1)  -- the newest dead_max
-  redis.call('SET', KEYS[2], string.format('%d', dead_count + n_dead))
-end
-for i = ids, dead - 1, {_UNPACK} do
-  redis.call('XACK', KEYS[3], ARGV[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, dead - 1)))
+local last = ids + n_ids - 1
+for i = ids, last, {_UNPACK} do
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, last)))
 end
 return {{replaced, dropped}}
 """
 )
+
+# Appends dead letters, before the batch's entries are acknowledged (a crash between the
+# two delivers the entries again: their letters are then appended twice, never lost).
+# KEYS: the dead letters, their count (both in one slot). ARGV: the list's cap, the
+# letters. The count is of every dead letter ever appended (txstream.deadletters pages by
+# it); missing or unreadable, it starts again from the list's length.
+_WRITE_DEAD = f"""
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'none' and kind ~= 'list' then
+  return redis.error_reply('WRONGTYPE dead-letter key ' .. KEYS[1] .. ' holds a ' .. kind)
+end
+local held = redis.call('LLEN', KEYS[1])
+local count = nil
+if redis.call('TYPE', KEYS[2])['ok'] == 'string' then
+  count = tonumber(redis.call('GET', KEYS[2]))
+end
+if not count or count ~= math.floor(count) or count < held or count > 2^52 then
+  count = held
+end
+for i = 2, #ARGV, {_UNPACK} do
+  redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, #ARGV)))
+end
+redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)  -- the newest ARGV[1]
+redis.call('SET', KEYS[2], string.format('%d', count + #ARGV - 1))
+return #ARGV - 1
+"""
 
 
 @dataclass
@@ -182,11 +185,16 @@ class Store:
         self.group = group  # the stream's consumer group, whose entries are acknowledged
         self.dead_letters_max = dead_letters_max  # the dead-letter list keeps the newest
         self._write_batch = client.register_script(_WRITE_BATCH)
+        self._write_dead = client.register_script(_WRITE_DEAD)
 
     def store(
-        self, txns: Sequence[Transaction], dead: Sequence[dict] = (), entry_ids: Sequence = ()
+        self,
+        txns: Sequence[Transaction],
+        dead: Sequence[dict] = (),
+        entry_ids: Mapping[int, Sequence[str]] | None = None,
     ) -> Committed:
-        """Commit `txns`, then write Redis: what the subscriber does with each batch."""
+        """Commit `txns`, then write Redis: what the subscriber does with each batch
+        (`entry_ids`: the stream entries to acknowledge, by partition)."""
         committed = self.commit(txns)
         self.write_redis(committed, dead, entry_ids)
         return committed
@@ -227,21 +235,30 @@ class Store:
             return self._commit_one_by_one(txns)
 
     def write_redis(
-        self, committed: Committed, dead: Sequence[dict], entry_ids: Sequence = ()
+        self,
+        committed: Committed,
+        dead: Sequence[dict],
+        entry_ids: Mapping[int, Sequence[str]] | None = None,
     ) -> None:
-        """In one script call: the recent lists, the dead letters (`dead` and those of the
-        commit), then the acknowledgements of `entry_ids`."""
-        dead = [*dead, *committed.rejected]
-        recent_keys, recent_args = merge_arguments(
-            self.keys, committed.new + committed.stored_before
-        )
-        ids = list(entry_ids) if self.group else []
-        keys = [self.keys.dead, self.keys.dead_count, self.keys.stream]
-        keys += [self.keys.rate(rate_bucket(time.time())), self.keys.counts]
-        args = [self.group or "", len(ids), len(dead), self.dead_letters_max]
-        args += [len(committed.new), committed.duplicates, RATE_KEEP, *ids]
-        args += (json.dumps(d) for d in dead)
-        replaced, dropped = self._write_batch(keys=keys + recent_keys, args=args + recent_args)
+        """The dead letters (`dead` and those of the commit), then for each partition in
+        one script call: its recent lists, counters and the acknowledgements of its
+        `entry_ids` (by partition)."""
+        if letters := [json.dumps(d) for d in [*dead, *committed.rejected]]:
+            self._write_dead(
+                keys=[self.keys.dead, self.keys.dead_count],
+                args=[self.dead_letters_max, *letters],
+            )
+        shown = committed.new + committed.stored_before
+        parts = _by_partition(self.keys, committed.new, shown, entry_ids if self.group else {})
+        bucket = rate_bucket(time.time())
+        duplicates = committed.duplicates  # counted with the first partition written
+        replaced = dropped = 0
+        for p, (new, txns, ids) in sorted(parts.items()):
+            recent_keys, recent_args = merge_arguments(self.keys, txns)
+            keys = [self.keys.stream_of(p), self.keys.rate(bucket, p), self.keys.counts(p)]
+            args = [self.group or "", len(ids), new, duplicates, RATE_KEEP, *ids]
+            r, d = self._write_batch(keys=keys + recent_keys, args=args + recent_args)
+            replaced, dropped, duplicates = replaced + r, dropped + d, 0
         if replaced or dropped:
             log.error(
                 "recent lists: replaced %d keys of another type, dropped %d unreadable items",
@@ -309,6 +326,26 @@ class Store:
             conn.exec_driver_sql(PLAIN_INSERT.format(rows=_rows(committed.new, now)))
             add_to_aggregates(conn, sql, committed.new, self.layout, now)
         return committed
+
+
+def _by_partition(
+    keys: Keys,
+    new: list[Transaction],
+    shown: list[Transaction],
+    entry_ids: Mapping[int, Sequence[str]] | None,
+) -> dict[int, tuple[int, list[Transaction], list[str]]]:
+    """A batch's Redis writes by partition: how many new rows, the transactions for the
+    recent lists, the entry ids to acknowledge. A transaction goes to its user's
+    partition, an entry id to its stream's (the same one, unless the emitter was another
+    txstream's): each script call touches the keys of one slot. A batch with nothing to
+    write still counts its duplicates in partition 0."""
+    txns_of: dict[int, list[Transaction]] = defaultdict(list)
+    for tx in shown:
+        txns_of[keys.partition_of(tx.user_id)].append(tx)
+    ids_of = {p: list(ids) for p, ids in (entry_ids or {}).items() if ids}
+    new_of = Counter(keys.partition_of(tx.user_id) for tx in new)
+    partitions = set(txns_of) | set(ids_of) or {0}
+    return {p: (new_of[p], txns_of.get(p, []), ids_of.get(p, [])) for p in partitions}
 
 
 def rate_bucket(epoch: float) -> int:

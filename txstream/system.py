@@ -1,16 +1,18 @@
 """The operator's view of the whole system (GET /api/system and the page /system).
 
-The subscribers' heartbeats, the stream and its consumer group, the dead letters, the
-aggregates' layout, whether Redis and the database answer, and whether reads go to the
-replica. Whatever one server cannot tell is left out (None) and that server is reported
-"down": the rest is still shown. The database here is the primary (DATABASE_URL), which
-the subscribers write to: a replica that answers must not hide that it is down.
+The subscribers' heartbeats, the stream and its consumer group (each partition's, and
+their totals), the dead letters, the aggregates' layout, whether Redis and the database
+answer, and whether reads go to the replica. Whatever one server cannot tell is left out
+(None) and that server is reported "down": the rest is still shown. The database here is
+the primary (DATABASE_URL), which the subscribers write to: a replica that answers must not
+hide that it is down.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Iterable
 from datetime import datetime
 
 import redis
@@ -18,7 +20,7 @@ from flask import current_app
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from txstream import queries, replica
+from txstream import queries, redisconn, replica
 from txstream.aggregates import KnownLayout
 from txstream.heartbeats import read_subscribers, shown
 from txstream.keys import Keys
@@ -40,9 +42,9 @@ def status(
     result: dict = {"redis": "ok", "database": "ok", "transport": transport}
     try:
         result["subscribers"] = [dataclasses.asdict(s) for s in read_subscribers(client, keys, now)]
-        result["stream"] = _stream(client, keys.stream, group) if transport == "stream" else None
+        result["stream"] = _stream(client, keys, group) if transport == "stream" else None
         result["dead_letters"] = client.llen(keys.dead)
-    except redis.RedisError as exc:
+    except redisconn.ERRORS as exc:
         log.error("system: Redis is down: %s", exc)
         result.update(redis="down", subscribers=None, stream=None, dead_letters=None)
     try:
@@ -58,27 +60,63 @@ def status(
     return result
 
 
-def _stream(client: redis.Redis, stream: str, group: str) -> dict:
-    """The stream's length and the group's lag, pending entries and consumers."""
-    length = client.xlen(stream)
-    try:
-        groups = client.xinfo_groups(stream)
-    except redis.ResponseError:  # no such stream (yet)
-        groups = []
-    found = next((g for g in groups if shown(g["name"]) == group), None)
-    consumers = client.xinfo_consumers(stream, group) if found else []
+def _stream(client: redis.Redis, keys: Keys, group: str) -> dict:
+    """The stream's partitions, each one's length and its group's lag and pending entries;
+    their totals; and the group's consumers, their pending entries added up."""
+    partitions = _partitions(client, keys.streams, group)
+    with client.pipeline(transaction=False) as pipe:
+        for partition in partitions:
+            if partition["group_exists"]:
+                pipe.xinfo_consumers(partition["name"], group)
+        listed = pipe.execute()
+    consumers: dict[str, dict] = {}  # a consumer reads every partition: one row each
+    for consumer in (c for cs in listed for c in cs):
+        name = shown(consumer["name"])
+        row = consumers.setdefault(name, {"name": name, "pending": 0, "idle_ms": consumer["idle"]})
+        row["pending"] += consumer["pending"]
+        row["idle_ms"] = min(row["idle_ms"], consumer["idle"])
     return {
-        "name": stream,
-        "length": length,
+        "name": keys.stream,
+        "length": sum(p["length"] for p in partitions),
         "group": group,
-        "group_exists": found is not None,
-        "lag": found.get("lag") if found else None,
-        "pending": found["pending"] if found else None,
-        "consumers": [
-            {"name": shown(c["name"]), "pending": c["pending"], "idle_ms": c["idle"]}
-            for c in consumers
-        ],
+        "group_exists": all(p["group_exists"] for p in partitions),
+        "lag": _total(p["lag"] for p in partitions),
+        "pending": _total(p["pending"] for p in partitions),
+        "consumers": list(consumers.values()),
+        "partitions": partitions,
     }
+
+
+def _partitions(client: redis.Redis, streams: list[str], group: str) -> list[dict]:
+    """Each stream's name, length, and its group's lag and pending entries (None: no group)."""
+    with client.pipeline(transaction=False) as pipe:
+        for stream in streams:
+            pipe.xlen(stream)
+            pipe.xinfo_groups(stream)
+        replies = pipe.execute(raise_on_error=False)
+    partitions = []
+    for stream, length, groups in zip(streams, replies[::2], replies[1::2], strict=True):
+        if isinstance(length, Exception):  # a key of another type: Redis cannot tell
+            raise length
+        if isinstance(groups, redis.ResponseError):  # no such stream (yet)
+            groups = []
+        found = next((g for g in groups if shown(g["name"]) == group), None)
+        partitions.append(
+            {
+                "name": stream,
+                "length": length,
+                "group_exists": found is not None,
+                "lag": found.get("lag") if found else None,
+                "pending": found["pending"] if found else None,
+            }
+        )
+    return partitions
+
+
+def _total(values: Iterable[int | None]) -> int | None:
+    """The sum of every partition's value; None when one of them is unknown."""
+    values = list(values)
+    return None if None in values else sum(values)
 
 
 def app_status() -> dict:
@@ -87,7 +125,7 @@ def app_status() -> dict:
     config = current_app.config
     found = status(
         config["REDIS"],
-        Keys(config["KEY_PREFIX"], config["STREAM"]),
+        config["KEYS"],
         config["ENGINE"],
         config["LAYOUT"],
         config["TRANSPORT"],

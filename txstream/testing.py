@@ -22,7 +22,7 @@ import signal
 import subprocess  # nosec B404 # starts the private servers
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -30,18 +30,21 @@ from urllib.parse import urlencode
 
 import pymysql
 import redis
+from redis.cluster import ClusterNode, RedisCluster
+from redis.crc import key_slot
 from sqlalchemy import delete, func, select
 
 import models
 from emitter_and_pub import FakeTransactions
 from txstream.aggregates import Layout, recorded_layout
 from txstream.keys import Keys
-from txstream.processes import ROOT, Script, free_port, wait_until
+from txstream.processes import ROOT, Script, TimedOut, free_port, free_ports, wait_until
 from txstream.recent import RECENT_SIZE, RecentLists
 from txstream.transaction import Transaction, to_json_text
 from txstream.windows import bucket_totals, window_totals
 
 REDIS_SERVER = "redis-server"
+REDIS_CLI = "redis-cli"
 OPENSSL = "openssl"
 ACL_FILE = ROOT / "deploy" / "redis.acl"  # the Redis users txstream ships, and theirs:
 EMITTER_USER, SUBSCRIBER_USER = "txstream-emitter", "txstream-subscriber"
@@ -49,6 +52,8 @@ WEB_USER, ADMIN_USER = "txstream-web", "txstream-admin"
 MARIADBD = "mariadbd"
 SBIN = "/usr/sbin:/usr/local/sbin"  # where mariadbd lives when it is not on PATH
 MARIADB_INSTALL_DB = "mariadb-install-db"
+CLUSTER_SLOTS = 16384  # every key hashes to one of these
+CLUSTER_TIMEOUT = 60  # seconds for a cluster to form, fail over or heal
 START_TIMEOUT = 30  # seconds for a server to answer after it was started
 STOP_TIMEOUT = 30  # seconds for a graceful shutdown
 UNIX_SOCKET_MAX = 100  # bytes: sun_path is 108 on Linux, 104 on macOS
@@ -74,14 +79,20 @@ def require_binary(name: str) -> str:
 
 
 class PrivateServer:
-    """A server process of the test's own; subclasses say how to run and ping it."""
+    """A server process of the test's own; subclasses say how to run and ping it.
+
+    `port`: the one to listen on (default: a free one). `new_session`: run it in a session
+    of its own, so that a Ctrl-C in the terminal reaches only its parent, which stops it
+    when it is ready to (the demo stops its clients first).
+    """
 
     name = "server"
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, port: int | None = None, new_session: bool = False) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+        self.port = free_port() if port is None else port
+        self.new_session = new_session
         self.proc: subprocess.Popen | None = None
         self.log = self.dir / f"{self.name}.out"
 
@@ -98,7 +109,11 @@ class PrivateServer:
         assert self.proc is None or self.proc.poll() is not None, f"{self.name} is running"
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(  # nosec B603 # the server's own command line, no shell
-                self.command(), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+                self.command(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=self.new_session,
             )
 
         def answers() -> bool:
@@ -206,12 +221,23 @@ def acl_with_passwords(source: Path, target: Path) -> dict[str, str]:
     return passwords
 
 
+@dataclass(frozen=True)
+class ClusterMembership:
+    """How a PrivateRedis takes part in a Redis Cluster."""
+
+    bus_port: int  # the cluster bus (gossip, failure reports, votes): a port of its own
+    node_timeout_ms: int  # how long a node may not answer before it is judged failed
+
+
 class PrivateRedis(PrivateServer):
-    """redis-server with an fsync-always append-only file: a graceful restart loses nothing.
+    """redis-server with an append-only file, fsynced on every write by default
+    (`appendfsync`): a graceful restart loses nothing.
 
     `acl_file`: Redis users with `>CHANGE-ME-...` passwords (deploy/redis.acl). The server
     runs a copy with a new password for each user (`passwords`), and this object's own
     clients log in as the user `login`. `tls`: it speaks TLS only, with these files.
+    `cluster`: it is a Redis Cluster node (see PrivateRedisCluster), its cluster state in
+    `nodes.conf` of its directory. `port`, `new_session`: as PrivateServer's.
     """
 
     name = "redis"
@@ -222,9 +248,16 @@ class PrivateRedis(PrivateServer):
         acl_file: Path | None = None,
         login: str | None = None,
         tls: TlsFiles | None = None,
+        *,
+        appendfsync: str = "always",
+        cluster: ClusterMembership | None = None,
+        port: int | None = None,
+        new_session: bool = False,
     ) -> None:
         self.binary = require_binary(REDIS_SERVER)
-        super().__init__(directory)
+        super().__init__(directory, port=port, new_session=new_session)
+        self.appendfsync = appendfsync
+        self.cluster = cluster
         self.tls = tls
         self.acl_file = None if acl_file is None else self.dir / "users.acl"
         self.passwords = {} if acl_file is None else acl_with_passwords(acl_file, self.acl_file)
@@ -243,9 +276,21 @@ class PrivateRedis(PrivateServer):
         command = [
             self.binary,
             *("--bind", "127.0.0.1"),
-            *("--appendonly", "yes", "--appendfsync", "always"),
+            *("--appendonly", "yes", "--appendfsync", self.appendfsync),
             *("--dir", str(self.dir), "--save", ""),
         ]
+        if self.cluster is not None:
+            command += [
+                *("--cluster-enabled", "yes", "--cluster-config-file", str(self.nodes_conf)),
+                *("--cluster-port", str(self.cluster.bus_port)),
+                *("--cluster-node-timeout", str(self.cluster.node_timeout_ms)),
+                # A replica that (re)joins is sent the data at once: Redis's default waits
+                # 5 s for more replicas to share the transfer; here there is one per master.
+                *("--repl-diskless-sync-delay", "0"),
+                # A replica that has just been synced refuses SIGTERM ("Writing initial
+                # AOF, can't exit") until it has rewritten its AOF: stop it all the same.
+                *("--shutdown-on-sigterm", "force"),
+            ]
         if self.tls is None:
             command += ["--port", str(self.port)]
         else:  # TLS only; the clients check the server's certificate, not it theirs
@@ -255,6 +300,11 @@ class PrivateRedis(PrivateServer):
         if self.acl_file is not None:
             command += ["--aclfile", str(self.acl_file)]
         return command
+
+    @property
+    def nodes_conf(self) -> Path:
+        """The cluster state file of a cluster node: its id, epochs, and its peers."""
+        return self.dir / "nodes.conf"
 
     def client(self, **kwargs) -> redis.Redis:
         """A new client of this server."""
@@ -267,6 +317,265 @@ class PrivateRedis(PrivateServer):
                 return bool(client.ping())
             except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError):
                 return False
+
+
+class PrivateRedisCluster:
+    """A Redis Cluster of the test's own: `masters` masters with `replicas` replicas each,
+    every node a PrivateRedis (`nodes`) in `directory`/node-<i>, on free loopback ports, to
+    kill and restart as a crash and an orchestrator would; `with` starts and stops it.
+
+    A node that does not answer for `node_timeout_ms` is judged failed (1000 ms: on the
+    2-core VM a killed master's replica served its slots 2.1-2.7 s after the SIGKILL, over
+    8 runs; Redis's default of 15 s would make each failover test wait that long at least).
+    A restarted node reads its `nodes.conf`, learns that its slots moved on, and rejoins as
+    a replica of the node that took them over.
+
+    The append-only files are fsynced once a second (everysec, Redis's default), not on
+    every write (PrivateRedis's default): a SIGKILL ends the process, not the kernel, so
+    what it wrote to its file survives it fsynced or not; and a killed master rejoins as a
+    replica, whose data its new master replaces. An fsync per write would only guard
+    against a power cut, which no test makes, at the cost of a disk flush per write on each
+    of six nodes sharing one disk. Here, what keeps an acknowledged write is its copy on a
+    replica (WAIT), as in the system under test.
+    """
+
+    def __init__(
+        self, directory: Path, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000
+    ) -> None:
+        self.cli = require_binary(REDIS_CLI)
+        self.dir = Path(directory)
+        self.master_count, self.replica_count = masters, replicas
+        size = masters * (1 + replicas)
+        ports = free_ports(2 * size)  # a client port and a cluster bus port each
+        self.nodes = [
+            PrivateRedis(
+                self.dir / f"node-{i}",
+                appendfsync="everysec",
+                cluster=ClusterMembership(ports[2 * i + 1], node_timeout_ms),
+                port=ports[2 * i],
+                new_session=True,  # stopped by the cluster's owner, after its clients
+            )
+            for i in range(size)
+        ]
+        self._slots_of_killed: dict[int, set[int]] = {}  # port: what it served when killed
+
+    def __enter__(self) -> PrivateRedisCluster:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+    # --- Starting and stopping ---------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start every node, join them into a cluster, and wait until it is healthy; on any
+        failure, stop what was started."""
+        try:
+            for node in self.nodes:
+                node.start()
+            self._create()
+            self.wait_healthy()
+        except BaseException:
+            with contextlib.suppress(AssertionError):
+                self.stop()
+            raise
+
+    def _create(self) -> None:
+        """`redis-cli --cluster create`: the slots shared among the masters, replicas assigned."""
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        command = [self.cli, "--cluster", "create", *addresses]
+        command += ["--cluster-replicas", str(self.replica_count), "--cluster-yes"]
+        # bandit B603: redis-cli by its path, with the nodes' addresses; no shell
+        result = subprocess.run(  # nosec B603
+            command, capture_output=True, text=True, timeout=CLUSTER_TIMEOUT
+        )
+        (self.dir / "create.out").write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise AssertionError(
+                f"redis-cli --cluster create exited with {result.returncode}:\n"
+                + result.stdout
+                + result.stderr
+            )
+
+    def stop(self) -> None:
+        """Stop every node gracefully (SIGTERM); one that will not is killed, then reported."""
+        errors = []
+        for node in self.nodes:
+            try:
+                node.stop()
+            except AssertionError as exc:
+                errors.append(str(exc))
+        if errors:
+            raise AssertionError("\n".join(errors))
+
+    def kill(self, node: PrivateRedis) -> None:
+        """Kill `node` at once (SIGKILL), as a crash would; wait_for_failover then knows
+        which slots it served."""
+        self._slots_of_killed[node.port] = self.served_slots(node)
+        node.kill()
+
+    def restart(self, node: PrivateRedis) -> None:
+        """Start `node` again (after kill, or stopping it) on its port, from its directory;
+        returns once it answers. wait_healthy: until it has rejoined."""
+        node.restart()
+
+    # --- Who serves what, asked from the servers ---------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """The URL of a running node (the first): a cluster client finds the others from it."""
+        return next(node for node in self.nodes if node.running).url
+
+    def client(self, **kwargs) -> RedisCluster:
+        """A new cluster client, which knows every running node to start from."""
+        startup = [ClusterNode("127.0.0.1", node.port) for node in self.nodes if node.running]
+        return RedisCluster(startup_nodes=startup, **kwargs)
+
+    def masters(self) -> list[PrivateRedis]:
+        """The running nodes that say (ROLE) they are masters."""
+        return [node for node in self.nodes if node.running and self._role(node) == "master"]
+
+    def replicas(self) -> list[PrivateRedis]:
+        """The running nodes that say (ROLE) they are replicas."""
+        return [node for node in self.nodes if node.running and self._role(node) == "slave"]
+
+    def replicas_of(self, master: PrivateRedis) -> list[PrivateRedis]:
+        """The running replicas that replicate `master`."""
+        return [node for node in self.replicas() if self._master_port(node) == master.port]
+
+    def served_slots(self, node: PrivateRedis) -> set[int]:
+        """The slots `node` serves, as it sees itself (none if it is a replica)."""
+        me = self._myself(node)
+        if "master" not in me["flags"]:
+            return set()
+        return {slot for start, end in me["slots"] for slot in range(int(start), int(end) + 1)}
+
+    def master_of_slot(self, slot: int) -> PrivateRedis:
+        """The running master that serves `slot`. Were two to claim it (a restarted master
+        that has not yet learnt that its slots moved), the newer claim (config epoch) wins,
+        as in the cluster."""
+        claims = []
+        for node in self.nodes:
+            if node.running:
+                me = self._myself(node)
+                served = any(int(start) <= slot <= int(end) for start, end in me["slots"])
+                if "master" in me["flags"] and served:
+                    claims.append((int(me["epoch"]), node))
+        if not claims:
+            raise LookupError(f"no running master serves slot {slot}")
+        return max(claims, key=lambda claim: claim[0])[1]
+
+    def node_for_key(self, key: str | bytes) -> PrivateRedis:
+        """The running master that serves `key` (by its hash slot)."""
+        return self.master_of_slot(key_slot(key.encode() if isinstance(key, str) else key))
+
+    # --- Waiting for the cluster ---------------------------------------------------------------
+
+    def wait_healthy(self, timeout: float = CLUSTER_TIMEOUT) -> None:
+        """Wait until every node runs, every node's cluster_state is ok with all slots
+        served, and each of the `masters` masters has its `replicas` replicas online."""
+        self._wait(self._health_problem, "the cluster to be healthy", timeout)
+
+    def wait_for_failover(
+        self, old_master: PrivateRedis, timeout: float = CLUSTER_TIMEOUT
+    ) -> PrivateRedis:
+        """Wait until the slots of `old_master` (killed by `kill`) are all served by another
+        running master, and every running node's cluster_state is ok; that master."""
+        slots = self._slots_of_killed.get(old_master.port)
+        assert slots, f"the node on port {old_master.port} was not a master killed by kill()"
+        first = min(slots)
+
+        def problem() -> str | None:
+            new = self.master_of_slot(first)
+            missing = slots - self.served_slots(new)
+            if missing:
+                return f"{len(missing)} of the old master's slots not served by {new.port}"
+            return self._state_problem()
+
+        self._wait(problem, f"the slots of the node on port {old_master.port} to move", timeout)
+        return self.master_of_slot(first)
+
+    def _health_problem(self) -> str | None:
+        """What keeps the cluster from being healthy now (None: nothing)."""
+        down = [node.port for node in self.nodes if not node.running]
+        if down:
+            return f"nodes not running: {down}"
+        problem = self._state_problem()
+        if problem:
+            return problem
+        masters = self.masters()
+        if len(masters) != self.master_count:
+            return f"{len(masters)} masters, not {self.master_count}"
+        for master in masters:
+            replication = self._ask(master, "INFO", "replication")
+            online = [
+                value
+                for name, value in replication.items()
+                if re.fullmatch(r"slave\d+", name) and value.get("state") == "online"
+            ]
+            if len(online) < self.replica_count:
+                return f"master {master.port} has {len(online)} online replicas"
+        for replica in self.replicas():
+            if self._ask(replica, "INFO", "replication")["master_link_status"] != "up":
+                return f"replica {replica.port} is not linked to its master"
+        return None
+
+    def _state_problem(self) -> str | None:
+        """A running node whose cluster_state is not ok, misses slots or nodes (None: none)."""
+        for node in self.nodes:
+            if node.running:
+                info = self._ask(node, "CLUSTER INFO")
+                if info["cluster_state"] != "ok":
+                    return f"node {node.port}: cluster_state {info['cluster_state']}"
+                if int(info["cluster_slots_ok"]) != CLUSTER_SLOTS:
+                    return f"node {node.port}: {info['cluster_slots_ok']} slots ok"
+                if int(info["cluster_known_nodes"]) != len(self.nodes):
+                    return f"node {node.port} knows {info['cluster_known_nodes']} nodes"
+        return None
+
+    def _wait(self, problem: Callable[[], str | None], what: str, timeout: float) -> None:
+        """Poll `problem` until it returns None; fail with the last problem and the logs."""
+        last: list[str | None] = ["not asked yet"]
+
+        def solved() -> bool:
+            try:
+                last[0] = problem()
+            except (redis.RedisError, LookupError) as exc:
+                last[0] = f"{type(exc).__name__}: {exc}"
+            return last[0] is None
+
+        try:
+            wait_until(solved, timeout, what, interval=0.1)
+        except TimedOut as exc:
+            raise TimedOut(f"{exc}: {last[0]}\n{self.diagnostics()}") from None
+
+    def diagnostics(self) -> str:
+        """The tail of each node's output, for failure messages."""
+        return "\n".join(
+            f"--- node on port {node.port} ---\n{node.diagnostics()}" for node in self.nodes
+        )
+
+    # --- One node's answers -------------------------------------------------------------------
+
+    @staticmethod
+    def _ask(node: PrivateRedis, *command: object):
+        """`command`'s answer from `node`, parsed as redis-py parses it."""
+        with node.client(socket_connect_timeout=1, socket_timeout=5) as client:
+            return client.execute_command(*command)
+
+    def _role(self, node: PrivateRedis) -> str:
+        """ "master" or "slave", as ROLE says."""
+        return self._ask(node, "ROLE")[0].decode()
+
+    def _master_port(self, replica: PrivateRedis) -> int:
+        """The port of the master `replica` replicates, as ROLE says."""
+        return int(self._ask(replica, "ROLE")[2])
+
+    def _myself(self, node: PrivateRedis) -> dict:
+        """`node`'s own line of CLUSTER NODES: its flags, config epoch and slots."""
+        view = self._ask(node, "CLUSTER NODES")
+        return next(line for line in view.values() if "myself" in line["flags"])
 
 
 class PrivateMariaDB(PrivateServer):
@@ -574,13 +883,13 @@ def assert_totals_match_raw_rows(engine, window_seconds: int) -> None:
         assert recorded == layout
 
 
-def assert_recent_lists_match_db(engine, client, prefix: str) -> None:
+def assert_recent_lists_match_db(engine, client, keys: Keys | str) -> None:
     """Each user's Redis list holds their latest 5 stored transactions, newest first, as
-    the JSON texts the API returns for them."""
+    the JSON texts the API returns for them (`keys`: the names, or their prefix)."""
     by_user: dict[int, list[Transaction]] = {}
     for tx in reversed(stored_transactions(engine)):
         by_user.setdefault(tx.user_id, []).append(tx)
-    keys = Keys(prefix)
+    keys = Keys(keys) if isinstance(keys, str) else keys
     for user_id, txns in by_user.items():
         listed = client.lrange(keys.recent(user_id), 0, -1)
         expected = [to_json_text(tx).encode() for tx in txns[:RECENT_SIZE]]

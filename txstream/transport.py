@@ -23,8 +23,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import redis
+from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 import config
+from txstream.keys import Keys
+from txstream.redisconn import connect, resolve
 from txstream.runtime import Outage
 
 log = logging.getLogger(__name__)
@@ -35,14 +39,42 @@ REDIS_ERRORS = (
     redis.TimeoutError,
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.ReadOnlyError,
+    # a cluster whose slots are moving, or whose master of a slot is down: failing over
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
+    redis.exceptions.AskError,  # and MovedError: a slot moved under a per-node client
 )
 LINE_FIELD = b"line"  # a stream entry is {"line": "<wire line>"}
 STALE_CONSUMER_MS = 24 * 3600 * 1000  # a consumer idle this long, with nothing pending, goes
+# Several partitions: when none has entries, block on one of them this long (s) at most,
+# so an entry in another waits at most about this long.
+POLL_BLOCK = 0.05
 
 
 def is_redis_outage(exc: BaseException) -> bool:
     """Whether `exc` means Redis is unavailable for now (retry), not that a command is wrong."""
-    return isinstance(exc, REDIS_ERRORS)
+    return isinstance(exc, (*REDIS_ERRORS, NotReplicated)) or _moved(exc)
+
+
+def _moved(exc: BaseException) -> bool:
+    """A plain client's reply that a cluster slot is elsewhere now (or being failed over)."""
+    return isinstance(exc, redis.ResponseError) and str(exc).startswith(
+        ("MOVED ", "ASK ", "CLUSTERDOWN", "TRYAGAIN")
+    )
+
+
+class NotReplicated(redis.RedisError):
+    """Fewer replicas than MIN_REPLICAS confirmed a chunk (WAIT): it may vanish in a
+    failover, so it is kept, and sent again."""
+
+    def __init__(self, partition: int, confirmed: int, needed: int) -> None:
+        super().__init__(
+            f"partition {partition}: {confirmed} of the {needed} replica(s) needed confirmed"
+        )
+        self.partition = partition
+        self.confirmed = confirmed
+        self.needed = needed
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +84,7 @@ class Message:
     raw: bytes
     entry_id: str | None = None
     problem: str | None = None  # set when the message is a dead letter before parsing
+    partition: int = 0  # the partition (stream, channel) it came from
 
     @property
     def missing_id(self) -> str | None:
@@ -66,6 +99,11 @@ class Message:
 _PUBLISH_ALL = """
 local receivers = {}
 for i = 2, #ARGV do receivers[i - 1] = redis.call('PUBLISH', ARGV[1], ARGV[i]) end
+return receivers
+"""
+_SPUBLISH_ALL = """  -- sharded pub/sub: the channel is a key, in its node's slots
+local receivers = {}
+for i = 1, #ARGV do receivers[i] = redis.call('SPUBLISH', KEYS[1], ARGV[i]) end
 return receivers
 """
 _XADD_ALL = """  -- each entry is {line = <wire line>}: LINE_FIELD
@@ -100,19 +138,45 @@ return deleted
 """
 
 
+class PartitionsMismatch(ValueError):
+    """This process's STREAM_PARTITIONS is not the one the others use."""
+
+
+def agree_on_partitions(client: redis.Redis, keys: Keys) -> None:
+    """Record STREAM_PARTITIONS for every emitter and subscriber, or check it against the
+    one recorded: with another count, a user's partition would be another one, and their
+    recent list another key. Raises `PartitionsMismatch`."""
+    client.set(keys.partitions_record, keys.partitions, nx=True)
+    recorded = client.get(keys.partitions_record)
+    if recorded != str(keys.partitions).encode():
+        raise PartitionsMismatch(
+            f"STREAM_PARTITIONS is {keys.partitions}, but the emitters and subscribers of "
+            f"this Redis (key prefix {keys.prefix!r}) use {recorded!r}: set it to theirs "
+            f"(changing it means draining the streams first, then deleting "
+            f"{keys.partitions_record})"
+        )
+
+
 def consumer_name() -> str:
     """A subscriber's name, unique among them: host, pid and a random tail."""
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 class Sink(Protocol):
-    """Where the emitter sends its wire lines."""
+    """Where the emitter sends its wire lines: one target (stream, channel) per partition."""
 
     def describe(self) -> str:
         """What the lines go to, for the log."""
 
-    def send(self, lines: Sequence[str]) -> list[int]:
-        """Send `lines` in order, in one round trip; how many readers got each (0: none)."""
+    def send(self, lines: Sequence[str], partition: int = 0) -> list[int]:
+        """Send `lines` to a partition in order, in one round trip; how many readers got
+        each (0: none). Raises `NotReplicated` when fewer replicas than needed hold them."""
+
+    def replicas(self, partition: int) -> int:
+        """How many replicas the partition's master has online now."""
+
+    def refresh(self) -> None:
+        """Learn again which node serves which partition (after an error: a failover?)."""
 
 
 class Source(Protocol):
@@ -144,8 +208,14 @@ def make_sink(settings: config.Settings, client: redis.Redis) -> Sink:
     """The sink TRANSPORT names: the pub/sub channel or the stream."""
     keys = settings.keys
     if settings.transport == "stream":
-        return StreamSink(client, keys.stream, settings.stream_maxlen)
-    return PubSubSink(client, keys.channel)
+        return StreamSink(
+            client,
+            keys.streams,
+            settings.stream_maxlen,
+            settings.replicas_needed,
+            settings.replica_wait_ms,
+        )
+    return PubSubSink(client, keys.channels, sharded=bool(settings.redis_cluster))
 
 
 def make_source(settings: config.Settings, client: redis.Redis) -> Source:
@@ -153,9 +223,11 @@ def make_source(settings: config.Settings, client: redis.Redis) -> Source:
     keys = settings.keys
     if settings.transport == "stream":
         return StreamSource(
-            client, keys.stream, settings.group, settings.claim_idle_ms, settings.max_deliveries
+            client, keys.streams, settings.group, settings.claim_idle_ms, settings.max_deliveries
         )
-    return PubSubSource(client, keys.channel, settings.pubsub_buffer)
+    return PubSubSource(
+        client, keys.channels, settings.pubsub_buffer, sharded=bool(settings.redis_cluster)
+    )
 
 
 def listening(settings: config.Settings) -> bool:
@@ -164,61 +236,194 @@ def listening(settings: config.Settings) -> bool:
     if settings.transport == "stream":
         return True
     try:
-        with redis.Redis.from_url(settings.redis_url, socket_timeout=2) as client:
-            channel = settings.keys.channel
+        settings = resolve(settings)
+        with connect(settings, socket_timeout=2) as client:
+            channel = settings.keys.channel_of(0)
+            if settings.redis_cluster:  # a shard channel's subscribers are on its node
+                return bool(client.pubsub_shardnumsub(channel)[0][1])
             return dict(client.pubsub_numsub(channel)).get(channel.encode(), 0) > 0
     except redis.RedisError:
         return False
 
 
 class PubSubSink:
-    """Publishes lines to a pub/sub channel."""
+    """Publishes lines to the pub/sub channel of their partition (sharded on a cluster)."""
 
-    def __init__(self, client: redis.Redis, channel: str) -> None:
+    def __init__(
+        self, client: redis.Redis, channels: str | Sequence[str], sharded: bool = False
+    ) -> None:
         self.client = client
-        self.channel = channel
+        self.channels = [channels] if isinstance(channels, str) else list(channels)
+        self.sharded = sharded
 
     def describe(self) -> str:
-        return f"channel {self.channel!r} (pub/sub)"
+        kind = "sharded pub/sub" if self.sharded else "pub/sub"
+        return f"{_named('channel', self.channels)} ({kind})"
 
-    def send(self, lines: Sequence[str]) -> list[int]:
+    def send(self, lines: Sequence[str], partition: int = 0) -> list[int]:
         """Publish `lines` in one round trip; how many subscribers received each."""
         if not lines:
             return []
-        return self.client.eval(_PUBLISH_ALL, 0, self.channel, *lines)
+        channel = self.channels[partition]
+        if self.sharded:
+            return self.client.eval(_SPUBLISH_ALL, 1, channel, *lines)
+        return self.client.eval(_PUBLISH_ALL, 0, channel, *lines)
+
+    def replicas(self, partition: int) -> int:
+        """Not asked: pub/sub keeps nothing that a replica could hold."""
+        return 0
+
+    def refresh(self) -> None:
+        """Nothing to learn: the cluster client follows a channel's slot itself."""
 
 
 class StreamSink:
-    """Appends lines to a stream, trimmed to about `maxlen` entries (0: never trimmed)."""
+    """Appends lines to the stream of their partition, each trimmed to about `maxlen`
+    entries (0: never trimmed); with `min_replicas`, waits until that many replicas hold
+    each chunk (WAIT, up to `wait_ms`), or raises `NotReplicated`.
 
-    def __init__(self, client: redis.Redis, stream: str, maxlen: int) -> None:
+    WAIT counts what the replicas acknowledged of the writes made on its own connection,
+    so the chunk and the WAIT go down one connection to the partition's master, in one
+    round trip (a pipeline of a client of that node; on a cluster, of the node that
+    serves the stream's slot now).
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        streams: str | Sequence[str],
+        maxlen: int,
+        min_replicas: int = 0,
+        wait_ms: int = 1000,
+    ) -> None:
         self.client = client
-        self.stream = stream
+        self.streams = [streams] if isinstance(streams, str) else list(streams)
         self.maxlen = maxlen
+        self.min_replicas = min_replicas
+        self.wait_ms = wait_ms
 
     def describe(self) -> str:
-        return f"stream {self.stream!r}"
+        wait = f", each chunk held by {self.min_replicas} replica(s)" if self.min_replicas else ""
+        return _named("stream", self.streams) + wait
 
-    def send(self, lines: Sequence[str]) -> list[int]:
+    def send(self, lines: Sequence[str], partition: int = 0) -> list[int]:
         """Append `lines` in one round trip; 1 for each (the stream keeps them all)."""
         if not lines:
             return []
-        added = self.client.eval(_XADD_ALL, 1, self.stream, self.maxlen, *lines)
-        return [1] * added
+        stream = self.streams[partition]
+        with self._master_of(stream).pipeline(transaction=False) as pipe:
+            pipe.eval(_XADD_ALL, 1, stream, self.maxlen, *lines)
+            if self.min_replicas:
+                pipe.execute_command("WAIT", self.min_replicas, self.wait_ms)
+            replies = pipe.execute()
+        if self.min_replicas and replies[1] < self.min_replicas:
+            raise NotReplicated(partition, replies[1], self.min_replicas)
+        return [1] * replies[0]
+
+    def replicas(self, partition: int) -> int:
+        """The replicas online of the master of a partition's stream."""
+        info = self._master_of(self.streams[partition]).info("replication")
+        return sum(
+            1
+            for name, value in info.items()
+            if name.startswith("slave")
+            and isinstance(value, dict)
+            and value.get("state") == "online"
+        )
+
+    def refresh(self) -> None:
+        """On a cluster, ask the nodes again which master serves each slot."""
+        if isinstance(self.client, RedisCluster):
+            try:
+                self.client.nodes_manager.initialize()
+            except (redis.RedisError, RedisClusterException) as exc:
+                log.info("could not read the cluster's slots yet: %s", exc)
+
+    def _master_of(self, stream: str) -> redis.Redis:
+        """A client of the node that serves `stream` (the client itself off a cluster)."""
+        if isinstance(self.client, RedisCluster):
+            node = self.client.get_node_from_key(stream)
+            return self.client.get_redis_connection(node)
+        return self.client
+
+
+class ConnectingSink:
+    """The sink of `settings` (`make_sink`), made once Redis first answers: only then is it
+    known whether REDIS_URL is a cluster's node, so which client and names to use. Until
+    then `send` raises the connection error, and the emitter keeps its lines."""
+
+    def __init__(self, settings: config.Settings, **client_kwargs) -> None:
+        self.settings = settings
+        self.client_kwargs = client_kwargs
+        self.client: redis.Redis | None = None
+        self._sink: Sink | None = None
+
+    def describe(self) -> str:
+        return (self._sink or make_sink(self.settings, None)).describe()
+
+    def send(self, lines: Sequence[str], partition: int = 0) -> list[int]:
+        return self._made().send(lines, partition)
+
+    def replicas(self, partition: int) -> int:
+        return self._made().replicas(partition)
+
+    def refresh(self) -> None:
+        if self._sink is not None:
+            self._sink.refresh()
+
+    def close(self) -> None:
+        """Close the client, if made."""
+        if self.client is not None:
+            self.client.close()
+
+    def _made(self) -> Sink:
+        if self._sink is None:
+            settings = resolve(self.settings)
+            client = connect(settings, **self.client_kwargs)
+            try:
+                agree_on_partitions(client, settings.keys)
+            except BaseException:
+                client.close()
+                raise
+            self.client, self._sink = client, make_sink(settings, client)
+            log.info(
+                "connected to %s%s: sending to %s",
+                config.mask_url(settings.redis_url),
+                " (Redis Cluster)" if settings.redis_cluster else "",
+                self._sink.describe(),
+            )
+        return self._sink
+
+
+def _named(kind: str, names: list[str]) -> str:
+    """`stream 'x'`, or `3 streams 'x', 'y', 'z'`, for the log."""
+    if len(names) == 1:
+        return f"{kind} {names[0]!r}"
+    return f"{len(names)} {kind}s " + ", ".join(repr(n) for n in names)
 
 
 class PubSubSource:
-    """Reads a channel in a thread of its own, into a bounded buffer.
+    """Reads the partitions' channels in a thread of its own, into a bounded buffer.
 
     So a slow database never slows the reading: Redis drops a subscriber that falls
     32 MB behind. When the buffer is full the reader waits, and Redis buffers. A
     reconnect (redis-py reconnects on its own) shows up as a second subscribe
     confirmation; it is logged loudly and counted, since messages may have been lost.
+    `sharded`: shard channels (SSUBSCRIBE), each read from the node that serves it.
     """
 
-    def __init__(self, client: redis.Redis, channel: str, buffer_size: int) -> None:
+    def __init__(
+        self,
+        client: redis.Redis,
+        channels: str | Sequence[str],
+        buffer_size: int,
+        sharded: bool = False,
+    ) -> None:
         self.client = client
-        self.channel = channel
+        self.channels = [channels] if isinstance(channels, str) else list(channels)
+        self._partition = {c.encode(): p for p, c in enumerate(self.channels)}
+        self.sharded = sharded
+        self._kind = ("ssubscribe", "smessage") if sharded else ("subscribe", "message")
         self.buffer: queue.Queue[Message] = queue.Queue(maxsize=buffer_size)
         self.name = consumer_name()
         self.durable = False  # what is published while nobody reads is gone
@@ -233,11 +438,11 @@ class PubSubSource:
         """Subscribe (raising while Redis is unreachable), then read in the background."""
         pubsub = self.client.pubsub()
         try:
-            pubsub.subscribe(self.channel)
-            deadline = time.monotonic() + 10
-            while (reply := pubsub.get_message(timeout=0.5)) is None or reply[
-                "type"
-            ] != "subscribe":
+            self._subscribe(pubsub)
+            deadline, confirmed = time.monotonic() + 10, 0
+            while confirmed < len(self.channels):
+                reply = self._next(pubsub, 0.5)
+                confirmed += reply is not None and reply["type"] == self._kind[0]
                 if time.monotonic() > deadline:
                     raise redis.TimeoutError("no subscribe confirmation within 10 s")
         except BaseException:
@@ -247,7 +452,19 @@ class PubSubSource:
         self._thread.start()
 
     def describe(self) -> str:
-        return f"channel {self.channel!r} (pub/sub) as {self.name!r}"
+        kind = "sharded pub/sub" if self.sharded else "pub/sub"
+        return f"{_named('channel', self.channels)} ({kind}) as {self.name!r}"
+
+    def _subscribe(self, pubsub) -> None:
+        if self.sharded:
+            pubsub.ssubscribe(*self.channels)
+        else:
+            pubsub.subscribe(*self.channels)
+
+    def _next(self, pubsub, timeout: float) -> dict | None:
+        if self.sharded:
+            return pubsub.get_sharded_message(timeout=timeout)
+        return pubsub.get_message(timeout=timeout)
 
     def read(self, max_count: int, timeout: float) -> list[Message]:
         """Up to `max_count` buffered messages, waiting up to `timeout` s for the first."""
@@ -279,13 +496,13 @@ class PubSubSource:
     def _read_forever(self) -> None:
         pubsub = self._pubsub
         outage = Outage("redis")
-        subscriptions = 1  # start() saw the first confirmation
+        subscriptions = expected = len(self.channels)  # start() saw their confirmations
         try:
             while not self._stopping.is_set():
                 try:
                     if not pubsub.subscribed:
-                        pubsub.subscribe(self.channel)
-                    message = pubsub.get_message(timeout=0.2)
+                        self._subscribe(pubsub)
+                    message = self._next(pubsub, 0.2)
                 except REDIS_ERRORS as exc:
                     if not outage.down:
                         self._lost(exc)
@@ -295,12 +512,14 @@ class PubSubSource:
                 outage.ok()
                 if message is None:
                     continue
-                if message["type"] == "subscribe":
+                if message["type"] == self._kind[0]:
                     subscriptions += 1
-                    if subscriptions > 1:
+                    if subscriptions > expected:  # counted once per reconnect
                         self._lost("reconnected and subscribed again")
-                elif message["type"] == "message":
-                    self._put(Message(message["data"]))
+                        subscriptions -= expected
+                elif message["type"] == self._kind[1]:
+                    partition = self._partition.get(message["channel"], 0)
+                    self._put(Message(message["data"], partition=partition))
         finally:
             pubsub.close()
 
@@ -318,7 +537,13 @@ class PubSubSource:
 
 
 class StreamSource:
-    """Reads a stream as one consumer of a consumer group; acks after the commit.
+    """Reads the partitions' streams as one consumer of a consumer group; acks after the
+    commit.
+
+    Every subscriber reads every partition: no assignment to agree on, and a subscriber
+    that dies leaves no partition unread. A user's transactions stay in order in their
+    stream, but two subscribers may store them in either order: nothing depends on it
+    (the windows are sums; the recent lists merge by time).
 
     Entries pending on a consumer that died are taken over with XAUTOCLAIM once idle
     for `claim_idle_ms`. An entry handed out more than `max_deliveries` times is
@@ -328,13 +553,13 @@ class StreamSource:
     def __init__(
         self,
         client: redis.Redis,
-        stream: str,
+        streams: str | Sequence[str],
         group: str,
         claim_idle_ms: int,
         max_deliveries: int,
     ) -> None:
         self.client = client
-        self.stream = stream
+        self.streams = [streams] if isinstance(streams, str) else list(streams)
         self.group = group
         self.name = consumer_name()
         self.stale_consumer_ms = STALE_CONSUMER_MS
@@ -344,62 +569,109 @@ class StreamSource:
         self.durable = True  # entries stay pending until acknowledged
         self.disconnects = 0  # always 0: the subscriber counts the outages it meets
         self.claimed = 0
-        self._claim_cursor = "0-0"
-        self._next_claim = 0.0
-        self._own_pending_first = False
+        n = len(self.streams)
+        self._claim_cursor = ["0-0"] * n
+        self._next_claim = [0.0] * n
+        self._own_pending_first = [False] * n
+        self._retry_at = [0.0] * n  # several partitions: when to try a failing one again
+        self._outages = [Outage(f"redis ({stream})") for stream in self.streams]
+        self._turn = 0  # the partition read first next time: each gets its turn
         # A BLOCK as long as the socket timeout makes a quiet stream look like a dead
         # server (a known redis-py trap): block for half of it at most.
-        socket_timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+        socket_timeout = _socket_timeout(client)
         self._max_block = socket_timeout / 2 if socket_timeout else 1.0
 
     def start(self) -> None:
-        """Create the group if missing (a new group reads the stream from its start)."""
+        """Create the group on each stream if missing (a new group reads from the start)."""
+        for stream in self.streams:
+            self._create_group(stream)
+
+    def _create_group(self, stream: str) -> None:
         try:
-            self.client.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-            log.info("created consumer group %r on stream %r", self.group, self.stream)
+            self.client.xgroup_create(stream, self.group, id="0", mkstream=True)
+            log.info("created consumer group %r on stream %r", self.group, stream)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
 
     def describe(self) -> str:
-        return f"stream {self.stream!r} as {self.name!r} in group {self.group!r}"
+        return f"{_named('stream', self.streams)} as {self.name!r} in group {self.group!r}"
 
     def read(self, max_count: int, timeout: float) -> list[Message]:
-        """Entries taken over from dead consumers, or else new ones (blocking up to `timeout`)."""
+        """Entries taken over from dead consumers, or else new ones (blocking up to
+        `timeout`): from the partitions in turn, up to `max_count` in all.
+
+        One stream: its errors are raised. Several: a partition whose master cannot serve
+        (failing over) waits its backoff, logged, while the others are read; an error is
+        raised only when none could be read.
+        """
+        n = len(self.streams)
+        if n == 1:
+            return self._read_partition(0, max_count, timeout)
+        messages: list[Message] = []
+        failure = None
+        for step in range(n):
+            p = (self._turn + step) % n
+            if time.monotonic() < self._retry_at[p]:
+                continue
+            try:  # look at each without blocking
+                messages += self._read_partition(p, max_count - len(messages), 0)
+            except Exception as exc:
+                if not is_redis_outage(exc):
+                    raise
+                failure = exc
+                self._retry_at[p] = time.monotonic() + self._outages[p].failed(exc)
+                continue
+            self._outages[p].ok()
+            if len(messages) >= max_count:
+                break
+        self._turn = (self._turn + 1) % n
+        if messages:
+            return messages
+        if failure is not None and all(t > time.monotonic() for t in self._retry_at):
+            raise failure
+        # All empty: block on one (briefly: the others may fill meanwhile).
+        ready = [p for p in range(n) if time.monotonic() >= self._retry_at[p]]
+        if not ready:  # each waits its backoff: wait too, not spin
+            time.sleep(max(0, min(timeout, min(self._retry_at) - time.monotonic())))
+            return []
+        return self._read_partition(ready[0], max_count, min(timeout, POLL_BLOCK))
+
+    def _read_partition(self, p: int, max_count: int, timeout: float) -> list[Message]:
         try:
-            return self._read(max_count, timeout)
+            return self._read(p, max_count, timeout)
         except REDIS_ERRORS:
-            self._own_pending_first = True
+            self._own_pending_first[p] = True
             raise
         except redis.ResponseError as exc:
+            if _moved(exc):
+                self._own_pending_first[p] = True
+                raise
             if "NOGROUP" not in str(exc):
                 raise
-            log.error("stream %r or group %r is gone: creating them", self.stream, self.group)
-            self.start()
+            stream = self.streams[p]
+            log.error("stream %r or group %r is gone: creating them", stream, self.group)
+            self._create_group(stream)
             return []
 
-    def _read(self, max_count: int, timeout: float) -> list[Message]:
-        if time.monotonic() >= self._next_claim:
-            claimed = self._claim(max_count)
+    def _read(self, p: int, max_count: int, timeout: float) -> list[Message]:
+        stream = self.streams[p]
+        if time.monotonic() >= self._next_claim[p]:
+            claimed = self._claim(p, max_count)
             if claimed:
                 return claimed
-        if self._own_pending_first:
+        if self._own_pending_first[p]:
             # After a lost connection, entries handed to us may never have arrived:
             # read our own pending list first, instead of waiting CLAIM_IDLE_MS.
-            reply = self.client.xreadgroup(
-                self.group, self.name, {self.stream: "0"}, count=max_count
-            )
-            self._own_pending_first = False
+            reply = self.client.xreadgroup(self.group, self.name, {stream: "0"}, count=max_count)
+            self._own_pending_first[p] = False
         else:
+            block = int(min(timeout, self._max_block) * 1000)
             reply = self.client.xreadgroup(
-                self.group,
-                self.name,
-                {self.stream: ">"},
-                count=max_count,
-                block=max(int(min(timeout, self._max_block) * 1000), 1),
+                self.group, self.name, {stream: ">"}, count=max_count, block=block or None
             )
         return [
-            self._message(entry_id, fields)
+            self._message(p, entry_id, fields)
             for _, entries in reply or []
             for entry_id, fields in entries
         ]
@@ -411,59 +683,71 @@ class StreamSource:
     def tidy(self, live: set[str]) -> None:
         """Delete the group's consumers idle for over `stale_consumer_ms` with nothing pending
         (subscribers long gone), except live ones; each deletion is logged."""
-        deleted = self._delete_stale(
-            [self.stream], [self.group, self.stale_consumer_ms, self.name, *sorted(live)]
-        )
-        for name, idle in deleted:
-            log.info(
-                "deleted consumer %r of group %r: idle for %d s, nothing pending",
-                name.decode("utf-8", "replace"),
-                self.group,
-                idle // 1000,
+        for stream in self.streams:
+            deleted = self._delete_stale(
+                [stream], [self.group, self.stale_consumer_ms, self.name, *sorted(live)]
             )
+            for name, idle in deleted:
+                log.info(
+                    "deleted consumer %r of group %r on %r: idle for %d s, nothing pending",
+                    name.decode("utf-8", "replace"),
+                    self.group,
+                    stream,
+                    idle // 1000,
+                )
 
-    def _claim(self, max_count: int) -> list[Message]:
+    def _claim(self, p: int, max_count: int) -> list[Message]:
+        stream = self.streams[p]
         cursor, entries, _deleted = self.client.xautoclaim(
-            self.stream,
+            stream,
             self.group,
             self.name,
             min_idle_time=self.claim_idle_ms,
-            start_id=self._claim_cursor,
+            start_id=self._claim_cursor[p],
             count=max_count,
         )
-        self._claim_cursor = cursor
+        self._claim_cursor[p] = cursor
         if cursor in (b"0-0", "0-0"):  # scanned every pending entry: pause a while
-            self._next_claim = time.monotonic() + min(1.0, self.claim_idle_ms / 2000)
+            self._next_claim[p] = time.monotonic() + min(1.0, self.claim_idle_ms / 2000)
         if not entries:
             return []
         with self.client.pipeline(transaction=False) as pipe:
             for entry_id, _ in entries:
-                pipe.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+                pipe.xpending_range(stream, self.group, min=entry_id, max=entry_id, count=1)
             pending = [rows[0]["times_delivered"] if rows else 1 for rows in pipe.execute()]
         self.claimed += len(entries)
         log.warning(
-            "took over %d entries pending on another consumer for over %d ms",
+            "took over %d entries of %r pending on another consumer for over %d ms",
             len(entries),
+            stream,
             self.claim_idle_ms,
         )
         return [
-            self._message(entry_id, fields, deliveries)
+            self._message(p, entry_id, fields, deliveries)
             for (entry_id, fields), deliveries in zip(entries, pending, strict=True)
         ]
 
-    def _message(self, entry_id: bytes, fields: dict, deliveries: int = 1) -> Message:
+    def _message(self, p: int, entry_id: bytes, fields: dict, deliveries: int = 1) -> Message:
         entry = entry_id.decode()
         if LINE_FIELD not in fields:
-            return Message(_describe_fields(fields), entry, "stream entry has no 'line' field")
+            problem = "stream entry has no 'line' field"
+            return Message(_describe_fields(fields), entry, problem, p)
         if deliveries > self.max_deliveries:
             problem = (
                 f"delivered {deliveries} times without being stored "
                 f"(MAX_DELIVERIES={self.max_deliveries})"
             )
-            return Message(fields[LINE_FIELD], entry, problem)
-        return Message(fields[LINE_FIELD], entry)
+            return Message(fields[LINE_FIELD], entry, problem, p)
+        return Message(fields[LINE_FIELD], entry, partition=p)
 
 
 def _describe_fields(fields: dict[bytes, bytes]) -> bytes:
     """The raw form of an entry without a `line` field, kept in its dead letter."""
     return repr({k.decode("utf-8", "backslashreplace"): v for k, v in fields.items()}).encode()
+
+
+def _socket_timeout(client: redis.Redis) -> float | None:
+    """The socket timeout a client's connections have (on a cluster: its nodes')."""
+    if isinstance(client, RedisCluster):
+        return client.nodes_manager.connection_kwargs.get("socket_timeout")
+    return client.connection_pool.connection_kwargs.get("socket_timeout")

@@ -1,0 +1,181 @@
+"""txstream on a real Redis Cluster (3 masters, a replica each, on loopback): the emitter
+and three subscribers as processes, 50,000 transactions stored exactly once, with and
+without a master and a subscriber killed mid-run; and what WAIT keeps that a failover
+would lose.
+
+`make test-cluster` runs these (marker `cluster`); `make test` leaves them out.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+import config
+from tests.helpers import TEST_DATABASE_URL
+from txstream.processes import wait_until
+from txstream.testing import (
+    CATCH_UP,
+    assert_recent_lists_match_db,
+    assert_stored_exactly,
+    count_rows,
+    emitted,
+    emitter_args,
+    last_progress,
+    stream_env,
+    wait_for_log,
+    wait_until_stored,
+)
+
+pytestmark = [pytest.mark.services, pytest.mark.cluster]
+
+COUNT = 50_000  # transactions per run, as the issue asks
+USERS = 1000
+SEED = 12
+PARTITIONS = 3
+
+
+def cluster_env(cluster, key_prefix: str, **extra: str) -> dict:
+    """The scripts' environment on `cluster`: named by one node's URL, REDIS_CLUSTER unset
+    (each process asks the node), three partitions."""
+    return stream_env(
+        cluster.url,
+        TEST_DATABASE_URL,
+        key_prefix,
+        STREAM_PARTITIONS=str(PARTITIONS),
+        CLAIM_IDLE_MS="2000",  # a killed subscriber's entries are taken over after 2 s
+        **extra,
+    )
+
+
+def keys_of(env: dict):
+    """The Redis names the scripts of `env` use."""
+    return config.load({**env, "REDIS_CLUSTER": "1"}).keys
+
+
+def start_subscribers(run, env: dict, n: int = 3):
+    subscribers = [run("sub_and_store.py", env=env) for _ in range(n)]
+    for subscriber in subscribers:
+        wait_for_log(subscriber, r"reading 3 streams .* waiting for transactions")
+    return subscribers
+
+
+def stop_all(subscribers) -> None:
+    for subscriber in subscribers:
+        assert subscriber.stop() == 0, subscriber.output
+
+
+def assert_all_stored_once(engine, cluster, env: dict) -> None:
+    """Rows, txn_id set, window and bucket totals = raw rows, recent lists = database."""
+    assert_stored_exactly(engine, emitted(COUNT, USERS, SEED))
+    with cluster.client() as client:
+        assert_recent_lists_match_db(engine, client, keys_of(env))
+
+
+def test_three_subscribers_store_50000_exactly_once(redis_cluster, mysql_engine, key_prefix, run):
+    env = cluster_env(redis_cluster, key_prefix)
+    keys = keys_of(env)
+    masters = {redis_cluster.node_for_key(stream).port for stream in keys.streams}
+    assert len(masters) == PARTITIONS, "the partitions spread over the three masters"
+
+    subscribers = start_subscribers(run, env)
+    emitter = run(*emitter_args(COUNT, USERS, SEED, rate=0), env=env)
+    assert emitter.wait(CATCH_UP) == 0, emitter.output
+    assert "(Redis Cluster)" in emitter.output, "the emitter found the cluster by itself"
+    assert f"published {COUNT} transactions" in emitter.output
+    wait_until_stored(mysql_engine, COUNT, subscribers)
+    stop_all(subscribers)
+
+    assert_all_stored_once(mysql_engine, redis_cluster, env)
+    stored = [last_progress(s, "stored") for s in subscribers]
+    assert sum(stored) == COUNT
+    assert all(stored), f"every subscriber took a share: {stored}"
+    assert "CROSSSLOT" not in "".join(s.output for s in [emitter, *subscribers])
+
+
+def test_a_master_and_a_subscriber_killed_mid_run_lose_nothing(
+    redis_cluster, mysql_engine, key_prefix, run
+):
+    """SIGKILL one master while the emitter sends and the subscribers store (its replica
+    takes over), and one subscriber; the killed node starts again and rejoins as a
+    replica, as an orchestrator would restart it."""
+    env = cluster_env(redis_cluster, key_prefix)
+    keys = keys_of(env)
+    subscribers = start_subscribers(run, env)
+    emitter = run(*emitter_args(COUNT, USERS, SEED, rate=4000), env=env)
+    wait_until_stored(mysql_engine, COUNT // 5, [emitter, *subscribers])
+
+    victim = redis_cluster.node_for_key(keys.stream_of(0))
+    redis_cluster.kill(victim)
+    subscribers[0].proc.send_signal(signal.SIGKILL)
+    redis_cluster.wait_for_failover(victim)
+    # The promoted replica has no replica of its own: the emitter holds its partition.
+    wait_for_log(emitter, r"HOLDING partition \d", timeout=30)
+    assert emitter.proc.poll() is None, "the emitter finished before the failover"
+    redis_cluster.restart(victim)
+    redis_cluster.wait_healthy()
+    wait_for_log(emitter, r"partition \d has 1 replica\(s\) again", timeout=30)
+
+    assert emitter.wait(CATCH_UP) == 0, emitter.output
+    assert f"published {COUNT} transactions" in emitter.output
+    survivors = subscribers[1:]
+    wait_until_stored(mysql_engine, COUNT, survivors)
+    stop_all(survivors)
+    assert victim in redis_cluster.replicas(), "the restarted node is a replica now"
+    assert_all_stored_once(mysql_engine, redis_cluster, env)
+    assert sum(last_progress(s, "claimed") for s in survivors) > 0, "the dead one's entries"
+
+
+@pytest.mark.parametrize("min_replicas", ["1", "0"])
+def test_what_a_failover_drops_is_sent_again_unless_min_replicas_is_0(
+    redis_cluster, mysql_engine, key_prefix, run, min_replicas
+):
+    """A master whose replica has stopped taking its writes accepts entries no replica
+    holds; killed, they are gone with it. WAIT (MIN_REPLICAS=1) sees them unconfirmed, so
+    the emitter keeps them and sends them again to the new master; with MIN_REPLICAS=0 it
+    counts them as sent, and they are lost: the risk that setting takes."""
+    env = cluster_env(redis_cluster, key_prefix, MIN_REPLICAS=min_replicas, REPLICA_WAIT_MS="200")
+    keys = keys_of(env)
+    master = redis_cluster.node_for_key(keys.stream_of(0))
+    (replica,) = redis_cluster.replicas_of(master)
+    replica.proc.send_signal(signal.SIGSTOP)  # alive to its master, taking nothing in
+    try:
+        emitter = run(*emitter_args(COUNT, USERS, SEED, rate=0), env=env)
+        with redis_cluster.client() as client:
+            wait_until(
+                lambda: client.xlen(keys.stream_of(0)) > 0,
+                CATCH_UP,
+                "entries in the partition whose replica is stopped",
+            )
+            if min_replicas == "1":
+                wait_for_log(emitter, r"HOLDING partition 0", timeout=30)
+            else:  # everything counted as sent
+                assert emitter.wait(CATCH_UP) == 0, emitter.output
+        redis_cluster.kill(master)
+    finally:
+        replica.proc.send_signal(signal.SIGCONT)
+    redis_cluster.wait_for_failover(master)
+    redis_cluster.restart(master)
+    redis_cluster.wait_healthy()
+
+    subscribers = start_subscribers(run, env)
+    assert emitter.wait(CATCH_UP) == 0, emitter.output
+    assert f"published {COUNT} transactions" in emitter.output
+    if min_replicas == "1":
+        wait_until_stored(mysql_engine, COUNT, subscribers)
+        stop_all(subscribers)
+        assert_all_stored_once(mysql_engine, redis_cluster, env)
+    else:
+        with redis_cluster.client() as client:
+            wait_until(
+                lambda: all(
+                    client.xpending(stream, "store")["pending"] == 0
+                    and not client.xinfo_groups(stream)[0]["lag"]
+                    for stream in keys.streams
+                ),
+                CATCH_UP,
+                "the subscribers to have read every entry left",
+            )
+        stop_all(subscribers)
+        assert 0 < count_rows(mysql_engine) < COUNT, "the unreplicated entries were lost"
