@@ -461,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     if source.group is not None:
         # A client of its own, quick to give up: a scrape must not wait on a stalled Redis.
         metrics_client = connect(settings, socket_connect_timeout=2, socket_timeout=2)
-        subscriber.metrics.watch_backlog(metrics_client, settings.keys.stream_of(0), source.group)
+        subscriber.metrics.watch_backlog(metrics_client, settings.keys.streams, source.group)
     metrics_server = None
     if settings.metrics_port:
         where = f"{settings.metrics_bind}:{settings.metrics_port}"

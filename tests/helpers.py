@@ -16,9 +16,9 @@ from sqlalchemy import make_url
 
 from txstream import tokens
 from txstream.keys import Keys
-from txstream.processes import free_port, wait_until
+from txstream.processes import free_ports, wait_until
 from txstream.store import Store
-from txstream.testing import PrivateRedis
+from txstream.testing import ClusterMembership, PrivateRedis
 from txstream.times import format_epoch
 from txstream.transaction import Transaction
 from txstream.wire import parse
@@ -117,13 +117,9 @@ class OneNodeCluster(PrivateRedis):
     """A Redis Cluster of one master that holds every slot: quick to start, and a script or
     command on keys of two slots fails with CROSSSLOT as on any cluster."""
 
-    def command(self) -> list[str]:
-        """redis-server as a cluster node, its cluster state in its own directory; its
-        cluster bus on a free port of its own (by default the port + 10000, which Redis
-        refuses for a port above 55535, as free ports often are)."""
-        nodes = str(self.dir / "nodes.conf")
-        cluster = ["--cluster-enabled", "yes", "--cluster-config-file", nodes]
-        return [*super().command(), *cluster, "--cluster-port", str(free_port())]
+    def __init__(self, directory) -> None:
+        port, bus_port = free_ports(2)
+        super().__init__(directory, cluster=ClusterMembership(bus_port, 1000), port=port)
 
     def start(self) -> None:
         """Start, take every slot, and wait until the cluster says it is ok."""

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import service_unavailable
+from tests.test_demo import get_json
 from txstream.processes import Script, free_port, wait_until
 from txstream.testing import REDIS_CLI, REDIS_SERVER, ServerMissing, require_binary
 
@@ -56,6 +57,7 @@ def test_cluster_demo_stops_its_cluster_on_ctrl_c(tmp_path):
     data = tmp_path.resolve()
     demo = Script(
         *("-m", "txstream.cluster_demo", "--data-dir", str(data), "--port", str(free_port())),
+        *("--rate", "50"),
         env={"DATABASE_URL": ""},  # the SQLite file in --data-dir
     )
     nodes: set[int] = set()
@@ -65,6 +67,19 @@ def test_cluster_demo_stops_its_cluster_on_ctrl_c(tmp_path):
         assert len(re.findall(r"master 127\.0\.0\.1:\d+ .* replica 127", demo.output)) == 3
         nodes = processes_in(data / "cluster")
         assert len(nodes) == 6, demo.output  # three masters, three replicas
+        curl = demo.wait_for_line(
+            r'API +curl -H "Authorization: Bearer (txs_\S+)" (http://\S+)/api'
+        )
+        token, base = curl.groups()
+        latest = wait_until(
+            lambda: get_json(f"{base}/api/transactions?limit=50", token)["items"],
+            60,
+            "transactions sent through the cluster, stored, and served by the web app",
+        )
+        users = {item["user_id"] for item in latest}
+        recent = {u: get_json(f"{base}/api/users/{u}/recent", token)["items"] for u in users}
+        assert any(recent.values()), "recent lists read from the partitions' slots"
+        assert get_json(f"{base}/healthz") == {"redis": "ok", "database": "ok"}
         assert demo.stop(signal.SIGINT, timeout=60) == 0, demo.output
         assert not any(alive(pid) for pid in nodes)
         assert processes_in(data / "cluster") == set()

@@ -290,6 +290,11 @@ class PrivateRedis(PrivateServer):
                 # A replica that has just been synced refuses SIGTERM ("Writing initial
                 # AOF, can't exit") until it has rewritten its AOF: stop it all the same.
                 *("--shutdown-on-sigterm", "force"),
+                # A replica that was down when its master failed still takes over once it
+                # is back (Redis's default: not if it lost touch over 10 node timeouts
+                # ago), so a test can lose what only a dead master held, as a crash of
+                # both machines would.
+                *("--cluster-replica-validity-factor", "0"),
             ]
         if self.tls is None:
             command += ["--port", str(self.port)]

@@ -24,7 +24,11 @@ from typing import Protocol
 
 import redis
 from redis.cluster import RedisCluster
-from redis.exceptions import RedisClusterException
+from redis.exceptions import (
+    CrossSlotTransactionError,
+    InvalidPipelineStack,
+    RedisClusterException,
+)
 
 import config
 from txstream.keys import Keys
@@ -54,6 +58,8 @@ POLL_BLOCK = 0.05
 
 def is_redis_outage(exc: BaseException) -> bool:
     """Whether `exc` means Redis is unavailable for now (retry), not that a command is wrong."""
+    if isinstance(exc, RedisClusterException):  # no RedisError: the cluster client's own
+        return not isinstance(exc, (CrossSlotTransactionError, InvalidPipelineStack))
     return isinstance(exc, (*REDIS_ERRORS, NotReplicated)) or _moved(exc)
 
 
@@ -69,9 +75,7 @@ class NotReplicated(redis.RedisError):
     failover, so it is kept, and sent again."""
 
     def __init__(self, partition: int, confirmed: int, needed: int) -> None:
-        super().__init__(
-            f"partition {partition}: {confirmed} of the {needed} replica(s) needed confirmed"
-        )
+        super().__init__(f"{confirmed} of the {needed} replica(s) needed confirmed")
         self.partition = partition
         self.confirmed = confirmed
         self.needed = needed
@@ -149,9 +153,10 @@ def agree_on_partitions(client: redis.Redis, keys: Keys) -> None:
     client.set(keys.partitions_record, keys.partitions, nx=True)
     recorded = client.get(keys.partitions_record)
     if recorded != str(keys.partitions).encode():
+        theirs = (recorded or b"").decode("utf-8", "replace")[:20]
         raise PartitionsMismatch(
             f"STREAM_PARTITIONS is {keys.partitions}, but the emitters and subscribers of "
-            f"this Redis (key prefix {keys.prefix!r}) use {recorded!r}: set it to theirs "
+            f"this Redis (key prefix {keys.prefix!r}) use {theirs}: set it to theirs "
             f"(changing it means draining the streams first, then deleting "
             f"{keys.partitions_record})"
         )
@@ -321,8 +326,12 @@ class StreamSink:
         return [1] * replies[0]
 
     def replicas(self, partition: int) -> int:
-        """The replicas online of the master of a partition's stream."""
+        """The replicas online of the master of a partition's stream (0 while the node
+        asked turns out not to be its master: the slots are read again for the next ask)."""
         info = self._master_of(self.streams[partition]).info("replication")
+        if info.get("role") != "master":
+            self.refresh()
+            return 0
         return sum(
             1
             for name, value in info.items()
