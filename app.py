@@ -27,7 +27,7 @@ from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 import config
 import models
-from txstream import access, api, metrics, pages, rebuild, redisconn, tokens
+from txstream import access, api, metrics, pages, rebuild, redisconn, replica, tokens
 from txstream.aggregates import BadLayout, KnownLayout, Layout, LayoutMismatch, recorded_layout
 from txstream.store import ensure_layout
 from txstream.times import format_time, utcnow
@@ -39,6 +39,7 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
     """Build the app from the settings (`config.load()`), then `test_config` on top.
 
     Besides Flask's own keys, `test_config` may set ENGINE (a SQLAlchemy engine),
+    DATABASE_READ_URL and READ_MAX_LAG_S (the replica that reads go to: txstream.replica),
     REDIS (a redis client), KEY_PREFIX, TRANSPORT, STREAM, GROUP, WINDOW_HOURS (a Decimal),
     CLOCK (returns the current naive-UTC datetime), AUTH, SECRET_KEY and RATE_LIMIT. Only
     the aggregates' layout is read at once (`_check_window`, unless `check_window` is
@@ -53,6 +54,8 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
     app.json.sort_keys = False
     app.config.from_mapping(
         DATABASE_URL=settings.database_url,
+        DATABASE_READ_URL=settings.database_read_url,  # txstream.replica
+        READ_MAX_LAG_S=settings.read_max_lag_s,
         REDIS_URL=settings.redis_url,
         KEY_PREFIX=settings.key_prefix,
         TRANSPORT=settings.transport,  # the System page shows the stream only with "stream"
@@ -86,9 +89,10 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
         app.config["ENGINE"] = models.make_engine(app.config["DATABASE_URL"], reads_only=True)
     redis_location = _connect_redis(app, settings)
     log.info(
-        "web app: Redis %s, database %s, tokens %s",
+        "web app: Redis %s, database %s, reads %s, tokens %s",
         redis_location,
         _masked_url(app.config["ENGINE"]),
+        _reads_from(app),
         "required" if app.config["AUTH"] else "OFF",
     )
     if not app.config["AUTH"]:
@@ -98,6 +102,7 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
 
     metrics.init_app(app)  # first: it times the requests that access.init_app refuses too
     access.init_app(app)
+    replica.init_app(app)
     app.register_blueprint(api.bp)
     app.register_blueprint(pages.bp)
     app.register_error_handler(HTTPException, _http_error)
@@ -191,6 +196,14 @@ def _check_window(app: Flask) -> None:
         return
     if recorded is not None and recorded != wanted:
         raise config.ConfigError(str(LayoutMismatch.between(recorded, wanted)))
+
+
+def _reads_from(app: Flask) -> str:
+    url = app.config["DATABASE_READ_URL"]
+    if not url:
+        return "from the database"
+    lag = app.config["READ_MAX_LAG_S"]
+    return f"from the replica {config.mask_url(url)} while at most {lag:g} s behind"
 
 
 def _layout(window_hours) -> Layout:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from urllib.parse import unquote_plus
 
 from dotenv import load_dotenv
 from limits import parse_many  # RATE_LIMIT's notation, e.g. 600/minute
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from txstream.keys import Keys
 
@@ -26,6 +29,7 @@ DEFAULT_DATABASE_URL = "mysql+pymysql://root@127.0.0.1:3306/txstream"
 DEFAULT_MAX_CLOCK_SKEW = 86_400
 MAX_CLOCK_SKEW_LIMIT = 366 * 86_400  # at most: stored times stay far from year 10000
 DEFAULT_DEAD_LETTERS_MAX = 100_000  # dead letters kept in Redis, the newest
+DEFAULT_READ_MAX_LAG_S = 5.0  # seconds a replica may be behind and still be read
 
 #: The seed's log format: `10/06/2019 06:37:49 PM INFO pub_transactions: ...`
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -47,6 +51,10 @@ class Settings:
 
     redis_url: str = DEFAULT_REDIS_URL
     database_url: str = DEFAULT_DATABASE_URL
+    # The web app's reads go to this MariaDB replica while it answers and is at most
+    # read_max_lag_s behind; "" = no replica, reads go to database_url (txstream.replica).
+    database_read_url: str = ""
+    read_max_lag_s: float = DEFAULT_READ_MAX_LAG_S  # seconds
     channel: str = "transactions"  # Redis pub/sub channel
     key_prefix: str = "txstream:"  # prefix of every Redis key txstream writes
     window_hours: Decimal = Decimal(6)  # length of the aggregate windows, hours
@@ -111,6 +119,8 @@ def load(env: dict[str, str] | None = None) -> Settings:
     settings = Settings(
         redis_url=env.get("REDIS_URL") or defaults.redis_url,
         database_url=env.get("DATABASE_URL") or defaults.database_url,
+        database_read_url=_read_url(env.get("DATABASE_READ_URL", "")),
+        read_max_lag_s=_max_lag(env.get("READ_MAX_LAG_S"), defaults.read_max_lag_s),
         channel=_text(env, "CHANNEL", defaults.channel),
         key_prefix=env.get("KEY_PREFIX", defaults.key_prefix),
         window_hours=_window_hours(env.get("WINDOW_HOURS"), defaults.window_hours),
@@ -299,6 +309,33 @@ def _window_hours(raw: str | None, default: Decimal) -> Decimal:
             f"in whole seconds (got {raw!r})"
         )
     return hours
+
+
+def _read_url(raw: str) -> str:
+    # The URL holds a password: the messages never repeat it, masked or not (a URL too
+    # broken to parse is too broken to mask).
+    example = "e.g. mysql+pymysql://user:password@replica:3306/txstream"
+    try:
+        backend = make_url(raw).get_backend_name() if raw else ""
+    except ArgumentError:
+        raise ConfigError(f"DATABASE_READ_URL is not a SQLAlchemy URL ({example})") from None
+    if raw and backend not in ("mysql", "mariadb"):
+        raise ConfigError(
+            f"DATABASE_READ_URL must name a MariaDB replica ({example}), not {backend!r}"
+        )
+    return raw
+
+
+def _max_lag(raw: str | None, default: float) -> float:
+    if not raw:
+        return default
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ConfigError(f"READ_MAX_LAG_S must be a number of seconds > 0 (got {raw!r})")
+    return seconds
 
 
 def _rate_limit(raw: str) -> str:

@@ -145,13 +145,16 @@ user_bucket_totals = UserBucketTotal.__table__
 settings = Setting.__table__
 
 
-def make_engine(url: str, reads_only: bool = False) -> Engine:
+def make_engine(
+    url: str, reads_only: bool = False, connect_timeout: int = 5, read_timeout: int | None = None
+) -> Engine:
     """An engine for `url` (MySQL/MariaDB, or SQLite for tests and the demo).
 
     `reads_only` (the web app, whose requests only run SELECTs): on MySQL every
     statement commits by itself, so no ROLLBACK is sent when a connection goes back to
     the pool, and connections are not pinged before use; a dead one is replaced after
     its first failure (`txstream.queries.read`). Two round trips less per request.
+    The timeouts are MySQL's, in seconds; `read_timeout` None waits as long as it takes.
     """
     if family(make_url(url).get_backend_name()) == SQLITE:
         engine = create_engine(url, connect_args={"timeout": 30})
@@ -160,11 +163,12 @@ def make_engine(url: str, reads_only: bool = False) -> Engine:
     reads = (
         {"isolation_level": "AUTOCOMMIT", "skip_autocommit_rollback": True} if reads_only else {}
     )
+    timeouts = {} if read_timeout is None else {"read_timeout": read_timeout}
     return create_engine(
         url,
         pool_pre_ping=not reads_only,  # a MySQL restart must not hand out dead connections
         pool_recycle=3600,
-        connect_args={"connect_timeout": 5},
+        connect_args={"connect_timeout": connect_timeout, **timeouts},
         **reads,
     )
 

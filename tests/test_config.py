@@ -110,12 +110,39 @@ def test_window_hours_in_whole_seconds(hours, seconds):
         ("METRICS_PORT", "65536", "METRICS_PORT must be a whole number from 0 to 65535"),
         ("METRICS_PORT", "http", "METRICS_PORT must be a whole number from 0 to 65535"),
         ("METRICS_BIND", "", "METRICS_BIND must not be empty"),
+        ("READ_MAX_LAG_S", "0", "READ_MAX_LAG_S must be a number of seconds > 0 (got '0')"),
+        ("READ_MAX_LAG_S", "-5", "READ_MAX_LAG_S must be a number of seconds > 0 (got '-5')"),
+        ("READ_MAX_LAG_S", "nan", "READ_MAX_LAG_S must be a number of seconds > 0"),
+        ("READ_MAX_LAG_S", "inf", "READ_MAX_LAG_S must be a number of seconds > 0"),
+        ("READ_MAX_LAG_S", "1e999", "READ_MAX_LAG_S must be a number of seconds > 0"),
+        ("READ_MAX_LAG_S", "5s", "READ_MAX_LAG_S must be a number of seconds > 0 (got '5s')"),
+        ("DATABASE_READ_URL", "sqlite:///replica.sqlite3", "must name a MariaDB replica"),
+        ("DATABASE_READ_URL", "postgresql://u:pw@h/db", "must name a MariaDB replica"),
+        ("DATABASE_READ_URL", "replica:3306", "DATABASE_READ_URL is not a SQLAlchemy URL"),
     ],
 )
 def test_bad_values_are_named_in_the_error(name, value, message):
     with pytest.raises(config.ConfigError) as excinfo:
         config.load({name: value})
     assert message in str(excinfo.value)
+
+
+def test_reads_go_to_the_database_unless_a_replica_is_named():
+    settings = config.load({})
+    assert (settings.database_read_url, settings.read_max_lag_s) == ("", 5.0)
+    url = "mariadb+pymysql://reader:pw@replica:3306/txstream"
+    settings = config.load({"DATABASE_READ_URL": url, "READ_MAX_LAG_S": "0.5"})
+    assert (settings.database_read_url, settings.read_max_lag_s) == (url, 0.5)
+    assert config.load({"DATABASE_READ_URL": "", "READ_MAX_LAG_S": ""}) == config.load({})
+
+
+@pytest.mark.parametrize(
+    "url", ["sqlite:///r.sqlite3?password=s3cr3t", "postgresql://u:s3cr3t@h/db", "u:s3cr3t@h"]
+)
+def test_a_bad_replica_url_is_never_repeated_in_the_error(url):
+    with pytest.raises(config.ConfigError, match="DATABASE_READ_URL") as excinfo:
+        config.load({"DATABASE_READ_URL": url})
+    assert "s3cr3t" not in str(excinfo.value)
 
 
 @pytest.mark.parametrize(

@@ -17,7 +17,7 @@ from flask import Blueprint, Response, abort, current_app, jsonify, render_templ
 from sqlalchemy.exc import SQLAlchemyError
 from werkzeug.exceptions import HTTPException
 
-from txstream import live, openapi, queries, redisconn, system
+from txstream import live, openapi, queries, redisconn, replica, system
 from txstream.deadletters import DeadLetters, Unreadable
 from txstream.money import format_amount
 from txstream.params import (
@@ -90,9 +90,8 @@ def read_user_sum(user_id: int, hours: Decimal) -> UserSum:
     end = current_app.config["CLOCK"]()
     start = end - span(hours)
     layout = current_app.config["LAYOUT"]
-    count, total = queries.read(
-        current_app.config["ENGINE"],
-        lambda conn: queries.checked_user_sum(conn, user_id, start, end, layout),
+    count, total = replica.read(
+        lambda conn: queries.checked_user_sum(conn, user_id, start, end, layout)
     )
     return UserSum(start, end, count, total)
 
@@ -123,9 +122,7 @@ def user_windows(user_id: str):
     uid = parse_user_id(user_id)
     limit = parse_limit(request.args.get("limit"))
     length = span(current_app.config["WINDOW_HOURS"])
-    rows = queries.read(
-        current_app.config["ENGINE"], lambda conn: queries.user_windows(conn, uid, limit)
-    )
+    rows = replica.read(lambda conn: queries.user_windows(conn, uid, limit))
     items = [
         {
             "user_id": row.user_id,
@@ -173,7 +170,7 @@ def live_data():
     config = current_app.config
     window = window_start(config["CLOCK"](), int(span(config["WINDOW_HOURS"]).total_seconds()))
     try:
-        return live.live(config["REDIS"], config["KEYS"], config["ENGINE"], after, window)
+        return live.live(config["REDIS"], config["KEYS"], replica.read, after, window)
     except redis.ResponseError as exc:  # e.g. a key of another type: not ours to mend
         log.error("live: Redis refused a read: %s", exc)
         abort(503, description=f"Redis refused a read ({exc}); an operator must look at it")
@@ -216,9 +213,8 @@ def system_status():
 def _page(user_id: int | None) -> dict:
     limit = parse_limit(request.args.get("limit"))
     before = parse_before(request.args.get("before"))
-    txns, cursor = queries.read(
-        current_app.config["ENGINE"],
-        lambda conn: queries.transactions_page(conn, limit, user_id=user_id, before=before),
+    txns, cursor = replica.read(
+        lambda conn: queries.transactions_page(conn, limit, user_id=user_id, before=before)
     )
     return {"items": [to_json(tx) for tx in txns], "next": cursor}
 

@@ -21,13 +21,13 @@ from __future__ import annotations
 import json
 import re
 import time
+from collections.abc import Callable
 from datetime import datetime
 
 import redis
-from sqlalchemy import Connection, Engine, and_, bindparam, func, or_, select
+from sqlalchemy import Connection, and_, bindparam, func, or_, select
 
 from models import transactions, user_window_totals
-from txstream import queries
 from txstream.heartbeats import live_subscribers
 from txstream.keys import Keys
 from txstream.money import format_amount
@@ -40,6 +40,7 @@ LIVE_LIMIT = 50  # transactions per answer: the page keeps about as many
 RATE_BUCKETS = 90  # 15 minutes of 10-second counters
 TOP_USERS = 10
 TOP_CACHE_SECONDS = 3
+Reader = Callable[[Callable[[Connection], object]], object]  # runs a read, returns its result
 _SUM = re.compile(r"-?[0-9]{1,28}\.[0-9]{2}")  # a window's sum: DECIMAL(30, 2)
 
 _t, _w = transactions, user_window_totals
@@ -100,14 +101,15 @@ def counts(client: redis.Redis, keys: Keys) -> dict:
     }
 
 
-def top_users(client: redis.Redis, keys: Keys, engine: Engine, window_start: datetime) -> dict:
+def top_users(client: redis.Redis, keys: Keys, read: Reader, window_start: datetime) -> dict:
     """The window's users with the largest absolute sums and the most transactions, with
-    their exact totals; cached TOP_CACHE_SECONDS for every worker."""
+    their exact totals, read by `read` (see `live`); cached TOP_CACHE_SECONDS for every
+    worker."""
     window = to_micros(window_start) // 10**6
     cached = _cached_top(client.get(keys.live_top(window)), window_start)
     if cached is not None:
         return cached
-    by_sum, by_count = queries.read(engine, lambda conn: _ranked(conn, window_start))
+    by_sum, by_count = read(lambda conn: _ranked(conn, window_start))
     top = {
         "window_start": format_time(window_start),
         "by_sum": _shown(by_sum),
@@ -171,12 +173,13 @@ def _shown(rows) -> list[dict]:
 def live(
     client: redis.Redis,
     keys: Keys,
-    engine: Engine,
+    read: Reader,
     after: Position | None,
     window_start: datetime,
 ) -> dict:
-    """Everything the dashboard shows (see txstream.openapi `Live`)."""
-    txns = queries.read(engine, lambda conn: newer_transactions(conn, after))
+    """Everything the dashboard shows (see txstream.openapi `Live`); `read(work)` runs
+    `work(conn)` on the database (txstream.replica.read: a replica's or the primary's)."""
+    txns = read(lambda conn: newer_transactions(conn, after))
     newest = txns[0] if txns else None
     if newest is not None:
         position = encode_cursor(Position(newest.ts, newest.txn_id))
@@ -187,7 +190,7 @@ def live(
         "items": [to_json(tx) for tx in txns],
         "position": position,
         "rate": {"bucket_seconds": RATE_BUCKET, "series": rate_series(client, keys, time.time())},
-        "top": top_users(client, keys, engine, window_start),
+        "top": top_users(client, keys, read, window_start),
         "counts": counts(client, keys),
         "subscribers": len(live_subscribers(client, keys, now)),
         "health": {"redis": "ok", "database": "ok"},

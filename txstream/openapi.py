@@ -17,6 +17,7 @@ from txstream.live import LIVE_LIMIT, RATE_BUCKETS, TOP_USERS
 from txstream.params import DEFAULT_LIMIT, MAX_HOURS, MAX_LIMIT, POSITION_DIGITS
 from txstream.queries import MAX_CURSOR_CHARS
 from txstream.recent import RECENT_SIZE
+from txstream.replica import HEADER, REASONS
 from txstream.transaction import MAX_USER_ID
 
 VERSION = "0.1.0"  # pyproject.toml's (a test compares them)
@@ -256,6 +257,26 @@ _SCHEMAS = {
             ],
             "description": "The aggregates' recorded layout; null: none yet, or database down",
         },
+        replica={
+            "oneOf": [
+                _object(
+                    reads_from={"enum": ["replica", "primary"]},
+                    lag_s={
+                        **_COUNT_OR_NULL,
+                        "description": "Seconds behind the primary; null: unknown",
+                    },
+                    reason={
+                        "oneOf": [{"enum": list(REASONS)}, {"type": "null"}],
+                        "description": "Why reads go to the primary; null: they do not",
+                    },
+                ),
+                {"type": "null"},
+            ],
+            "description": (
+                "Where the reads go (DATABASE_READ_URL), as last checked; null: no replica. "
+                "`database` is the primary's health"
+            ),
+        },
     ),
 }
 
@@ -364,6 +385,16 @@ _PARAMETERS = {
     },
 }
 
+_REPLICA_LAG = {
+    "description": (
+        "Present only when the answer was read from the MariaDB replica (DATABASE_READ_URL): "
+        "how far it was behind the primary, in whole seconds (its Seconds_Behind_Master, "
+        "read at most about a second before), at most READ_MAX_LAG_S. Absent: read from "
+        "the primary"
+    ),
+    "required": False,
+    "schema": {"type": "integer", "minimum": 0},
+}
 _RETRY_AFTER = {
     "description": "Seconds to wait before trying again",
     "required": True,
@@ -431,6 +462,9 @@ Allow) for a method other than GET (or HEAD, OPTIONS), 429 (with Retry-After) pa
 rate limit, 503 (with Retry-After) while the database or Redis is down. Query parameters
 not listed here are ignored.
 
+With a replica configured, the answers read from the database may come from it; those
+carry its lag in whole seconds in the header {HEADER}.
+
 Lists are paged by cursor: pass a page's `next` as `before` to get the older page; `limit`
 is 1 to {MAX_LIMIT}, {DEFAULT_LIMIT} by default."""
 
@@ -442,14 +476,18 @@ def _operation(
     content: dict,
     parameters: tuple[str, ...] = (),
     open_: bool = False,
+    replica_read: bool = False,
 ) -> dict:
-    """A GET path: its 200, and the errors that can answer it."""
+    """A GET path: its 200, and the errors that can answer it. `replica_read`: its 200 may
+    be read from the replica, and then says so (X-Replica-Lag)."""
     operation: dict = {"operationId": operation_id, "summary": summary}
     if open_:
         operation["security"] = []  # no token needed
     if parameters:
         operation["parameters"] = [_ref("parameters", name) for name in parameters]
     responses: dict = {"200": {"description": ok, "content": content}}
+    if replica_read:
+        responses["200"]["headers"] = {HEADER: _REPLICA_LAG}
     responses["400"] = _ref("responses", "BadRequest")
     if not open_:
         responses["401"] = _ref("responses", "Unauthorized")
@@ -499,6 +537,7 @@ def document(window_hours: Decimal) -> dict:
                 "The count and the sum",
                 _json(_ref("schemas", "Sum")),
                 user_id + ("hours",),
+                replica_read=True,
             ),
             "/api/users/{user_id}/transactions": _operation(
                 "userTransactions",
@@ -506,6 +545,7 @@ def document(window_hours: Decimal) -> dict:
                 "A page",
                 _json(_ref("schemas", "TransactionPage")),
                 user_id + page,
+                replica_read=True,
             ),
             "/api/users/{user_id}/recent": _operation(
                 "userRecent",
@@ -520,6 +560,7 @@ def document(window_hours: Decimal) -> dict:
                 "The window totals",
                 _json(_ref("schemas", "Windows")),
                 user_id + ("limit",),
+                replica_read=True,
             ),
             "/api/transactions": _operation(
                 "allTransactions",
@@ -527,6 +568,7 @@ def document(window_hours: Decimal) -> dict:
                 "A page",
                 _json(_ref("schemas", "TransactionPage")),
                 page,
+                replica_read=True,
             ),
             "/api/system": _operation(
                 "system",
@@ -542,6 +584,7 @@ def document(window_hours: Decimal) -> dict:
                 "The dashboard's data",
                 _json(_ref("schemas", "Live")),
                 ("after",),
+                replica_read=True,
             ),
             "/api/dead-letters": _operation(
                 "deadLetters",

@@ -8,7 +8,7 @@ from decimal import Decimal
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from txstream import queries, redisconn, system
+from txstream import queries, redisconn, replica, system
 from txstream.api import read_dead_letters, read_user_sum
 from txstream.chart import bar_chart
 from txstream.money import format_amount, format_money
@@ -65,9 +65,8 @@ def index():
     """The console: the latest transactions of all users, then kept live by dashboard.js
     (which polls /api/live), the ingest rate, the top users, counts and health."""
     before = parse_before(request.args.get("before"))
-    txns, cursor = queries.read(
-        current_app.config["ENGINE"],
-        lambda conn: queries.transactions_page(conn, PAGE_SIZE, before=before),
+    txns, cursor = replica.read(
+        lambda conn: queries.transactions_page(conn, PAGE_SIZE, before=before)
     )
     position = encode_cursor(Position(txns[0].ts, txns[0].txn_id)) if txns else None
     return render_template(
@@ -123,7 +122,7 @@ def user(user_id: str):
             queries.user_windows(conn, uid, WINDOWS_SHOWN),
         )
 
-    (txns, cursor), windows = queries.read(current_app.config["ENGINE"], read_all)
+    (txns, cursor), windows = replica.read(read_all)
     window_length = span(current_app.config["WINDOW_HOURS"])
     periods = dict(PERIODS)
     periods.setdefault(hours, f"{hours} h")

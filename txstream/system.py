@@ -1,9 +1,11 @@
 """The operator's view of the whole system (GET /api/system and the page /system).
 
 The subscribers' heartbeats, the stream and its consumer group (each partition's, and
-their totals), the dead letters, the aggregates' layout, and whether Redis and the database
-answer. Whatever one server cannot tell is left out (None) and that server is reported
-"down": the rest is still shown.
+their totals), the dead letters, the aggregates' layout, whether Redis and the database
+answer, and whether reads go to the replica. Whatever one server cannot tell is left out
+(None) and that server is reported "down": the rest is still shown. The database here is
+the primary (DATABASE_URL), which the subscribers write to: a replica that answers must not
+hide that it is down.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from flask import current_app
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from txstream import queries, redisconn
+from txstream import queries, redisconn, replica
 from txstream.aggregates import KnownLayout
 from txstream.heartbeats import read_subscribers, shown
 from txstream.keys import Keys
@@ -118,9 +120,10 @@ def _total(values: Iterable[int | None]) -> int | None:
 
 
 def app_status() -> dict:
-    """`status` of the current app's Redis and database, judged at the current time."""
+    """`status` of the current app's Redis and database, judged at the current time, and
+    where its reads go (txstream.replica)."""
     config = current_app.config
-    return status(
+    found = status(
         config["REDIS"],
         config["KEYS"],
         config["ENGINE"],
@@ -129,3 +132,4 @@ def app_status() -> dict:
         config["GROUP"],
         utcnow(),  # heartbeats are real time, whatever CLOCK says
     )
+    return {**found, "replica": replica.status()}

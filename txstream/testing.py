@@ -22,7 +22,7 @@ import signal
 import subprocess  # nosec B404 # starts the private servers
 import tempfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -591,7 +591,8 @@ class PrivateMariaDB(PrivateServer):
     (another test run's, or the shared server's) while they use them.
 
     `template`: an initialised datadir to copy instead of running mariadb-install-db
-    (copying takes milliseconds, installing most of a second).
+    (copying takes milliseconds, installing most of a second). `server_id` and `log_bin`
+    (a primary's binary log, which replicas read) are for replication: see `replicate`.
     """
 
     name = "mariadb"
@@ -599,9 +600,17 @@ class PrivateMariaDB(PrivateServer):
     # Small buffer pool and redo log: starts in about 0.15 s and takes ~35 MB of disk.
     INNODB = ("--innodb-buffer-pool-size=64M", "--innodb-log-file-size=16M")
 
-    def __init__(self, directory: Path, template: Path | None = None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        template: Path | None = None,
+        server_id: int | None = None,
+        log_bin: bool = False,
+    ) -> None:
         self.binary = require_binary(MARIADBD)
         super().__init__(directory)
+        self.server_id = server_id
+        self.log_bin = log_bin
         self.datadir = self.dir / "data"
         self.tmpdir = self.dir / "tmp"
         self.tmpdir.mkdir(exist_ok=True)
@@ -656,6 +665,8 @@ class PrivateMariaDB(PrivateServer):
             "--skip-name-resolve",
             *self.INNODB,
             f"--log-error={self.dir / 'err.log'}",
+            *([f"--server-id={self.server_id}"] if self.server_id is not None else []),
+            *(["--log-bin=mariadb-bin"] if self.log_bin else []),
         ]
 
     def connect(self, **kwargs) -> pymysql.Connection:
@@ -671,12 +682,62 @@ class PrivateMariaDB(PrivateServer):
         except pymysql.err.OperationalError:
             return False
 
+    def replicate(self, primary: PrivateMariaDB, delay: int = 0) -> None:
+        """Replicate `primary` (which has `log_bin`) by GTID, as root; `delay`: apply each
+        change that many seconds after the primary made it (MASTER_DELAY)."""
+        with self.connect(autocommit=True) as conn, conn.cursor() as cur:
+            cur.execute("STOP SLAVE")
+            cur.execute(
+                "CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=%s, MASTER_USER='root', "
+                "MASTER_USE_GTID=slave_pos, MASTER_DELAY=%s",
+                (primary.port, delay),
+            )
+            cur.execute("START SLAVE")
+
+    def catch_up(self, primary: PrivateMariaDB, timeout: float = START_TIMEOUT) -> None:
+        """Wait until this replica has applied everything `primary` has written so far."""
+        with primary.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT @@gtid_binlog_pos")
+            (position,) = cur.fetchone()
+        with self.connect() as conn, conn.cursor() as cur:
+            # MariaDB's own wait for a position, with a deadline: 0 reached, -1 timed out.
+            cur.execute("SELECT MASTER_GTID_WAIT(%s, %s)", (position, timeout))
+            (reached,) = cur.fetchone()
+        assert reached == 0, f"the replica did not reach {position} in {timeout} s"
+
+    def replication_lag(self) -> int | None:
+        """This replica's Seconds_Behind_Master (None: its replication is not running)."""
+        with self.connect() as conn, conn.cursor(pymysql.cursors.DictCursor) as cur:
+            cur.execute("SHOW ALL SLAVES STATUS")
+            (status,) = cur.fetchall()
+        return status["Seconds_Behind_Master"]
+
     def diagnostics(self) -> str:
         """The tail of the error log."""
         log = self.dir / "err.log"
         if not log.exists():
             return super().diagnostics()
         return "\n".join(log.read_text(errors="replace").splitlines()[-30:])
+
+
+@contextlib.contextmanager
+def replicated(directory: Path, template: Path) -> Iterator[tuple[PrivateMariaDB, PrivateMariaDB]]:
+    """A private primary with txstream's schema and a private GTID replica of it, caught
+    up: (primary, replica), both killed at the end (their files are thrown away)."""
+    primary = PrivateMariaDB(directory / "primary", template=template, server_id=1, log_bin=True)
+    replica = PrivateMariaDB(directory / "replica", template=template, server_id=2)
+    try:
+        primary.start()
+        replica.start()
+        replica.replicate(primary)
+        writer = models.make_engine(primary.url)
+        models.create_schema(writer)
+        writer.dispose()
+        replica.catch_up(primary)
+        yield primary, replica
+    finally:
+        replica.kill()
+        primary.kill()
 
 
 # --- The scripts under test ----------------------------------------------------------------
