@@ -156,7 +156,7 @@ class Emitter:
             next_try = self._send_ready(now)
             if rate and not self.queued:
                 self.stop.wait(min(due - time.monotonic(), 0.2))
-            elif next_try > time.monotonic():
+            elif self.queued and next_try > time.monotonic():  # each line waits its retry
                 wake = due if rate and more else math.inf
                 self.stop.wait(min(next_try - time.monotonic(), wake - time.monotonic(), 0.2))
         if self.queued:  # stopped: a last try, for a few seconds, to send what is kept

@@ -69,6 +69,30 @@ def test_burst_publishes_exactly_count_messages(fake_redis):
     assert emitter.no_listener == 0
 
 
+class CountingStop(StopFlag):
+    """A stop flag that counts the emitter's pauses."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits = 0
+
+    def wait(self, seconds: float) -> bool:
+        self.waits += 1
+        return super().wait(seconds)
+
+
+@pytest.mark.parametrize("partitions", [1, 3])
+def test_a_burst_never_pauses_while_redis_takes_it(fake_redis, partitions):
+    """--rate 0 sends chunk after chunk: a pause between them (0.2 s each) made a burst
+    fourteen times slower once."""
+    stop = CountingStop()
+    channels = [f"ch{p}" for p in range(partitions)]
+    emitter = Emitter(PubSubSink(fake_redis, channels), stop, quiet=True, partitions=partitions)
+    emitter.run(FakeTransactions(100, random.Random(1)), rate=0, count=5500)
+    assert emitter.published == 5500
+    assert stop.waits == 0
+
+
 def test_warns_once_when_no_subscriber_listens(fake_redis, caplog):
     emitter = Emitter(PubSubSink(fake_redis, "nobody-listens"), StopFlag(), quiet=True)
     with caplog.at_level(logging.WARNING):

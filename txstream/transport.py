@@ -624,7 +624,7 @@ class StreamSource:
             if time.monotonic() < self._retry_at[p]:
                 continue
             try:  # look at each without blocking
-                messages += self._read_partition(p, max_count - len(messages), 0)
+                messages += self._read_partition(p, max_count - len(messages), None)
             except Exception as exc:
                 if not is_redis_outage(exc):
                     raise
@@ -646,7 +646,7 @@ class StreamSource:
             return []
         return self._read_partition(ready[0], max_count, min(timeout, POLL_BLOCK))
 
-    def _read_partition(self, p: int, max_count: int, timeout: float) -> list[Message]:
+    def _read_partition(self, p: int, max_count: int, timeout: float | None) -> list[Message]:
         try:
             return self._read(p, max_count, timeout)
         except REDIS_ERRORS:
@@ -663,7 +663,8 @@ class StreamSource:
             self._create_group(stream)
             return []
 
-    def _read(self, p: int, max_count: int, timeout: float) -> list[Message]:
+    def _read(self, p: int, max_count: int, timeout: float | None) -> list[Message]:
+        """Up to `max_count` entries of partition `p`; a `timeout` of None: without waiting."""
         stream = self.streams[p]
         if time.monotonic() >= self._next_claim[p]:
             claimed = self._claim(p, max_count)
@@ -675,9 +676,9 @@ class StreamSource:
             reply = self.client.xreadgroup(self.group, self.name, {stream: "0"}, count=max_count)
             self._own_pending_first[p] = False
         else:
-            block = int(min(timeout, self._max_block) * 1000)
+            block = None if timeout is None else max(int(min(timeout, self._max_block) * 1000), 1)
             reply = self.client.xreadgroup(
-                self.group, self.name, {stream: ">"}, count=max_count, block=block or None
+                self.group, self.name, {stream: ">"}, count=max_count, block=block
             )
         return [
             self._message(p, entry_id, fields)
