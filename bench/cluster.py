@@ -32,7 +32,7 @@ at the start and dropped at the end. The real scripts, `emitter_and_pub.py` and
 Prints a Markdown table per part, every run listed with the medians. Rounds alternate the
 configurations (so the noise of this shared machine hits them alike).
 
-    .venv/bin/python bench/cluster.py                           # all three, 3 runs each
+    .venv/bin/python bench/cluster.py       # all three (5, 8 and 3 runs): about 30 min
     .venv/bin/python bench/cluster.py --parts ingest --quick    # the 6 setups the issue needs
     .venv/bin/python bench/cluster.py --parts failover --failover-runs 1
 """
@@ -361,20 +361,37 @@ def ingest_run(bench: Servers, setup: Setup, count: int) -> IngestRun:
     )
 
 
-CORE_PARTS = ("subscribers", "MariaDB", "Redis", "emitter", "harness", "others", "busy")
+PARTS = ("subscribers", "MariaDB", "Redis", "emitter")  # the system's own processes
+PER = 100_000  # CPU seconds are shown per this many transactions stored
+
+
+def cpu_per(run: IngestRun, part: str) -> float:
+    """CPU seconds `part` used per PER transactions stored in the run."""
+    return run.cores[part] * PER / run.rate
+
+
+def alone(run: IngestRun) -> float:
+    """The tx/s the run's CPU per transaction would allow if the system's processes had
+    every core of the machine to themselves: cores / (their CPU seconds per transaction)."""
+    return (os.cpu_count() or 1) * run.rate / sum(run.cores[part] for part in PARTS)
 
 
 def ingest_table(results: dict[Setup, list[IngestRun]]) -> str:
     head = ["Redis", "partitions", "subscribers", "MIN_REPLICAS", "tx/s (median)", "runs"]
     head += ["first -> last row tx/s", "emitter tx/s"]
-    head += [f"cores: {part}" for part in CORE_PARTS]
+    head += [f"CPU s per {PER:,}: {part}" for part in PARTS]
+    head += ["CPU s: all four", "tx/s with the cores to themselves"]
+    head += ["cores used by others", "cores busy"]
     rows = []
     for setup, runs in results.items():
         cells = [*setup.label, f"**{median(r.rate for r in runs):,.0f}**"]
         cells.append(", ".join(f"{r.rate:,.0f}" for r in runs))
         cells.append(f"{median(r.steady for r in runs):,.0f}")
         cells.append(f"{median(r.emitter for r in runs):,.0f}")
-        cells += [f"{median(r.cores[part] for r in runs):.2f}" for part in CORE_PARTS]
+        cells += [f"{median(cpu_per(r, part) for r in runs):.2f}" for part in PARTS]
+        cells.append(f"{median(sum(cpu_per(r, part) for part in PARTS) for r in runs):.2f}")
+        cells.append(f"{median(alone(r) for r in runs):,.0f}")
+        cells += [f"{median(r.cores[part] for r in runs):.2f}" for part in ("others", "busy")]
         rows.append(cells)
     return markdown(head, rows)
 
@@ -485,6 +502,9 @@ class FailoverRun:
     stalled: float  # partition 0: the time in its gaps over STALLED_S, kill -> last row
     before: float  # the longest gap of any partition in the warm-up: the normal
     held: bool  # whether the emitter held partition 0 (logged HOLDING)
+    # The outages the scripts themselves logged ("... is back after N s"), the longest:
+    emitter_back: float  # the emitter's, of partition 0
+    readers_back: list[float]  # the subscribers', reading each partition
     lost: int
     duplicates: int  # redelivered entries the subscribers found stored already
 
@@ -533,9 +553,19 @@ def failover_run(bench: Servers, fault: Fault, rate: int) -> FailoverRun:
         stalled=sum(g for g in sampler.gaps(0, killed, done) if g > STALLED_S),
         before=max(max(sampler.gaps(p, first, killed - 1), default=0.0) for p in range(3)),
         held="HOLDING partition 0" in emitter.output,
+        emitter_back=longest_outage(emitter.output, "partition 0"),
+        readers_back=[
+            longest_outage("\n".join(s.output for s in subs), stream) for stream in keys.streams
+        ],
         lost=lost,
         duplicates=duplicates,
     )
+
+
+def longest_outage(output: str, what: str) -> float:
+    """The longest outage of `what` a script logged (txstream.runtime.Outage); 0 if none."""
+    pattern = rf"redis \({re.escape(what)}\) is back after ([\d.]+) s"
+    return max(map(float, re.findall(pattern, output)), default=0.0)
 
 
 def require_full_coverage(cluster: PrivateRedisCluster, on: bool) -> None:
@@ -571,6 +601,8 @@ def failover_table(results: dict[Fault, list[FailoverRun]]) -> str:
     head = ["MIN_REPLICAS", "killed node restarted", "full coverage", "failover s"]
     head += ["partition 0: longest gap s", f"partition 0: time in gaps > {STALLED_S:g} s"]
     head += ["partitions 1, 2: longest gap s", "longest gap before the kill s"]
+    head += ["emitter: partition 0 back after s", "subscribers: partition 0 back after s"]
+    head += ["subscribers: partitions 1, 2 back after s"]
     head += ["kill -> node back s", "held", "lost", "stored again (duplicates)"]
     rows = []
     for fault, runs in results.items():
@@ -588,6 +620,9 @@ def failover_table(results: dict[Fault, list[FailoverRun]]) -> str:
                 each(lambda r: r.stalled),
                 each(lambda r: max(r.gap[1:])),
                 each(lambda r: r.before),
+                each(lambda r: r.emitter_back),
+                each(lambda r: r.readers_back[0]),
+                each(lambda r: max(r.readers_back[1:])),
                 each(lambda r: r.back_s),
                 ", ".join("yes" if r.held else "no" for r in runs),
                 ", ".join(str(r.lost) for r in runs),
@@ -624,10 +659,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--parts", default="ingest,wait,failover", help="of these, comma-separated")
     parser.add_argument("--count", type=int, default=100_000, help="transactions per run (a, b)")
-    parser.add_argument("--runs", type=int, default=3, help="runs of each ingest setup")
+    parser.add_argument("--runs", type=int, default=5, help="runs of each ingest setup")
     parser.add_argument("--quick", action="store_true", help="only the setups the issue needs")
-    parser.add_argument("--wait-runs", type=int, default=5, help="runs of each MIN_REPLICAS")
-    parser.add_argument("--failover-runs", type=int, default=2, help="runs of each scenario")
+    parser.add_argument("--wait-runs", type=int, default=8, help="runs of each MIN_REPLICAS")
+    parser.add_argument("--failover-runs", type=int, default=3, help="runs of each scenario")
     parser.add_argument("--rate", type=int, default=3000, help="the emitter's tx/s (failover)")
     parser.add_argument("--delay", type=float, default=10, help="s before the delayed restart")
     args = parser.parse_args()
