@@ -588,7 +588,7 @@ def wait_stored(bench: Servers, count: int, keys, allow_loss: bool) -> int:
             return False
         with bench.cluster.client() as client:
             return all(
-                client.xpending(stream, "store")["pending"] == 0
+                client.xpending(stream, config.Settings.group)["pending"] == 0
                 and not client.xinfo_groups(stream)[0]["lag"]
                 for stream in keys.streams
             )
