@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 READY  := $(VENV)/.installed
 
-.PHONY: demo cluster-demo test test-cluster install lint format lock init-db serve screenshots bench-ingest bench-api bench-heavy clean
+.PHONY: demo cluster-demo test test-cluster install lint format lock init-db serve screenshots bench-ingest bench-cluster bench-api bench-heavy clean
 
 demo: $(READY)            ## emitter + subscriber + web app; embedded Redis/SQLite unless configured
 	$(BIN)/python -m txstream.demo
@@ -43,6 +43,9 @@ screenshots: $(READY)     ## docs/screenshot-*.png of the pages, with demo data 
 bench-ingest: $(READY)    ## ingest tx/s per mode (needs Redis, MariaDB); writes docs/ingest.png
 	$(BIN)/pip install --quiet -r bench/requirements.txt
 	$(BIN)/python bench/ingest.py
+
+bench-cluster: $(READY)   ## tx/s vs partitions, subscribers; WAIT; failover, on a private Redis Cluster
+	$(BIN)/python bench/cluster.py
 
 bench-api: $(READY)       ## API requests/s and p50/p99 at 10M rows under gunicorn (needs wrk)
 	@command -v wrk >/dev/null || { echo "bench-api needs wrk: apt-get install wrk"; exit 1; }

@@ -240,8 +240,13 @@ def peak_rss_mb(script: Script) -> float:
 
 def cpu_s(script: Script) -> float:
     """The CPU seconds (user + system, all threads) the process used, read before it exits."""
+    return pid_cpu_s(script.proc.pid)
+
+
+def pid_cpu_s(pid: int) -> float:
+    """The CPU seconds (user + system, all threads) process `pid` has used so far."""
     # After the ")" that ends the command name, fields 14 and 15 of proc(5): utime, stime.
-    fields = Path(f"/proc/{script.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
