@@ -192,6 +192,8 @@ class Emitter:
         """Send a chunk of each partition whose turn it is; when to try again (monotonic)."""
         for p in [p for p, lines in self.pending.items() if lines and now >= self._next_try[p]]:
             try:
+                if self._outage(p).down:  # its master failed: which node serves it now?
+                    self.sink.refresh()
                 if p in self.held:
                     self._release_when_replicated(p)
                 if p not in self.held:
@@ -204,7 +206,6 @@ class Emitter:
                 of = f" of partition {p}" if self.partitioned else ""
                 kept = f"; {len(self.pending[p])} transactions{of} kept"
                 self._next_try[p] = now + self._outage(p).failed(exc, kept)
-                self.sink.refresh()
                 continue
             self._outage(p).ok()
         waiting = [self._next_try[p] for p, lines in self.pending.items() if lines]

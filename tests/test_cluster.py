@@ -14,9 +14,11 @@ import pytest
 
 import config
 from tests.helpers import TEST_DATABASE_URL
+from txstream.keys import Keys
 from txstream.processes import wait_until
 from txstream.testing import (
     CATCH_UP,
+    PrivateRedisCluster,
     assert_recent_lists_match_db,
     assert_stored_exactly,
     emitted,
@@ -27,6 +29,7 @@ from txstream.testing import (
     wait_for_log,
     wait_until_stored,
 )
+from txstream.transport import StreamSink, StreamSource
 
 pytestmark = [pytest.mark.services, pytest.mark.cluster]
 
@@ -181,3 +184,23 @@ def test_what_a_failover_drops_is_sent_again_unless_min_replicas_is_0(
         for tx in emitted(COUNT, USERS, SEED)
         if tx.txn_id in lost
     ), "only from its partition"
+
+
+def test_a_dead_master_holds_up_no_other_partition(tmp_path, key_prefix):
+    """While partition 0's master is down (a long node timeout: not failed over yet), the
+    other partitions are read and written as before. redis-py's cluster client asks the
+    master of slot 0 (partition 0's) where XREADGROUP's keys are: the subscriber sends it to
+    each stream's own master instead."""
+    with PrivateRedisCluster(tmp_path / "cluster", node_timeout_ms=30_000) as cluster:
+        keys = Keys(key_prefix, stream=key_prefix + "stream", partitions=PARTITIONS, cluster=True)
+        with cluster.client() as client:
+            source = StreamSource(client, keys.streams, "store", 60_000, 3)
+            source.start()
+            dead = cluster.node_for_key(keys.stream_of(0))
+            assert dead is cluster.master_of_slot(0)
+            cluster.kill(dead)
+            sink = StreamSink(client, keys.streams, maxlen=0, min_replicas=1)
+            for p in (1, 2):
+                assert sink.send([f"{p},1.00,1570358269,t{p}"], p) == [1]
+            read = wait_until(lambda: source.read(10, 0.1), 10, "entries of the live partitions")
+            assert {m.partition for m in read} <= {1, 2}

@@ -342,18 +342,32 @@ class StreamSink:
 
     def refresh(self) -> None:
         """On a cluster, ask the nodes again which master serves each slot."""
-        if isinstance(self.client, RedisCluster):
-            try:
-                self.client.nodes_manager.initialize()
-            except (redis.RedisError, RedisClusterException) as exc:
-                log.info("could not read the cluster's slots yet: %s", exc)
+        refresh_slots(self.client)
 
     def _master_of(self, stream: str) -> redis.Redis:
-        """A client of the node that serves `stream` (the client itself off a cluster)."""
-        if isinstance(self.client, RedisCluster):
-            node = self.client.get_node_from_key(stream)
-            return self.client.get_redis_connection(node)
-        return self.client
+        return master_of(self.client, stream)
+
+
+def master_of(client: redis.Redis, key: str) -> redis.Redis:
+    """A client of the node that serves `key` (the client itself off a cluster).
+
+    Besides WAIT, which must follow the writes on their connection, this is for XREADGROUP:
+    redis-py's cluster client asks a node of its own choosing (the master of slot 0) where
+    that command's keys are, so while that master is down it would fail on every stream.
+    """
+    if isinstance(client, RedisCluster):
+        return client.get_redis_connection(client.get_node_from_key(key))
+    return client
+
+
+def refresh_slots(client: redis.Redis) -> None:
+    """On a cluster, ask the nodes again which master serves each slot: done before trying
+    a node again after an error, as a failover may have moved its slots meanwhile."""
+    if isinstance(client, RedisCluster):
+        try:
+            client.nodes_manager.initialize()
+        except (redis.RedisError, RedisClusterException) as exc:
+            log.info("could not read the cluster's slots yet: %s", exc)
 
 
 class ConnectingSink:
@@ -666,18 +680,21 @@ class StreamSource:
     def _read(self, p: int, max_count: int, timeout: float | None) -> list[Message]:
         """Up to `max_count` entries of partition `p`; a `timeout` of None: without waiting."""
         stream = self.streams[p]
+        if self._own_pending_first[p]:  # after an error: a failover?
+            refresh_slots(self.client)
         if time.monotonic() >= self._next_claim[p]:
             claimed = self._claim(p, max_count)
             if claimed:
                 return claimed
+        node = master_of(self.client, stream)
         if self._own_pending_first[p]:
             # After a lost connection, entries handed to us may never have arrived:
             # read our own pending list first, instead of waiting CLAIM_IDLE_MS.
-            reply = self.client.xreadgroup(self.group, self.name, {stream: "0"}, count=max_count)
+            reply = node.xreadgroup(self.group, self.name, {stream: "0"}, count=max_count)
             self._own_pending_first[p] = False
         else:
             block = None if timeout is None else max(int(min(timeout, self._max_block) * 1000), 1)
-            reply = self.client.xreadgroup(
+            reply = node.xreadgroup(
                 self.group, self.name, {stream: ">"}, count=max_count, block=block
             )
         return [
