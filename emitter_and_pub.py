@@ -91,9 +91,9 @@ class Emitter:
     """Sends transactions from a `FakeTransactions` at Poisson-distributed times.
 
     Transactions keep coming while Redis is down, as real ones would: they wait in a
-    bounded queue, one line per partition of the stream (a user's partition:
-    `Keys.partition_of`), and go out, in order, once Redis is back. Past `max_pending` the
-    oldest of the longest line are dropped, loudly.
+    bounded queue, one queue per partition of the stream (a user's partition:
+    `Keys.partition_of`), and go out, in order, once Redis is back. Past `max_pending` in
+    all, the oldest of the longest queue are dropped, loudly.
 
     With replicas required (MIN_REPLICAS), a chunk counts as sent once they hold it. A
     chunk they did not confirm is sent again (the txn_ids make a repeat harmless), and its
