@@ -202,3 +202,13 @@ def test_a_process_with_another_partition_count_refuses_to_start(
         process.output
     )
     assert "(key prefix" in process.output and "use 3:" in process.output
+
+
+@pytest.mark.services
+def test_a_partition_record_of_another_type_is_refused_clearly(redis_client, key_prefix, run):
+    env = stream_env(TEST_REDIS_URL, TEST_DATABASE_URL, key_prefix, STREAM_PARTITIONS="2")
+    redis_client.rpush(Keys(key_prefix).partitions_record, "not a count")
+    emitter = run("emitter_and_pub.py", "--count", "1", "--quiet", env=env)
+    assert emitter.wait(30) == 2, emitter.output
+    assert "partitions is not a partition count" in emitter.output
+    assert "Traceback" not in emitter.output

@@ -150,8 +150,15 @@ def agree_on_partitions(client: redis.Redis, keys: Keys) -> None:
     """Record STREAM_PARTITIONS for every emitter and subscriber, or check it against the
     one recorded: with another count, a user's partition would be another one, and their
     recent list another key. Raises `PartitionsMismatch`."""
-    client.set(keys.partitions_record, keys.partitions, nx=True)
-    recorded = client.get(keys.partitions_record)
+    try:
+        client.set(keys.partitions_record, keys.partitions, nx=True)
+        recorded = client.get(keys.partitions_record)
+    except redis.ResponseError as exc:  # WRONGTYPE: not the record txstream writes
+        if _moved(exc):
+            raise
+        raise PartitionsMismatch(
+            f"{keys.partitions_record} is not a partition count ({exc}): delete it, and start again"
+        ) from None
     if recorded != str(keys.partitions).encode():
         theirs = (recorded or b"").decode("utf-8", "replace")[:20]
         raise PartitionsMismatch(
