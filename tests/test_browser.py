@@ -8,6 +8,7 @@ Every page a test opens must log no console error but CSP reports (conftest's
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -17,7 +18,7 @@ from sqlalchemy import insert
 
 import models
 from tests.helpers import line
-from txstream.browsing import DESKTOP, chart_drawing, sign_in
+from txstream.browsing import DESKTOP, chart_drawing, fatal_console_messages, sign_in
 from txstream.processes import wait_until
 from txstream.times import format_time, utcnow
 
@@ -129,6 +130,23 @@ def test_a_transaction_committed_after_a_newer_one_shows_and_no_row_shows_twice(
     page.locator(f'#live-transactions [data-txn-id="{slow}"]').wait_for(timeout=LIVE * 1000)
     shown = page.locator("#live-rows tr").evaluate_all("rs => rs.map(r => r.dataset.txnId)")
     assert (shown.count(fast), shown.count(slow)) == (1, 1)
+
+
+def test_a_position_the_app_refuses_is_dropped(page, system):
+    def garbled(route):  # as a page made by another version of the app could hold
+        response = route.fetch()
+        body = re.sub(r'data-position="[^"]*"', 'data-position="not-a-position"', response.text())
+        route.fulfill(response=response, body=body)
+
+    page.route(system.url + "/", garbled)
+    with page.expect_response(lambda r: "/api/live" in r.url and r.status == 400):
+        page.goto(system.url + "/")
+    user_id = new_user()
+    system.publish(*lines_for(user_id, ["5.00"]))
+    page.locator(f'#live-transactions [data-txn-id="b{user_id}-0"]').wait_for(timeout=LIVE * 1000)
+    refused = fatal_console_messages(page.console)  # Chromium logs a refused request itself
+    assert len(refused) == 1 and "after=not-a-position" in refused[0], refused  # once
+    page.console.clear()
 
 
 def test_the_user_page_shows_the_sum_of_the_api(page, system):
