@@ -6,6 +6,8 @@ a test proves the two agree on a real MariaDB.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import Decimal
 
@@ -24,7 +26,14 @@ from sqlalchemy import (
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from txstream.dialect import MYSQL_NAMES, SQLITE, Money, configure_sqlite, family
+from txstream.dialect import (
+    MYSQL_NAMES,
+    SQLITE,
+    SQLITE_BEGIN,
+    Money,
+    configure_sqlite,
+    family,
+)
 
 # BIGINT AUTO_INCREMENT on MySQL; SQLite only auto-increments INTEGER PRIMARY KEY.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -35,6 +44,8 @@ Timestamp = DateTime().with_variant(mysql.DATETIME(fsp=6), *MYSQL_NAMES)
 TxnId = String(64).with_variant(
     mysql.VARCHAR(64, charset="ascii", collation="ascii_bin"), *MYSQL_NAMES
 )
+# How long create_schema waits for another process creating the tables (seconds).
+_SCHEMA_LOCK_WAIT = 60
 _TABLE_OPTIONS = {"mysql_engine": "InnoDB", "mysql_charset": "utf8mb4"}
 
 
@@ -174,14 +185,44 @@ def make_engine(
 
 
 def create_schema(engine: Engine) -> None:
-    """Create the database (MySQL) and the tables if they are missing."""
+    """Create the database (MySQL) and the tables if they are missing.
+
+    Any number of processes may run it at once on a new database (subscribers, init-db):
+    SQLAlchemy looks for each table, then creates it, so two of them would both create
+    it. They take turns: under a server lock named after the database (MySQL's
+    GET_LOCK), or in a write transaction (SQLite, which has one writer at a time).
+    """
+    if family(engine.dialect) == SQLITE:
+        with engine.connect() as conn:
+            conn.execution_options(**{SQLITE_BEGIN: "BEGIN IMMEDIATE"})  # the write lock now
+            with conn.begin():
+                Base.metadata.create_all(conn)
+        return
+    with _schema_lock(engine):
+        Base.metadata.create_all(engine)
+
+
+@contextmanager
+def _schema_lock(engine: Engine) -> Iterator[None]:
+    """Hold the server lock of `engine`'s database, created first if it is missing."""
     url = engine.url
-    if family(url.get_backend_name()) != SQLITE and url.database:
-        server = create_engine(url.set(database=""), connect_args={"connect_timeout": 5})
-        name = server.dialect.identifier_preparer.quote(url.database)
-        try:
-            with server.begin() as conn:
-                conn.execute(text(f"CREATE DATABASE IF NOT EXISTS {name} CHARACTER SET utf8mb4"))
-        finally:
-            server.dispose()
-    Base.metadata.create_all(engine)
+    server = create_engine(url.set(database=""), connect_args={"connect_timeout": 5})
+    name = f"txstream.schema.{url.database or ''}"[:64]  # MySQL's longest lock name
+    try:
+        with server.connect() as conn:
+            wait = {"name": name, "wait": _SCHEMA_LOCK_WAIT}
+            if conn.scalar(text("SELECT GET_LOCK(:name, :wait)"), wait) != 1:
+                raise TimeoutError(
+                    f"another process has held the lock {name!r} for {_SCHEMA_LOCK_WAIT} s"
+                )
+            try:
+                if url.database:
+                    quoted = server.dialect.identifier_preparer.quote(url.database)
+                    conn.execute(
+                        text(f"CREATE DATABASE IF NOT EXISTS {quoted} CHARACTER SET utf8mb4")
+                    )
+                yield
+            finally:
+                conn.execute(text("SELECT RELEASE_LOCK(:name)"), {"name": name})
+    finally:
+        server.dispose()

@@ -1,7 +1,10 @@
 /* The dashboard (/): polls /api/live about every second with the page's session and
- * updates the page. New transactions are prepended (at most KEEP rows kept); the chart,
- * the top users, the counts and the health are redrawn. A failed poll shows
- * "reconnecting" and polling goes on. Needs app.js (window.txstream).
+ * updates the page. The transactions stored since the last poll are prepended, whatever
+ * their event time (one the table shows already is skipped: an answer may repeat rows
+ * while an earlier one commits; at most KEEP rows kept); the chart, the top users, the
+ * counts and the health are redrawn. A failed poll shows "reconnecting" and polling goes
+ * on; a position the app refuses (400: made by another version) is dropped.
+ * Needs app.js (window.txstream).
  */
 "use strict";
 
@@ -66,6 +69,13 @@
     if (items.length && empty) {
       empty.hidden = true;
     }
+    var shown = new Set();
+    for (var r = 0; r < rows.children.length; r++) {
+      shown.add(rows.children[r].getAttribute("data-txn-id"));
+    }
+    items = items.filter(function (tx) {
+      return !shown.has(tx.txn_id);
+    });
     for (var i = items.length - 1; i >= 0; i--) {
       rows.insertBefore(transactionRow(items[i]), rows.firstChild);
     }
@@ -167,6 +177,9 @@
     var url = liveUrl + (position ? "?after=" + encodeURIComponent(position) : "");
     fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" } })
       .then(function (response) {
+        if (response.status === 400) {
+          position = ""; // the next poll starts again from the newest
+        }
         if (!response.ok) {
           throw new Error("HTTP " + response.status);
         }
@@ -176,8 +189,8 @@
         if (paused) {
           return; // what came while pausing is fetched again on resume
         }
-        addTransactions(data.items); // without a position, the table was empty
-        position = data.position || position;
+        addTransactions(data.items);
+        position = data.position;
         drawRate(data.rate);
         drawTop("top-by-sum", data.top.by_sum);
         drawTop("top-by-count", data.top.by_count);

@@ -8,16 +8,19 @@ Every page a test opens must log no console error but CSP reports (conftest's
 from __future__ import annotations
 
 import json
+import re
 import secrets
 from datetime import datetime, timedelta
 from decimal import Decimal
 
 import pytest
+from sqlalchemy import insert
 
+import models
 from tests.helpers import line
-from txstream.browsing import DESKTOP, chart_drawing, sign_in
+from txstream.browsing import DESKTOP, chart_drawing, fatal_console_messages, sign_in
 from txstream.processes import wait_until
-from txstream.times import utcnow
+from txstream.times import format_time, utcnow
 
 pytestmark = [pytest.mark.services, pytest.mark.browser]
 
@@ -34,9 +37,7 @@ def new_user() -> int:
 
 
 def lines_for(user_id: int, amounts: list[str]) -> list[str]:
-    """Wire lines of `user_id`'s transactions, a second apart, the last one now: newer than
-    what earlier tests published, so that a dashboard already open shows it (it shows what
-    is newer than its newest row)."""
+    """Wire lines of `user_id`'s transactions, a second apart, the last one now."""
     now = utcnow()
     return [
         line(user_id, amount, now - timedelta(seconds=len(amounts) - 1 - i), f"b{user_id}-{i}")
@@ -85,16 +86,67 @@ def test_a_wrong_token_is_refused(anonymous_page, system):
     assert page.locator("form.logout").count() == 0
 
 
-def test_a_new_transaction_shows_on_the_dashboard_without_a_reload(page, system):
+def test_new_transactions_show_on_the_dashboard_as_stored_without_a_reload(page, system):
     page.goto(system.url + "/")
     page.evaluate("window.__same_page = true")
-    user_id = new_user()
-    (published,) = lines_for(user_id, ["12.34"])
-    system.publish(published)
-    row = page.locator(f'#live-transactions [data-txn-id="b{user_id}-0"]')
-    row.wait_for(timeout=LIVE * 1000)
-    assert str(user_id) in row.inner_text()
+    user_id, now = new_user(), utcnow()
+    # in the order stored, whatever their event time: one up to MAX_CLOCK_SKEW ahead does
+    # not hold back the ones after it, and a late one shows too
+    shifts = {"future": timedelta(hours=23), "late": -timedelta(days=30), "now": timedelta(0)}
+    for name, shift in shifts.items():
+        system.publish(line(user_id, "12.34", now + shift, f"b{user_id}-{name}"))
+        row = page.locator(f'#live-transactions [data-txn-id="b{user_id}-{name}"]')
+        row.wait_for(timeout=LIVE * 1000)
+        assert str(user_id) in row.inner_text()
+        assert row.locator("time").get_attribute("datetime") == format_time(now + shift)
+    shown = page.locator("#live-rows tr").evaluate_all("rs => rs.map(r => r.dataset.txnId)")
+    assert shown[:3] == [f"b{user_id}-{name}" for name in reversed(shifts)]  # newest on top
     assert page.evaluate("window.__same_page") is True  # no reload, no navigation
+
+    page.reload()  # a page loaded after the future-dated one is live too
+    system.publish(line(user_id, "1.00", utcnow(), f"b{user_id}-reloaded"))
+    page.locator(f'#live-transactions [data-txn-id="b{user_id}-reloaded"]').wait_for(
+        timeout=LIVE * 1000
+    )
+
+
+def test_a_transaction_committed_after_a_newer_one_shows_and_no_row_shows_twice(
+    page, system, _mysql_database
+):
+    page.goto(system.url + "/")
+    user_id, now = new_user(), utcnow()
+    slow, fast = f"b{user_id}-slow", f"b{user_id}-fast"
+    with _mysql_database.connect() as batch:  # another subscriber's: its id is handed out
+        batch.execute(
+            insert(models.transactions).values(
+                txn_id=slow, user_id=user_id, amount=Decimal("1.00"), ts=now, received_at=now
+            )
+        )
+        system.publish(line(user_id, "2.00", now, fast))  # a greater id, committed first
+        page.locator(f'#live-transactions [data-txn-id="{fast}"]').wait_for(timeout=LIVE * 1000)
+        for _ in range(2):  # answers that bring `fast` again, while `slow` may still come
+            page.wait_for_event("response", lambda r: "/api/live" in r.url, timeout=LIVE * 1000)
+        batch.commit()
+    page.locator(f'#live-transactions [data-txn-id="{slow}"]').wait_for(timeout=LIVE * 1000)
+    shown = page.locator("#live-rows tr").evaluate_all("rs => rs.map(r => r.dataset.txnId)")
+    assert (shown.count(fast), shown.count(slow)) == (1, 1)
+
+
+def test_a_position_the_app_refuses_is_dropped(page, system):
+    def garbled(route):  # as a page made by another version of the app could hold
+        response = route.fetch()
+        body = re.sub(r'data-position="[^"]*"', 'data-position="not-a-position"', response.text())
+        route.fulfill(response=response, body=body)
+
+    page.route(system.url + "/", garbled)
+    with page.expect_response(lambda r: "/api/live" in r.url and r.status == 400):
+        page.goto(system.url + "/")
+    user_id = new_user()
+    system.publish(*lines_for(user_id, ["5.00"]))
+    page.locator(f'#live-transactions [data-txn-id="b{user_id}-0"]').wait_for(timeout=LIVE * 1000)
+    refused = fatal_console_messages(page.console)  # Chromium logs a refused request itself
+    assert len(refused) == 1 and "after=not-a-position" in refused[0], refused  # once
+    page.console.clear()
 
 
 def test_the_user_page_shows_the_sum_of_the_api(page, system):

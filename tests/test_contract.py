@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
 from tests.helpers import BIGGEST, TEST_DATABASE_URL, TEST_REDIS_URL, TEST_SECRET_KEY, line
-from txstream import openapi, queries, tokens
+from txstream import live, openapi, queries, tokens
 from txstream.demo import answers_200
 from txstream.keys import Keys
 from txstream.processes import free_port, wait_until
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.services
 EXAMPLES = 60  # requests per operation and mode, at most: about 600 in all, ~10 s
 SERVE = ("-m", "gunicorn", "--config", "gunicorn.conf.py", "app:app")  # as `make serve`
 
-# `before` takes only cursors the app made, which no pattern can describe: schemathesis
+# `before` and `after` take only cursors the app made, which no pattern can describe: schemathesis
 # makes them as the app does, for any position.
 _positions = st.builds(
     queries.Position,
@@ -42,6 +42,9 @@ _positions = st.builds(
     st.from_regex(TXN_ID, fullmatch=True),
 )
 schemathesis.openapi.format(openapi.CURSOR_FORMAT, _positions.map(queries.encode_cursor))
+schemathesis.openapi.format(
+    openapi.LIVE_POSITION_FORMAT, st.integers(0, 2**63 - 1).map(live.encode_position)
+)
 
 
 @pytest.fixture

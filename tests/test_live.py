@@ -1,5 +1,6 @@
-"""The dashboard (/) and what it polls (GET /api/live): new transactions by position, the
-ingest rate from the batch script's counters, the top users, counts, health and outages."""
+"""The dashboard (/) and what it polls (GET /api/live): the transactions stored after a
+position, in the order stored, whatever their event time; the ingest rate from the batch
+script's counters, the top users, counts, health and outages."""
 
 from __future__ import annotations
 
@@ -11,15 +12,22 @@ from decimal import Decimal
 
 import pytest
 import redis
+from sqlalchemy import func, insert, select, text
 
 import models
-from tests.helpers import BIGGEST, assert_no_inline_code, line, seed
+from tests.helpers import (
+    BIGGEST,
+    assert_no_inline_code,
+    line,
+    make_app,
+    seed,
+    signed_in_client,
+)
 from tests.test_api import get_json
 from txstream import live
 from txstream.keys import Keys
-from txstream.queries import Position, decode_cursor
 from txstream.store import RATE_BUCKET, RATE_KEEP, Store, rate_bucket
-from txstream.times import format_time, from_micros, to_micros
+from txstream.times import format_time, from_micros, to_micros, utcnow
 from txstream.wire import parse
 
 _MICRO = timedelta(microseconds=1)
@@ -31,47 +39,177 @@ def keys_of(app) -> Keys:
     return Keys(app.config["KEY_PREFIX"])
 
 
-def test_live_gives_only_what_is_newer_than_after(app, client):
+def test_live_gives_what_was_stored_after_the_position(app, client):
     now = app.config["CLOCK"]()
     seed(app, line(1, "1.00", now - 2 * _MICRO, "a"), line(2, "2.00", now - _MICRO, "b"))
 
     first = get_json(client, "/api/live")
-    assert [item["txn_id"] for item in first["items"]] == ["b", "a"]
-    assert decode_cursor(first["position"]) == Position(now - _MICRO, "b")
+    assert [item["txn_id"] for item in first["items"]] == ["b", "a"]  # newest stored first
 
-    # the same time as b, a greater txn_id: newer; the same time, a smaller one: older
+    # stored later: shown, whatever their event time (the same as b, with a smaller txn_id)
     seed(app, line(3, "3.00", now - _MICRO, "c"), line(4, "4.00", now - _MICRO, "B"))
     seed(app, line(5, "5.00", now, "d"))
     second = get_json(client, "/api/live", after=first["position"])
-    assert [item["txn_id"] for item in second["items"]] == ["d", "c"]
-    assert decode_cursor(second["position"]) == Position(now, "d")
+    assert [item["txn_id"] for item in second["items"]] == ["d", "B", "c"]
 
     third = get_json(client, "/api/live", after=second["position"])
     assert third["items"] == [] and third["position"] == second["position"]
 
 
-def test_live_is_bounded_to_the_newest(app, client):
+@pytest.mark.parametrize(
+    "shift", [-timedelta(days=30), timedelta(hours=23)], ids=["late", "future-dated"]
+)
+def test_a_late_or_future_dated_transaction_is_on_the_next_poll_and_so_is_the_next_one(
+    app, client, shift
+):
     now = app.config["CLOCK"]()
-    seed(app, *(line(1, "1.00", now - k * _MICRO, f"t{k:03d}") for k in range(live.LIVE_LIMIT + 7)))
+    seed(app, line(1, "1.00", now, "before"))
+    position = get_json(client, "/api/live")["position"]
+
+    seed(app, line(2, "2.00", now + shift, "odd"))
+    odd = get_json(client, "/api/live", after=position)
+    assert [(item["txn_id"], item["time"]) for item in odd["items"]] == [
+        ("odd", format_time(now + shift))  # shown with its own event time
+    ]
+
+    seed(app, line(3, "3.00", now, "next"))
+    answer = get_json(client, "/api/live", after=odd["position"])
+    assert [item["txn_id"] for item in answer["items"]] == ["next"]
+    # a page loaded now polls from the same place
+    page = client.get("/").get_data(as_text=True)
+    assert re.search(r'data-position="([^"]*)"', page)[1] == answer["position"]
+
+
+def test_live_is_bounded_to_the_newest_stored(app, client):
+    now = app.config["CLOCK"]()
+    count = live.LIVE_LIMIT + 7
+    seed(app, *(line(1, "1.00", now - k * _MICRO, f"t{k:03d}") for k in range(count)))
 
     items = get_json(client, "/api/live")["items"]
 
     assert len(items) == live.LIVE_LIMIT
-    assert items[0]["txn_id"] == "t000" and items[-1]["txn_id"] == f"t{live.LIVE_LIMIT - 1:03d}"
+    assert items[0]["txn_id"] == f"t{count - 1:03d}" and items[-1]["txn_id"] == "t007"
 
 
-def test_newer_transactions_on_each_backend(backend, key_prefix):
+def test_stored_after_on_each_backend(backend, key_prefix):
     engine, client = backend
-    rows = [parse(line(1, "1.00", NOW + k * _MICRO, f"n{k}")) for k in range(5)]
+    rows = [parse(line(1, "1.00", NOW - k * _MICRO, f"n{k}")) for k in range(5)]
     Store(engine, client, Keys(key_prefix), WINDOW_SECONDS).store(rows)
 
     with engine.connect() as conn:
-        newer = live.newer_transactions(conn, Position(rows[1].ts, "n1"), limit=2)
-        assert [tx.txn_id for tx in newer] == ["n4", "n3"]
-        assert live.newer_transactions(conn, Position(rows[4].ts, "n4")) == []
+        ids = conn.scalars(select(models.transactions.c.id).order_by("id")).all()
+        txns, position = live.stored_after(conn, ids[1], limit=2)
+        assert [tx.txn_id for tx in txns] == ["n4", "n3"] and position == ids[4]
+        assert live.stored_after(conn, ids[4]) == ([], ids[4])
 
 
-@pytest.mark.parametrize("after", ["", "x", "bm90IGEgY3Vyc29y", "A" * 300, "MTo="])
+@pytest.mark.services
+@pytest.mark.parametrize("statement, kind", [("_STORED_AFTER", "range"), ("_STORED", "index")])
+def test_the_live_query_reads_the_primary_key_in_order(mysql_engine, statement, kind):
+    # On a table of 10,000,000 rows too: docs/BENCHMARKS.md, "The live feed's read".
+    _stored(mysql_engine, *((i, NOW) for i in range(1, 201)))
+    with mysql_engine.connect() as conn:
+        query = getattr(live, statement).params(limit=live.LIVE_LIMIT, after=150)
+        compiled = query.compile(conn, compile_kwargs={"literal_binds": True})
+        plan = conn.execute(text(f"EXPLAIN {compiled}")).mappings().one()
+    assert (plan["key"], plan["type"]) == ("PRIMARY", kind), plan
+    assert "filesort" not in (plan["Extra"] or ""), plan
+
+
+def _stored(engine, *rows: tuple[int, datetime]) -> None:
+    """Transactions with these ids, stored at these times: txn_id `t<id>`, user `<id>`."""
+    one = {"amount": Decimal("1.00"), "ts": NOW}
+    with engine.begin() as conn:
+        conn.execute(
+            insert(models.transactions),
+            [
+                {"id": i, "txn_id": f"t{i}", "user_id": i, "received_at": at, **one}
+                for i, at in rows
+            ],
+        )
+
+
+def _polled(engine, after: int | None, limit: int = live.LIVE_LIMIT) -> tuple[list[str], int]:
+    """The txn_ids of `stored_after`'s answer, and its position."""
+    with engine.connect() as conn:
+        txns, position = live.stored_after(conn, after, limit)
+    return [tx.txn_id for tx in txns], position
+
+
+def test_the_position_waits_before_a_missing_id_until_it_commits(backend):
+    engine, _client = backend
+    _stored(engine, (1, NOW), (2, NOW), (4, NOW))  # 3: handed out, not committed yet
+
+    assert _polled(engine, 0) == (["t4", "t2", "t1"], 2)
+    assert _polled(engine, None) == (["t4", "t2", "t1"], 2)
+    assert _polled(engine, 2) == (["t4"], 2)  # t4 again, until t3 is in: the page skips it
+
+    _stored(engine, (3, NOW + timedelta(seconds=1)))
+    assert _polled(engine, 2) == (["t4", "t3"], 4)
+    assert _polled(engine, 4) == ([], 4)
+
+
+def test_a_missing_id_is_passed_once_rows_stored_gap_wait_later_are_in(backend):
+    engine, _client = backend
+    _stored(engine, (1, NOW), (3, NOW), (4, NOW + live.GAP_WAIT - _MICRO))
+    assert _polled(engine, 1)[1] == 1  # 2 may still come
+
+    _stored(engine, (5, NOW + live.GAP_WAIT))  # 2 never came: rolled back, or that slow
+    assert _polled(engine, 1) == (["t5", "t4", "t3"], 5)
+
+
+def test_a_full_answer_skips_what_is_below_it(backend):
+    engine, _client = backend
+    _stored(engine, *((i, NOW) for i in (1, 2, 3, 10, 11, 12, 14)))
+
+    assert _polled(engine, 0, limit=3) == (["t14", "t12", "t11"], 12)  # 13 may still come
+    assert _polled(engine, None, limit=3) == (["t14", "t12", "t11"], 12)
+
+
+@pytest.mark.services
+def test_a_transaction_committed_after_a_newer_one_is_on_a_later_poll(
+    mysql_engine, redis_client, key_prefix
+):
+    web = make_app(mysql_engine, redis_client, key_prefix, WINDOW_HOURS=Decimal(6))
+    client = signed_in_client(web)
+    store = Store(mysql_engine, redis_client, Keys(key_prefix), WINDOW_SECONDS)
+    store.store([parse(line(1, "1.00", NOW, "first"))])
+    position = get_json(client, "/api/live")["position"]
+
+    with mysql_engine.connect() as slow:  # another subscriber's batch: its id is handed out
+        slow.execute(
+            insert(models.transactions).values(
+                txn_id="slow", user_id=2, amount=Decimal("2.00"), ts=NOW, received_at=utcnow()
+            )
+        )
+        store.store([parse(line(3, "3.00", NOW, "fast"))])  # a greater id, committed first
+        early = get_json(client, "/api/live", after=position)
+        assert [item["txn_id"] for item in early["items"]] == ["fast"]
+        slow.commit()
+
+    later = get_json(client, "/api/live", after=early["position"])
+    assert [item["txn_id"] for item in later["items"]] == ["fast", "slow"]
+    assert get_json(client, "/api/live", after=later["position"])["items"] == []
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        "",
+        "x",
+        "bm90IGEgY3Vyc29y",
+        "A" * 300,
+        "MTo=",
+        "c3RvcmVkOi0x",  # stored:-1
+        "c3RvcmVkOjAx",  # stored:01
+        "c3RvcmVkOjkyMjMzNzIwMzY4NTQ3NzU4MDg",  # stored:2^63
+        "c3RvcmVkOjE=",  # stored:1, padded
+        "c3RvcmVkOjF",  # stored:1 with stray bits
+        "c3RvcmVkOjEg",  # "stored:1 "
+        "MTcxNDk5NjgwMDAwMDAwMDphYmM",  # a page's cursor
+        "c3RvcmVkOjE\u0131",  # not ASCII
+    ],
+)
 def test_a_bad_after_is_a_400(client, after):
     assert (
         "after is not a valid position" in get_json(client, "/api/live", 400, after=after)["error"]
@@ -255,7 +393,9 @@ def test_the_console_page_has_its_parts_and_its_script(app, client):
         assert part in page
     assert re.search(r'<button type="button" id="live-toggle"', page)
     position = re.search(r'data-position="([^"]*)"', page)[1]
-    assert decode_cursor(position) == Position(now, "newest")
+    with app.config["ENGINE"].connect() as conn:
+        newest = conn.scalar(select(func.max(models.transactions.c.id)))
+    assert live.decode_position(position) == newest
     assert '<script src="/static/app.js" defer></script>' in page
     assert '<script src="/static/dashboard.js" defer></script>' in page
     assert f'<time datetime="{format_time(now)}">' in page

@@ -11,6 +11,8 @@ SQL on MySQL and to those functions on SQLite.
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from dataclasses import dataclass, replace
 from decimal import Decimal
 
@@ -26,6 +28,9 @@ from txstream.money import MONEY_CONTEXT
 MYSQL = "mysql"
 SQLITE = "sqlite"
 MYSQL_NAMES = ("mysql", "mariadb")  # SQLAlchemy's dialect names in the MySQL family
+# The execution option of a SQLite connection that says how its transactions begin
+# (default "BEGIN"; "BEGIN IMMEDIATE" takes the write lock at once).
+SQLITE_BEGIN = "txstream_sqlite_begin"
 
 
 class UnsupportedDatabase(ValueError):
@@ -236,13 +241,32 @@ def _decimal_greatest(a: str, b: str) -> str:
     return a if Decimal(a) >= Decimal(b) else b
 
 
+def _use_wal(cursor: sqlite3.Cursor, timeout: float = 30) -> None:
+    """Put the database file in WAL mode, which it keeps.
+
+    Processes that open a new file at once all try to switch it; SQLite answers the
+    losers "database is locked" at once, without waiting (its busy timeout does not apply),
+    so they try again until one has switched it.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")  # once WAL, a no-op without locks
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
+
+
 def configure_sqlite(engine: Engine) -> None:
     """Make every SQLite connection of `engine` work as txstream needs.
 
     The decimal functions; WAL, so that the web app reads while the subscriber writes (the
     demo's three processes); and transactions that SQLAlchemy begins itself: the sqlite3
     module's own implicit BEGIN would leave SAVEPOINTs outside any transaction, so that
-    releasing one would commit (SQLAlchemy's documented recipe).
+    releasing one would commit (SQLAlchemy's documented recipe); a connection's
+    `SQLITE_BEGIN` option says which BEGIN.
     """
 
     @event.listens_for(engine, "connect")
@@ -253,10 +277,10 @@ def configure_sqlite(engine: Engine) -> None:
         dbapi_connection.create_function("dec_least", 2, _decimal_least, deterministic=True)
         dbapi_connection.create_function("dec_greatest", 2, _decimal_greatest, deterministic=True)
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        _use_wal(cursor)
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn) -> None:
-        conn.exec_driver_sql("BEGIN")
+        conn.exec_driver_sql(conn.get_execution_options().get(SQLITE_BEGIN, "BEGIN"))

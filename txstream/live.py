@@ -1,8 +1,9 @@
 """The dashboard's live data (GET /api/live): what the page `/` polls about every second.
 
 Each part is a bounded read, whatever the volume stored:
-- the transactions newer than the page's position (ts, txn_id): a keyset range of the
-  (ts, txn_id) index, newest first, at most LIVE_LIMIT rows;
+- the transactions stored after the page's position, in the order they were stored
+  (the auto-increment `id`), whatever their event time: a range of the primary key, newest
+  first, at most LIVE_LIMIT rows (`stored_after`: how the position skips no row);
 - the ingest rate: the subscribers' per-10-second counters of each partition
   (txstream.store's batch script adds each batch's new rows, one INCRBY), the last 15
   minutes read with an MGET per partition (a partition's counters share its hash slot),
@@ -22,16 +23,16 @@ import json
 import re
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import redis
-from sqlalchemy import Connection, and_, bindparam, func, or_, select
+from sqlalchemy import Connection, Integer, bindparam, func, select
 
 from models import transactions, user_window_totals
 from txstream.heartbeats import live_subscribers
 from txstream.keys import Keys
 from txstream.money import format_amount
-from txstream.queries import Position, encode_cursor
+from txstream.queries import InvalidCursor, unwrap, wrap
 from txstream.store import RATE_BUCKET, rate_bucket
 from txstream.times import format_time, from_micros, to_micros, utcnow
 from txstream.transaction import Transaction, to_json
@@ -44,29 +45,66 @@ Reader = Callable[[Callable[[Connection], object]], object]  # runs a read, retu
 _SUM = re.compile(r"-?[0-9]{1,28}\.[0-9]{2}")  # a window's sum: DECIMAL(30, 2)
 
 _t, _w = transactions, user_window_totals
-_NEWEST = (
-    select(_t.c.txn_id, _t.c.user_id, _t.c.amount, _t.c.ts)
-    .order_by(_t.c.ts.desc(), _t.c.txn_id.desc())
-    .limit(bindparam("limit"))
+_STORED = (
+    select(_t.c.id, _t.c.txn_id, _t.c.user_id, _t.c.amount, _t.c.ts, _t.c.received_at)
+    .order_by(_t.c.id.desc())
+    .limit(bindparam("limit", type_=Integer))
 )
-_after_ts, _after_id = bindparam("after_ts"), bindparam("after_txn_id")
-# `ts >= :ts` repeats what the OR implies, so that MySQL scans an index range.
-_NEWER = _NEWEST.where(
-    _t.c.ts >= _after_ts,
-    or_(_t.c.ts > _after_ts, and_(_t.c.ts == _after_ts, _t.c.txn_id > _after_id)),
-)
+_STORED_AFTER = _STORED.where(_t.c.id > bindparam("after", type_=_t.c.id.type))
+# How long the position waits before an id that is missing below a visible row: ids are
+# handed out at the INSERT, so another subscriber's batch may still commit it.
+GAP_WAIT = timedelta(seconds=5)
+_POSITION = re.compile(r"stored:(0|[1-9][0-9]{0,18})")
+_MAX_ID = 2**63 - 1  # BIGINT
 
 
-def newer_transactions(
-    conn: Connection, after: Position | None, limit: int = LIVE_LIMIT
-) -> list[Transaction]:
-    """The newest `limit` transactions after `after` (all, when None), newest first."""
+def encode_position(stored: int) -> str:
+    """The opaque `position` of the feed after the transactions stored up to id `stored`."""
+    return wrap(f"stored:{stored}")
+
+
+def decode_position(position: str) -> int:
+    """The id in a `position` that `encode_position` made; else raises `InvalidCursor`."""
+    match = _POSITION.fullmatch(unwrap(position))
+    if match is None or int(match[1]) > _MAX_ID:
+        raise InvalidCursor("not a position of the live feed")
+    if encode_position(int(match[1])) != position:  # one spelling only, as cursors
+        raise InvalidCursor("not in its canonical form")
+    return int(match[1])
+
+
+def stored_after(
+    conn: Connection, after: int | None, limit: int = LIVE_LIMIT
+) -> tuple[list[Transaction], int]:
+    """The newest `limit` transactions stored after the position `after` (the newest when
+    None), newest first; and the position to ask from next.
+
+    The position is the newest id, unless an id below it is missing: it then stays before
+    the missing one until rows stored GAP_WAIT after the row above it are visible (its
+    transaction is that slow, or was rolled back: ids are skipped for good), so that a row
+    committed late is not skipped. The rows above it come again: the client skips the ones
+    it shows. Ids below the oldest row of a full answer are skipped anyway: there were more
+    than `limit` new rows.
+    """
     if after is None:
-        rows = conn.execute(_NEWEST, {"limit": limit})
+        rows = conn.execute(_STORED, {"limit": limit}).all()
     else:
-        params = {"limit": limit, "after_ts": after.ts, "after_txn_id": after.txn_id}
-        rows = conn.execute(_NEWER, params)
-    return [Transaction(*row) for row in rows]
+        rows = conn.execute(_STORED_AFTER, {"limit": limit, "after": after}).all()
+    if not rows:
+        return [], after or 0
+    oldest_first = rows[::-1]
+    position = after if after is not None and len(rows) < limit else oldest_first[0].id - 1
+    newest = max(row.received_at for row in rows)
+    for row in oldest_first:
+        if row.id != position + 1 and newest - row.received_at < GAP_WAIT:
+            break
+        position = row.id
+    return [Transaction(row.txn_id, row.user_id, row.amount, row.ts) for row in rows], position
+
+
+def current_position(conn: Connection) -> str:
+    """The position of the feed now: what a page just rendered polls from."""
+    return encode_position(stored_after(conn, None)[1])
 
 
 def rate_series(client: redis.Redis, keys: Keys, now: float) -> list[dict]:
@@ -174,21 +212,16 @@ def live(
     client: redis.Redis,
     keys: Keys,
     read: Reader,
-    after: Position | None,
+    after: int | None,
     window_start: datetime,
 ) -> dict:
     """Everything the dashboard shows (see txstream.openapi `Live`); `read(work)` runs
     `work(conn)` on the database (txstream.replica.read: a replica's or the primary's)."""
-    txns = read(lambda conn: newer_transactions(conn, after))
-    newest = txns[0] if txns else None
-    if newest is not None:
-        position = encode_cursor(Position(newest.ts, newest.txn_id))
-    else:
-        position = None if after is None else encode_cursor(after)
+    txns, position = read(lambda conn: stored_after(conn, after))
     now = utcnow()  # the counters are of real time, whatever the app's CLOCK says
     return {
         "items": [to_json(tx) for tx in txns],
-        "position": position,
+        "position": encode_position(position),
         "rate": {"bucket_seconds": RATE_BUCKET, "series": rate_series(client, keys, time.time())},
         "top": top_users(client, keys, read, window_start),
         "counts": counts(client, keys),

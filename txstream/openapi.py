@@ -42,6 +42,7 @@ HOURS_PATTERN = (
 )
 _POSITION = f"^[0-9]{{1,{POSITION_DIGITS}}}$"  # a dead letter's position (params)
 CURSOR_FORMAT = "txstream-cursor"  # a name of this API's own: what `next` holds
+LIVE_POSITION_FORMAT = "txstream-live-position"  # what /api/live's `position` holds
 
 
 def _ref(kind: str, name: str) -> dict:
@@ -287,6 +288,7 @@ _CURSOR = {
     "maxLength": MAX_CURSOR_CHARS,
     "pattern": "^[A-Za-z0-9_-]+$",
 }
+_LIVE_POSITION = {**_CURSOR, "format": LIVE_POSITION_FORMAT}
 _COUNT = {"type": "integer", "minimum": 0}
 _TOP_USER = _object(user_id=_USER_ID, count=_COUNT, sum=_ref("schemas", "Total"))
 _TOP_LIST = {"type": "array", "items": _TOP_USER, "maxItems": TOP_USERS}
@@ -295,11 +297,17 @@ _SCHEMAS["Live"] = _object(
         "type": "array",
         "items": _ref("schemas", "Transaction"),
         "maxItems": LIVE_LIMIT,
-        "description": "The newest transactions after `after`, newest first",
+        "description": (
+            "The newest transactions stored after `after`, newest stored first, whatever "
+            "their event time. An item of an earlier answer may come again (while a "
+            "transaction stored just before it may still commit): skip the ones you show"
+        ),
     },
     position={
-        "oneOf": [_CURSOR, {"type": "null"}],
-        "description": "The `after` of the next poll: the newest transaction seen; null: none",
+        **_LIVE_POSITION,
+        "description": (
+            "The `after` of the next poll: an opaque place in the order the transactions are stored"
+        ),
     },
     rate=_object(
         bucket_seconds={"type": "integer", "minimum": 1},
@@ -368,9 +376,9 @@ _PARAMETERS = {
         "required": False,
         "description": (
             "The `position` of the previous answer, as it came (anything else is a 400). "
-            "Absent: the newest transactions"
+            "Absent: the newest transactions stored"
         ),
-        "schema": _CURSOR,
+        "schema": _LIVE_POSITION,
     },
     "dead_before": {
         "name": "before",
@@ -579,8 +587,9 @@ def document(window_hours: Decimal) -> dict:
             ),
             "/api/live": _operation(
                 "live",
-                "What the dashboard polls: the transactions newer than `after`, the ingest "
-                "rate over 15 minutes, the current window's top users, counts and health",
+                "What the dashboard polls: the transactions stored after `after`, the "
+                "ingest rate over 15 minutes, the current window's top users, counts and "
+                "health",
                 "The dashboard's data",
                 _json(_ref("schemas", "Live")),
                 ("after",),

@@ -8,7 +8,7 @@ from decimal import Decimal
 from flask import Blueprint, Response, current_app, redirect, render_template, request, url_for
 from werkzeug.exceptions import HTTPException
 
-from txstream import queries, redisconn, replica, system
+from txstream import live, queries, redisconn, replica, system
 from txstream.api import read_dead_letters, read_user_sum
 from txstream.chart import bar_chart
 from txstream.money import format_amount, format_money
@@ -21,7 +21,6 @@ from txstream.params import (
     parse_user_id,
     span,
 )
-from txstream.queries import Position, encode_cursor
 from txstream.recent import RecentLists
 from txstream.times import format_time
 
@@ -62,13 +61,16 @@ def money_class(amount: Decimal) -> str:
 
 @bp.get("/")
 def index():
-    """The console: the latest transactions of all users, then kept live by dashboard.js
-    (which polls /api/live), the ingest rate, the top users, counts and health."""
+    """The console: the latest transactions of all users (by event time), then those
+    stored since, as dashboard.js polls them (/api/live); the ingest rate, the top users,
+    counts and health."""
     before = parse_before(request.args.get("before"))
-    txns, cursor = replica.read(
-        lambda conn: queries.transactions_page(conn, PAGE_SIZE, before=before)
-    )
-    position = encode_cursor(Position(txns[0].ts, txns[0].txn_id)) if txns else None
+
+    def read(conn):
+        page = queries.transactions_page(conn, PAGE_SIZE, before=before)
+        return page, None if before else live.current_position(conn)  # older pages are not live
+
+    (txns, cursor), position = replica.read(read)
     return render_template(
         "index.html", txns=txns, cursor=cursor, paged=before is not None, position=position
     )

@@ -7,11 +7,16 @@ rule; nothing is clamped or rounded silently.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from decimal import Decimal
+from typing import TypeVar
 
 from txstream import wire
+from txstream.live import decode_position
 from txstream.queries import InvalidCursor, Position, decode_cursor
+
+T = TypeVar("T")
 
 MAX_HOURS = 8760  # one year
 MAX_LIMIT = 500
@@ -66,19 +71,19 @@ def parse_limit(raw: str | None) -> int:
 
 def parse_before(raw: str | None) -> Position | None:
     """The `before` parameter: a page cursor from a previous response, or absent."""
-    return _position(raw, "before is not a valid page cursor")
+    return _decoded(raw, decode_cursor, "before is not a valid page cursor")
 
 
-def parse_after(raw: str | None) -> Position | None:
+def parse_after(raw: str | None) -> int | None:
     """The dashboard's `after`: the `position` of its previous answer, or absent."""
-    return _position(raw, "after is not a valid position")
+    return _decoded(raw, decode_position, "after is not a valid position")
 
 
-def _position(raw: str | None, complaint: str) -> Position | None:
+def _decoded(raw: str | None, decode: Callable[[str], T], complaint: str) -> T | None:
     if raw is None:
         return None
     try:
-        return decode_cursor(raw)
+        return decode(raw)
     except InvalidCursor as exc:
         raise InvalidParameter(f"{complaint}: {exc}") from None
 

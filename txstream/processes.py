@@ -148,25 +148,37 @@ class Script:
                 self.proc.wait()
 
 
-@contextmanager
-def web_app(env: dict[str, str], timeout: float = 30) -> Iterator[tuple[Script, str]]:
+def start_web_app(env: dict[str, str]) -> tuple[Script, str]:
     """(the process, its base URL): the web app under gunicorn as `make serve` runs it, with
-    `env`, on a free local port, once /healthz answers 200; stopped on the way out."""
+    `env`, on a free local port; `wait_healthy` waits for it to answer."""
     bind = f"127.0.0.1:{free_port()}"
-    server = Script(*SERVE, env={**env, "WEB_BIND": bind})
+    return Script(*SERVE, env={**env, "WEB_BIND": bind}), f"http://{bind}"
+
+
+def wait_healthy(server: Script, url: str, timeout: float = 30) -> None:
+    """Wait until `url`/healthz answers 200; fail with the server's output if it exits."""
+    health = f"{url}/healthz"
 
     def healthy() -> bool:
         if server.proc.poll() is not None:
             raise AssertionError(f"gunicorn exited:\n{server.output}")
         try:
-            health = f"http://{bind}/healthz"  # bandit B310: an http:// URL made here
+            # bandit B310: an http:// URL made by start_web_app
             with urllib.request.urlopen(health, timeout=1) as response:  # nosec B310
                 return response.status == 200
         except OSError:
             return False
 
+    wait_until(healthy, timeout, health)
+
+
+@contextmanager
+def web_app(env: dict[str, str], timeout: float = 30) -> Iterator[tuple[Script, str]]:
+    """(the process, its base URL): the web app (`start_web_app`), once /healthz answers
+    200; stopped on the way out."""
+    server, url = start_web_app(env)
     try:
-        wait_until(healthy, timeout, f"http://{bind}/healthz")
-        yield server, f"http://{bind}"
+        wait_healthy(server, url, timeout)
+        yield server, url
     finally:
         server.stop()

@@ -292,20 +292,30 @@ def ping(conn: Connection) -> None:
     conn.execute(select(1)).one()
 
 
-def encode_cursor(position: Position) -> str:
-    """The opaque, URL-safe cursor of `position`."""
-    text = f"{to_micros(position.ts)}:{position.txn_id}".encode("ascii")
-    return base64.urlsafe_b64encode(text).rstrip(b"=").decode("ascii")
+def wrap(text: str) -> str:
+    """`text` (ASCII) as an opaque, URL-safe string: a cursor or a live position."""
+    return base64.urlsafe_b64encode(text.encode("ascii")).rstrip(b"=").decode("ascii")
 
 
-def decode_cursor(cursor: str) -> Position:
-    """The position in `cursor`; raises `InvalidCursor` unless `encode_cursor` made it."""
+def unwrap(cursor: str) -> str:
+    """The text that `wrap` made `cursor` of; raises `InvalidCursor` for anything else."""
     if not cursor or len(cursor) > MAX_CURSOR_CHARS or not cursor.isascii():
         raise InvalidCursor("not a cursor this app made")
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
     except (binascii.Error, UnicodeDecodeError):
         raise InvalidCursor("not valid URL-safe base64 of ASCII text") from None
+    return text
+
+
+def encode_cursor(position: Position) -> str:
+    """The opaque, URL-safe cursor of `position`."""
+    return wrap(f"{to_micros(position.ts)}:{position.txn_id}")
+
+
+def decode_cursor(cursor: str) -> Position:
+    """The position in `cursor`; raises `InvalidCursor` unless `encode_cursor` made it."""
+    text = unwrap(cursor)
     match = _POSITION.fullmatch(text)
     if match is None:
         raise InvalidCursor("not of the form <microseconds>:<txn_id>")
