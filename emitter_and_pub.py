@@ -376,8 +376,8 @@ def parse_args(argv: list[str] | None, settings: config.Settings) -> argparse.Na
         "--max-pending",
         type=config.positive_int_flag,
         default=100_000,
-        help="transactions kept while Redis is down; beyond, the oldest are dropped "
-        "(default: %(default)s)",
+        help="transactions kept while Redis is down or the stream is full; beyond, the "
+        "oldest are dropped (default: %(default)s)",
     )
     parser.add_argument("--quiet", action="store_true", help="do not log every transaction")
     return parser.parse_args(argv)
