@@ -509,6 +509,19 @@ def test_the_stream_is_trimmed_of_what_every_group_acknowledged_and_no_more(stor
     assert [group["lag"] for group in client.xinfo_groups(stream)] == [0, 0]
 
 
+def test_a_batch_whose_stream_was_deleted_meanwhile_is_written_once(store):
+    """Nothing to acknowledge or trim: the script goes on, and counts the batch once."""
+    keys, client = store.keys, store.client
+    store.group = "store"
+    client.xgroup_create(keys.stream, "store", id="0", mkstream=True)
+    entry = client.xadd(keys.stream, {"line": "1,1.00,1570358269,gone"})
+    client.xreadgroup("store", "me", {keys.stream: ">"})
+    client.delete(keys.stream)
+    store.store([tx("gone")], entry_ids={0: [entry]})
+    assert client.hget(keys.counts(), "stored") == b"1"
+    assert not client.exists(keys.stream)
+
+
 def test_nothing_is_acknowledged_when_the_dead_letters_cannot_be_kept(store):
     keys, client = store.keys, store.client
     store.group = "store"

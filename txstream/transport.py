@@ -155,8 +155,9 @@ return {room, length + room}
 # group of it has acknowledged, never more: XTRIM MINID up to the oldest entry some group
 # still needs, pending (XPENDING's oldest) or not yet delivered (after its
 # last-delivered-id). `~`: whole nodes of the stream only, the cheap trim. A stream
-# without a group is left alone (nobody says what was read). Ids are compared as decimal
-# strings, exactly, whatever their size.
+# without a group is left alone (nobody says what was read), and a missing one too (XINFO
+# would fail the batch's script after its writes). Ids are compared as decimal strings,
+# exactly, whatever their size.
 TRIM_ACKNOWLEDGED_LUA = """
 local function id_less(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
@@ -170,6 +171,7 @@ local function after(id)  -- the id next to `id`; `id` itself when too long to a
   return ms .. '-' .. string.format('%d', tonumber(seq) + 1)
 end
 local function trim_acknowledged(stream)
+  if redis.call('XLEN', stream) == 0 then return 0 end
   local keep = nil
   for _, row in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
     local group = {}
