@@ -258,11 +258,11 @@ class Emitter:
         if p not in self.full:
             self.full[p] = time.monotonic()
             log.warning(
-                "WAITING for the subscribers: %s; partition %d's %d transactions wait until "
-                "they have stored and acknowledged some (checked every %.1f s)",
+                "WAITING for the subscribers: %s; the %d transactions of partition %d are "
+                "kept until the subscribers have stored some (tried again every %.1f s)",
                 exc,
-                p,
                 len(self.pending[p]),
+                p,
                 ROOM_CHECK,
             )
 
@@ -272,12 +272,12 @@ class Emitter:
         if p not in self.not_a_stream:
             self.not_a_stream[p] = Backoff()
             log.error(
-                "%s: partition %d's %d transactions wait, retried with backoff. Keep what "
-                "the key holds if it matters, then delete it (DEL %s): the emitter makes "
-                "the stream again, and the subscribers their group",
+                "%s: the %d transactions of partition %d are kept, and sent again with "
+                "backoff. Keep what the key holds if it matters, then delete it (DEL %s): "
+                "the emitter makes the stream again, and the subscribers their group",
                 exc,
-                p,
                 len(self.pending[p]),
+                p,
                 exc.key,
             )
         self._next_try[p] = time.monotonic() + self.not_a_stream[p].delay()
