@@ -389,8 +389,9 @@ class StreamSink:
 
     def send(self, lines: Sequence[str], partition: int = 0) -> list[int]:
         """Append `lines` in one round trip; 1 for each (the stream keeps them all).
-        Raises `StreamFull` when only the first ones fitted, `NotAStream` when the key
-        is of another type, `NotReplicated` (first) when the replicas did not confirm."""
+        Raises `NotAStream` when the key is of another type (nothing appended), else
+        `NotReplicated` when the replicas did not confirm, else `StreamFull` when only
+        the first lines fitted."""
         if not lines:
             return []
         stream = self.streams[partition]
