@@ -112,9 +112,6 @@ def subscriber(start_subscriber):
 def test_emitter_and_raw_messages_are_stored_exactly_once(
     subscriber, subscriber_env, send_raw, redis_client, mysql_engine, key_prefix
 ):
-    # A group that reads nothing: the subscriber trims only what every group acknowledged,
-    # so every entry stays in the stream, to be handed out again below.
-    redis_client.xgroup_create(subscriber_env["STREAM"], "reads-nothing", id="0")
     emitter = Script(
         "emitter_and_pub.py",
         *("--count", "300", "--rate", "2000", "--users", "20", "--seed", "11"),
