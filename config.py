@@ -63,7 +63,9 @@ class Settings:
     log_level: str = "INFO"
     transport: str = "pubsub"  # "pubsub" (the design card) or "stream" (durable)
     stream: str = "transactions"  # Redis stream of the stream transport
-    stream_maxlen: int = 1_000_000  # approximate cap on the stream's length; 0 = none
+    # entries a partition's stream may hold (all unacknowledged: the subscribers trim
+    # what every group acknowledged); the emitter waits at the cap; 0 = no cap
+    stream_maxlen: int = 1_000_000
     group: str = "store"  # the subscribers' consumer group
     claim_idle_ms: int = 30_000  # take over entries pending this long on another consumer
     max_deliveries: int = 5  # an entry delivered more often is a dead letter

@@ -30,14 +30,16 @@ from itertools import accumulate, islice
 
 import config
 from txstream.keys import Keys
-from txstream.runtime import GiveUp, Outage, StopFlag, retry
+from txstream.runtime import Backoff, GiveUp, Outage, StopFlag, retry
 from txstream.times import utcnow
 from txstream.transaction import Transaction
 from txstream.transport import (
     ConnectingSink,
+    NotAStream,
     NotReplicated,
     PartitionsMismatch,
     Sink,
+    StreamFull,
     is_redis_outage,
 )
 from txstream.wire import format_line
@@ -46,6 +48,7 @@ log = logging.getLogger("pub_transactions")
 
 BURST_CHUNK = 1000  # messages per round trip (one script call) with --rate 0
 HOLD_CHECK = 1.0  # seconds between asks whether a held partition has its replicas again
+ROOM_CHECK = 0.5  # seconds between tries of a partition whose stream is full
 
 
 class FakeTransactions:
@@ -100,6 +103,10 @@ class Emitter:
     partition is held, warned about, until its master has the replicas again (after a
     failover, once the lost node is back as a replica), as a Kafka producer holds its
     records under min.insync.replicas; the other partitions go on.
+
+    The same for a partition whose stream is full (STREAM_MAXLEN entries that the
+    subscribers have not acknowledged: backpressure) and whose stream key holds another
+    type (retried with backoff): its lines wait, the other partitions go on.
     """
 
     def __init__(
@@ -124,6 +131,8 @@ class Emitter:
         self.no_listener = 0  # pub/sub only: messages no subscriber received
         self.redis = Outage("redis")
         self.held: dict[int, int] = {}  # partitions whose master lacks replicas: how many needed
+        self.full: dict[int, float] = {}  # partitions whose stream is full: since (monotonic)
+        self.not_a_stream: dict[int, Backoff] = {}  # partitions whose stream key is no stream
         self._outages: dict[int, Outage] = {}
         self._next_try: dict[int, float] = defaultdict(float)  # monotonic, by partition
 
@@ -179,7 +188,7 @@ class Emitter:
                 self.dropped += 1
                 if self.dropped == 1 or self.dropped % 10_000 == 0:
                     log.error(
-                        "%d transactions DROPPED: more than %d waiting for Redis",
+                        "%d transactions DROPPED: more than %d waiting to be sent (--max-pending)",
                         self.dropped,
                         self.max_pending,
                     )
@@ -200,6 +209,10 @@ class Emitter:
                     self._send_chunk(p)
             except NotReplicated as exc:
                 self._hold(p, exc)
+            except StreamFull as exc:
+                self._wait_for_room(p, exc)
+            except NotAStream as exc:
+                self._wait_for_a_stream(p, exc)
             except Exception as exc:
                 if not is_redis_outage(exc):
                     raise
@@ -213,11 +226,61 @@ class Emitter:
 
     def _send_chunk(self, p: int) -> None:
         lines = list(islice(self.pending[p], BURST_CHUNK))
-        receivers = self.sink.send(lines, p)
+        try:
+            receivers = self.sink.send(lines, p)
+        except StreamFull as exc:
+            self._took(p, lines[: exc.sent], [1] * exc.sent)
+            raise
+        self._took(p, lines, receivers)
+        if p in self.not_a_stream:
+            del self.not_a_stream[p]
+            log.warning("partition %d has its stream again: sending its transactions", p)
+        if p in self.full and not self.pending[p]:
+            waited = time.monotonic() - self.full.pop(p)
+            log.warning(
+                "partition %d's stream has room again: its transactions that waited %.1f s "
+                "are sent",
+                p,
+                waited,
+            )
+
+    def _took(self, p: int, lines: list[str], receivers: list[int]) -> None:
+        """Remove the `lines` Redis took from partition `p`'s queue."""
         for line, count in zip(lines, receivers, strict=True):
             self.pending[p].popleft()
             self.queued -= 1
             self._sent(line, count)
+
+    def _wait_for_room(self, p: int, exc: StreamFull) -> None:
+        """Keep partition `p`'s lines until the subscribers have made room: try again
+        every ROOM_CHECK s; warn once, until its queue is sent."""
+        self._next_try[p] = time.monotonic() + ROOM_CHECK
+        if p not in self.full:
+            self.full[p] = time.monotonic()
+            log.warning(
+                "WAITING for the subscribers: %s; the %d transactions of partition %d are "
+                "kept until the subscribers have stored some (tried again every %.1f s)",
+                exc,
+                len(self.pending[p]),
+                p,
+                ROOM_CHECK,
+            )
+
+    def _wait_for_a_stream(self, p: int, exc: NotAStream) -> None:
+        """Keep partition `p`'s lines while its stream key holds another type: say what to
+        do, once, then try again with backoff."""
+        if p not in self.not_a_stream:
+            self.not_a_stream[p] = Backoff()
+            log.error(
+                "%s: the %d transactions of partition %d are kept, and sent again with "
+                "backoff. Keep what the key holds if it matters, then delete it (DEL %s): "
+                "the emitter makes the stream again, and the subscribers their group",
+                exc,
+                len(self.pending[p]),
+                p,
+                exc.key,
+            )
+        self._next_try[p] = time.monotonic() + self.not_a_stream[p].delay()
 
     def _hold(self, p: int, exc: NotReplicated) -> None:
         """Keep partition `p`'s lines (the unconfirmed chunk too) until it has replicas."""
@@ -253,9 +316,18 @@ class Emitter:
         return self._outages[p]
 
     def _send_all(self) -> None:
+        """Send every line kept, but those of a partition whose stream cannot take them."""
         for p in list(self.pending):
-            while self.pending[p]:
-                self._send_chunk(p)
+            try:
+                while self.pending[p]:
+                    self._send_chunk(p)
+            except (StreamFull, NotAStream) as exc:
+                log.error(
+                    "partition %d: %s; its %d transactions are not sent",
+                    p,
+                    exc,
+                    len(self.pending[p]),
+                )
 
     def _sent(self, line: str, receivers: int) -> None:
         self.published += 1
@@ -304,8 +376,8 @@ def parse_args(argv: list[str] | None, settings: config.Settings) -> argparse.Na
         "--max-pending",
         type=config.positive_int_flag,
         default=100_000,
-        help="transactions kept while Redis is down; beyond, the oldest are dropped "
-        "(default: %(default)s)",
+        help="transactions kept while Redis is down or the stream is full; beyond, the "
+        "oldest are dropped (default: %(default)s)",
     )
     parser.add_argument("--quiet", action="store_true", help="do not log every transaction")
     return parser.parse_args(argv)

@@ -266,6 +266,9 @@ def test_sigterm_stores_the_pending_batch(start_subscriber, send_raw, mysql_engi
 def test_redelivered_stream_entries_are_not_stored_twice(
     subscriber, subscriber_env, send_raw, redis_client, mysql_engine, key_prefix
 ):
+    # A group that reads nothing: the subscriber trims only what every group acknowledged,
+    # so every entry stays in the stream, to be handed out again below.
+    redis_client.xgroup_create(subscriber_env["STREAM"], "reads-nothing", id="0")
     emitter = Script(
         "emitter_and_pub.py", *("--count", "500", "--rate", "0", "--quiet"), env=subscriber_env
     )

@@ -473,6 +473,55 @@ def test_a_stream_batch_is_acknowledged_with_its_redis_writes(store):
     assert client.llen(keys.dead) == 1
 
 
+def test_the_stream_is_trimmed_of_what_every_group_acknowledged_and_no_more(store):
+    """Two groups read the stream, ours and another reader's. After each of our batches
+    every entry that a group still needs (pending on it, or not yet delivered to it) is
+    there, and what both acknowledged goes (in whole nodes of the stream)."""
+    keys, client = store.keys, store.client
+    stream, store.group = keys.stream, "store"
+    for group in ("store", "other"):
+        client.xgroup_create(stream, group, id="0", mkstream=True)
+    ids = [client.xadd(stream, {"line": f"1,1.00,1570358269,e{i}"}) for i in range(1000)]
+
+    def read(group: str, count: int) -> None:
+        client.xreadgroup(group, "reader", {stream: ">"}, count=count)
+
+    def batch(acked: slice, needed: int) -> int:
+        """Our batch acknowledges `acked`; ids[needed:] are still needed: the length."""
+        store.write_redis(Committed(), [], {0: ids[acked]})
+        left = [entry_id for entry_id, _ in client.xrange(stream)]
+        assert left == ids[len(ids) - len(left) :]  # trimmed from the oldest on
+        assert len(left) >= len(ids) - needed, "an entry still needed was trimmed"
+        return len(left)
+
+    read("other", 300)
+    client.xack(stream, "other", *ids[:100])  # other: 100-299 pending, 300- undelivered
+    read("store", 600)
+    assert batch(slice(0, 500), needed=100) < 1000  # ours: 500-599 pending
+    client.xack(stream, "other", *ids[100:300])  # other: 300- undelivered
+    assert batch(slice(500, 550), needed=300) < 900  # ours: 550-599 pending
+    read("other", 1000)
+    client.xack(stream, "other", *ids[300:])  # other: everything acknowledged
+    batch(slice(550, 560), needed=560)  # ours: 560-599 pending, 600- undelivered
+    batch(slice(560, 600), needed=600)
+    read("store", 1000)
+    assert batch(slice(600, 1000), needed=1000) == 0  # both acknowledged everything
+    assert [group["lag"] for group in client.xinfo_groups(stream)] == [0, 0]
+
+
+def test_a_batch_whose_stream_was_deleted_meanwhile_is_written_once(store):
+    """Nothing to acknowledge or trim: the script goes on, and counts the batch once."""
+    keys, client = store.keys, store.client
+    store.group = "store"
+    client.xgroup_create(keys.stream, "store", id="0", mkstream=True)
+    entry = client.xadd(keys.stream, {"line": "1,1.00,1570358269,gone"})
+    client.xreadgroup("store", "me", {keys.stream: ">"})
+    client.delete(keys.stream)
+    store.store([tx("gone")], entry_ids={0: [entry]})
+    assert client.hget(keys.counts(), "stored") == b"1"
+    assert not client.exists(keys.stream)
+
+
 def test_nothing_is_acknowledged_when_the_dead_letters_cannot_be_kept(store):
     keys, client = store.keys, store.client
     store.group = "store"

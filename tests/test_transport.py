@@ -7,7 +7,14 @@ import redis
 
 from tests.helpers import TEST_REDIS_URL
 from txstream.processes import wait_until
-from txstream.transport import PubSubSink, PubSubSource, StreamSink, StreamSource
+from txstream.transport import (
+    NotAStream,
+    PubSubSink,
+    PubSubSource,
+    StreamFull,
+    StreamSink,
+    StreamSource,
+)
 
 STREAM = "test-stream"
 
@@ -66,9 +73,28 @@ def test_an_entry_without_a_line_field_is_flagged_with_its_fields(fake_redis, so
     assert message.raw == b"{'amount': b'12'}"
 
 
-def test_the_stream_is_trimmed_to_about_maxlen(fake_redis):
-    StreamSink(fake_redis, STREAM, maxlen=10).send([f"1,{i}.00,1570358269" for i in range(500)])
-    assert 10 <= fake_redis.xlen(STREAM) < 500
+def test_a_full_stream_takes_what_fits_trims_nothing_and_says_so(fake_redis):
+    """What a stream holds is unacknowledged (the subscribers trim the rest): at `maxlen`
+    the sink appends no more, and names how many it took."""
+    sink = StreamSink(fake_redis, STREAM, maxlen=10)
+    first = fake_redis.xadd(STREAM, {"line": "1,1.00,1570358269"})
+    with pytest.raises(StreamFull) as full:
+        sink.send([f"1,{i}.00,1570358269" for i in range(25)])
+    assert (full.value.sent, full.value.length, full.value.maxlen) == (9, 10, 10)
+    assert f"stream {STREAM!r} holds 10 entries" in str(full.value)
+    with pytest.raises(StreamFull) as full:
+        sink.send(["1,2.00,1570358269"])
+    assert full.value.sent == 0
+    entries = fake_redis.xrange(STREAM)
+    assert len(entries) == 10 and entries[0][0] == first  # nothing trimmed
+    assert entries[-1][1] == {b"line": b"1,8.00,1570358269"}  # the first 9, in order
+
+
+def test_a_stream_key_of_another_type_is_named_and_left_alone(fake_redis):
+    fake_redis.set(STREAM, "gone")
+    with pytest.raises(NotAStream, match=f"the stream key '{STREAM}' holds a string"):
+        StreamSink(fake_redis, STREAM, maxlen=0).send(["1,2.00,1570358269"])
+    assert fake_redis.get(STREAM) == b"gone"
 
 
 def test_pubsub_source_reads_in_the_background_and_returns_the_rest_on_stop(fake_redis):

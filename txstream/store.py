@@ -14,8 +14,9 @@ txstream.dialect.
 
 Redis, after the commit, so that it never shows what the database lacks: the dead letters
 first, then per partition one script call that merges the batch into the recent lists
-(txstream.recent), counts it and acknowledges its stream entries, atomically. (One server
-with one partition: a single call, as a batch rarely has dead letters.)
+(txstream.recent), counts it and acknowledges its stream entries, atomically, and then
+trims the stream of what every consumer group has acknowledged (txstream.transport). (One
+server with one partition: a single call, as a batch rarely has dead letters.)
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from txstream.keys import Keys
 from txstream.recent import MERGE_RECENT_LUA, merge_arguments
 from txstream.times import format_time, sql_time, utcnow
 from txstream.transaction import Transaction, checked_txn_id
+from txstream.transport import TRIM_ACKNOWLEDGED_LUA
 from txstream.windows import totals
 from txstream.wire import format_line
 
@@ -69,9 +71,11 @@ RATE_KEEP = 16 * 60
 # the recent lists. ARGV: the consumer group ('' for none), how many entry ids, the new
 # rows, the duplicates, the rate counter's lifetime (seconds); the ids; then for each
 # recent list its number of new items and the items. The entries are acknowledged last,
-# in the same atomic call as what they wrote.
+# in the same atomic call as what they wrote; then the stream is trimmed of what every
+# group has acknowledged (the emitter never trims it).
 _WRITE_BATCH = (
     MERGE_RECENT_LUA
+    + TRIM_ACKNOWLEDGED_LUA
     + f"""
 local n_ids, n_new = tonumber(ARGV[2]), tonumber(ARGV[3])
 local n_dup, rate_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
@@ -94,6 +98,7 @@ local last = ids + n_ids - 1
 for i = ids, last, {_UNPACK} do
   redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, last)))
 end
+if n_ids > 0 then trim_acknowledged(KEYS[1]) end
 return {{replaced, dropped}}
 """
 )

@@ -81,6 +81,33 @@ class NotReplicated(redis.RedisError):
         self.needed = needed
 
 
+class StreamFull(Exception):
+    """A partition's stream holds STREAM_MAXLEN entries that some consumer group has not
+    acknowledged: only the first `sent` lines were appended; the rest must wait."""
+
+    def __init__(self, partition: int, stream: str, length: int, maxlen: int, sent: int) -> None:
+        super().__init__(
+            f"stream {stream!r} holds {length} entries not yet acknowledged "
+            f"(STREAM_MAXLEN={maxlen})"
+        )
+        self.partition = partition
+        self.stream = stream
+        self.length = length
+        self.maxlen = maxlen
+        self.sent = sent
+
+
+class NotAStream(Exception):
+    """The key of a partition's stream holds another type (an operator's or an attacker's
+    doing): nothing was appended."""
+
+    def __init__(self, partition: int, key: str, kind: str) -> None:
+        super().__init__(f"the stream key {key!r} holds a {kind}, not a stream")
+        self.partition = partition
+        self.key = key
+        self.kind = kind
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """One message as received: the raw line and, from a stream, its entry id."""
@@ -110,16 +137,54 @@ local receivers = {}
 for i = 1, #ARGV do receivers[i] = redis.call('SPUBLISH', KEYS[1], ARGV[i]) end
 return receivers
 """
-_XADD_ALL = """  -- each entry is {line = <wire line>}: LINE_FIELD
-local trim = tonumber(ARGV[1]) > 0
-for i = 2, #ARGV do
-  if trim then
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'line', ARGV[i])
-  else
-    redis.call('XADD', KEYS[1], '*', 'line', ARGV[i])
-  end
+# Appends what fits: the stream is never trimmed here (the subscribers trim what every
+# group acknowledged: TRIM_ACKNOWLEDGED_LUA), so at STREAM_MAXLEN (ARGV[1]; 0: no cap) the
+# entries left are unacknowledged ones, and the rest waits in the emitter. Each entry is
+# {line = <wire line>} (LINE_FIELD). Returns {appended, length after}, or {-1, the key's
+# type} when the key is no stream (nothing appended).
+_XADD_ALL = """
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'stream' and kind ~= 'none' then return {-1, kind} end
+local length, room, cap = redis.call('XLEN', KEYS[1]), #ARGV - 1, tonumber(ARGV[1])
+if cap > 0 then room = math.max(0, math.min(room, cap - length)) end
+for i = 2, room + 1 do redis.call('XADD', KEYS[1], '*', 'line', ARGV[i]) end
+return {room, length + room}
+"""
+
+# Lua, for the subscribers' batch script: trims the stream KEYS[1] of what every consumer
+# group of it has acknowledged, never more: XTRIM MINID up to the oldest entry some group
+# still needs, pending (XPENDING's oldest) or not yet delivered (after its
+# last-delivered-id). `~`: whole nodes of the stream only, the cheap trim. A stream
+# without a group is left alone (nobody says what was read), and a missing one too (XINFO
+# would fail the batch's script after its writes). Ids are compared as decimal strings,
+# exactly, whatever their size.
+TRIM_ACKNOWLEDGED_LUA = """
+local function id_less(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if am ~= bm then return #am < #bm or (#am == #bm and am < bm) end
+  return #as < #bs or (#as == #bs and as < bs)
 end
-return #ARGV - 1
+local function after(id)  -- the id next to `id`; `id` itself when too long to add to
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  if #seq > 15 then return id end
+  return ms .. '-' .. string.format('%d', tonumber(seq) + 1)
+end
+local function trim_acknowledged(stream)
+  if redis.call('XLEN', stream) == 0 then return 0 end
+  local keep = nil
+  for _, row in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local group = {}
+    for i = 1, #row, 2 do group[row[i]] = row[i + 1] end
+    local needed = after(group['last-delivered-id'])
+    if group['pending'] > 0 then
+      needed = redis.call('XPENDING', stream, group['name'])[2]
+    end
+    if keep == nil or id_less(needed, keep) then keep = needed end
+  end
+  if keep == nil then return 0 end
+  return redis.call('XTRIM', stream, 'MINID', '~', keep)
+end
 """
 
 
@@ -182,7 +247,9 @@ class Sink(Protocol):
 
     def send(self, lines: Sequence[str], partition: int = 0) -> list[int]:
         """Send `lines` to a partition in order, in one round trip; how many readers got
-        each (0: none). Raises `NotReplicated` when fewer replicas than needed hold them."""
+        each (0: none). Raises `NotReplicated` when fewer replicas than needed hold them;
+        a stream raises `StreamFull` when only some fitted, `NotAStream` when its key is
+        of another type."""
 
     def replicas(self, partition: int) -> int:
         """How many replicas the partition's master has online now."""
@@ -290,9 +357,11 @@ class PubSubSink:
 
 
 class StreamSink:
-    """Appends lines to the stream of their partition, each trimmed to about `maxlen`
-    entries (0: never trimmed); with `min_replicas`, waits until that many replicas hold
-    each chunk (WAIT, up to `wait_ms`), or raises `NotReplicated`.
+    """Appends lines to the stream of their partition, never trimming it: at `maxlen`
+    entries (0: no cap) it appends no more and raises `StreamFull`, as what is left in a
+    stream is unacknowledged (the subscribers trim the rest). With `min_replicas`, waits
+    until that many replicas hold each chunk (WAIT, up to `wait_ms`), or raises
+    `NotReplicated`.
 
     WAIT counts what the replicas acknowledged of the writes made on its own connection,
     so the chunk and the WAIT go down one connection to the partition's master, in one
@@ -319,7 +388,10 @@ class StreamSink:
         return _named("stream", self.streams) + wait
 
     def send(self, lines: Sequence[str], partition: int = 0) -> list[int]:
-        """Append `lines` in one round trip; 1 for each (the stream keeps them all)."""
+        """Append `lines` in one round trip; 1 for each (the stream keeps them all).
+        Raises `NotAStream` when the key is of another type (nothing appended), else
+        `NotReplicated` when the replicas did not confirm, else `StreamFull` when only
+        the first lines fitted."""
         if not lines:
             return []
         stream = self.streams[partition]
@@ -328,9 +400,14 @@ class StreamSink:
             if self.min_replicas:
                 pipe.execute_command("WAIT", self.min_replicas, self.wait_ms)
             replies = pipe.execute()
+        appended, length = replies[0]
+        if appended < 0:
+            raise NotAStream(partition, stream, length.decode("utf-8", "replace"))
         if self.min_replicas and replies[1] < self.min_replicas:
             raise NotReplicated(partition, replies[1], self.min_replicas)
-        return [1] * replies[0]
+        if appended < len(lines):
+            raise StreamFull(partition, stream, length, self.maxlen, appended)
+        return [1] * appended
 
     def replicas(self, partition: int) -> int:
         """The replicas online of the master of a partition's stream (0 while the node
