@@ -18,6 +18,7 @@ import redis
 from sqlalchemy import delete, func, select
 
 from models import settings, transactions, user_bucket_totals, user_window_totals
+from tests.helpers import KINDS, retype
 from txstream.aggregates import Layout, LayoutMismatch, recorded_layout
 from txstream.keys import Keys
 from txstream.recent import RecentLists
@@ -455,7 +456,9 @@ def test_tampered_recent_lists_are_repaired_by_the_next_batch(store, caplog):
     store_batches(store, [tx("a"), tx("b", user_id=2, at=newer), tx("c", user_id=3, at=newer)])
     assert recent(store, 1) == [tx("a")]
     assert recent(store, 2) == [tx("b", user_id=2, at=newer), tx("old", user_id=2)]
-    assert "replaced 1 keys of another type, dropped 2 unreadable items" in caplog.text
+    assert f"replaced Redis key {keys.recent(1)}: it held a string" in caplog.text
+    assert caplog.text.count("replaced Redis key") == 1
+    assert "recent lists: dropped 2 unreadable items" in caplog.text
     assert RecentLists(client, keys).read(3) == [tx("c", user_id=3, at=newer), older]
     assert client.lindex(keys.recent(3), 0).decode() == forged
     assert "skipping an unreadable item (not a transaction object)" in caplog.text
@@ -473,16 +476,65 @@ def test_a_stream_batch_is_acknowledged_with_its_redis_writes(store):
     assert client.llen(keys.dead) == 1
 
 
-def test_nothing_is_acknowledged_when_the_dead_letters_cannot_be_kept(store):
+def test_nothing_is_acknowledged_when_the_dead_letters_cannot_be_kept(store, monkeypatch):
     keys, client = store.keys, store.client
     store.group = "store"
     client.xgroup_create(keys.stream, "store", id="0", mkstream=True)
     entry = client.xadd(keys.stream, {"line": "x"})
     client.xreadgroup("store", "me", {keys.stream: ">"})
-    client.set(keys.dead, "not a list")
-    with pytest.raises(redis.ResponseError, match="dead-letter key"):
+
+    def refuse(**_):
+        raise redis.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(store, "_write_dead", refuse)
+    with pytest.raises(redis.ConnectionError):
         store.write_redis(Committed(), [dead_letter("x", "why")], {0: [entry]})
     assert client.xpending(keys.stream, "store")["pending"] == 1
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "no number"])
+def test_derived_keys_of_another_type_are_replaced_by_the_batch_and_logged_once(
+    store, kind, monkeypatch, caplog
+):
+    """The counters, the recent list, the dead letters and their count, each of another
+    type (or a counter that is no number): the batch is stored and acknowledged all the
+    same, each key replaced, each replacement logged once as an ERROR naming key and type."""
+    keys, client = store.keys, store.client
+    store.group = "store"
+    monkeypatch.setattr("txstream.store.rate_bucket", lambda epoch: 1_700_000_000)
+    derived = {
+        keys.counts(): "hash",
+        keys.rate(1_700_000_000): "string",
+        keys.recent(1): "list",
+        keys.dead: "list",
+        keys.dead_count: "string",
+    }
+    if kind == "no number":  # counters of their own type that cannot be added to
+        client.set(keys.rate(1_700_000_000), "many")
+        client.hset(keys.counts(), mapping={"stored": "many", "duplicates": 2**63 - 1})
+        retyped = {keys.rate(1_700_000_000): "string", keys.counts(): "hash"}
+    else:
+        retyped = {key: kind for key, own in derived.items() if own != kind}
+        for key in retyped:
+            retype(client, key, kind)
+    client.xgroup_create(keys.stream, "store", id="0", mkstream=True)
+    entries = [client.xadd(keys.stream, {"line": f"e{i}"}) for i in range(3)]
+    client.xreadgroup("store", "me", {keys.stream: ">"})
+
+    committed = store.store([tx("a"), tx("a")], [dead_letter("bad", "why")], {0: entries})
+
+    assert [t.txn_id for t in committed.new] == ["a"] and committed.duplicates == 1
+    assert client.xpending(keys.stream, "store")["pending"] == 0
+    assert recent(store, 1) == [tx("a")]
+    assert client.hgetall(keys.counts()) == {b"stored": b"1", b"duplicates": b"1"}
+    assert client.get(keys.rate(1_700_000_000)) == b"1"
+    assert [json.loads(item)["raw"] for item in client.lrange(keys.dead, 0, -1)] == ["bad"]
+    assert client.get(keys.dead_count) == b"1"
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert sorted(logged) == sorted(
+        f"replaced Redis key {key}: it held a {held} that txstream cannot use"
+        for key, held in retyped.items()
+    )
 
 
 def test_latest_sets_of_the_old_layout_move_to_the_lists_once(store, caplog):

@@ -116,13 +116,14 @@ def test_heartbeats_index_expire_and_live_by_their_age(fake_redis):
     beat.beat()
     assert 0 < fake_redis.ttl(keys.subscriber("sub-1")) <= 24 * 3600
     now = utcnow()
-    (s,) = read_subscribers(fake_redis, keys, now)
+    (s,), more = read_subscribers(fake_redis, keys, now)
+    assert more == 0
     assert (s.name, s.stored, s.transport, s.live) == ("sub-1", 7, "stream", True)
     assert [x.name for x in live_subscribers(fake_redis, keys, now)] == ["sub-1"]
     fake_redis.hset(keys.subscriber("sub-1"), "heartbeat_at", format_time(now.replace(year=2020)))
     assert live_subscribers(fake_redis, keys, now) == []
     beat.stop()  # never started: stopping only deletes the heartbeat
-    assert read_subscribers(fake_redis, keys, now) == []
+    assert read_subscribers(fake_redis, keys, now) == ([], 0)
 
 
 HOSTILE = "<script>alert(1)</script>"

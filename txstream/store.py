@@ -44,6 +44,7 @@ from txstream.times import format_time, sql_time, utcnow
 from txstream.transaction import Transaction, checked_txn_id
 from txstream.windows import totals
 from txstream.wire import format_line
+from txstream.wrongtype import REPLACE_LUA, log_replaced
 
 log = logging.getLogger(__name__)
 
@@ -69,47 +70,49 @@ RATE_KEEP = 16 * 60
 # the recent lists. ARGV: the consumer group ('' for none), how many entry ids, the new
 # rows, the duplicates, the rate counter's lifetime (seconds); the ids; then for each
 # recent list its number of new items and the items. The entries are acknowledged last,
-# in the same atomic call as what they wrote.
+# in the same atomic call as what they wrote. A counter or list of another type is
+# replaced (txstream.wrongtype): it is derived, and must not hold the batch up. Returns
+# how many unreadable recent items were dropped, and the keys replaced.
 _WRITE_BATCH = (
     MERGE_RECENT_LUA
     + f"""
 local n_ids, n_new = tonumber(ARGV[2]), tonumber(ARGV[3])
 local n_dup, rate_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local ids = 6  -- where the entry ids begin in ARGV
-local pos, replaced, dropped = ids + n_ids, 0, 0
+local pos, dropped = ids + n_ids, 0
 if n_new > 0 then
-  redis.call('INCRBY', KEYS[2], n_new)
+  mending(KEYS[2], 'INCRBY', KEYS[2], n_new)
   redis.call('EXPIRE', KEYS[2], rate_ttl)
-  redis.call('HINCRBY', KEYS[3], 'stored', n_new)
+  mending(KEYS[3], 'HINCRBY', KEYS[3], 'stored', n_new)
 end
 if n_dup > 0 then
-  redis.call('HINCRBY', KEYS[3], 'duplicates', n_dup)
+  mending(KEYS[3], 'HINCRBY', KEYS[3], 'duplicates', n_dup)
 end
 for k = 4, #KEYS do
   local n = tonumber(ARGV[pos])
-  local r, d = merge_recent(KEYS[k], pos + 1, pos + n)
-  replaced, dropped, pos = replaced + r, dropped + d, pos + n + 1
+  dropped, pos = dropped + merge_recent(KEYS[k], pos + 1, pos + n), pos + n + 1
 end
 local last = ids + n_ids - 1
 for i = ids, last, {_UNPACK} do
   redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, last)))
 end
-return {{replaced, dropped}}
+return {{dropped, replaced}}
 """
 )
 
 # Lua: how many dead letters were ever appended to the list KEYS[1] (of length `held`), as
 # KEYS[2] keeps it; missing or unreadable (not a whole number from `held` to 2^52): `held`.
+# And the type of KEYS[2].
 DEAD_COUNT_LUA = """
 local function dead_count(held)
-  local count = nil
-  if redis.call('TYPE', KEYS[2])['ok'] == 'string' then
+  local count, kind = nil, redis.call('TYPE', KEYS[2])['ok']
+  if kind == 'string' then
     count = tonumber(redis.call('GET', KEYS[2]))
   end
   if not count or count ~= math.floor(count) or count < held or count > 2^52 then
-    return held
+    return held, kind
   end
-  return count
+  return count, kind
 end
 """
 
@@ -117,21 +120,27 @@ end
 # two delivers the entries again: their letters are then appended twice, never lost).
 # KEYS: the dead letters, their count (both in one slot). ARGV: the list's cap, the
 # letters. The count is of every dead letter ever appended (txstream.deadletters pages by
-# it); missing or unreadable, it starts again from the list's length.
+# it); missing or unreadable, it starts again from the list's length. Either key of another
+# type is replaced (txstream.wrongtype); returns the keys replaced.
 _WRITE_DEAD = (
-    DEAD_COUNT_LUA
+    REPLACE_LUA
+    + DEAD_COUNT_LUA
     + f"""
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'none' and kind ~= 'list' then
-  return redis.error_reply('WRONGTYPE dead-letter key ' .. KEYS[1] .. ' holds a ' .. kind)
+  note(KEYS[1], kind)
+  redis.call('DEL', KEYS[1])
 end
-local count = dead_count(redis.call('LLEN', KEYS[1]))
+local count, count_kind = dead_count(redis.call('LLEN', KEYS[1]))
+if count_kind ~= 'none' and count_kind ~= 'string' then
+  note(KEYS[2], count_kind)  -- and SET below replaces it
+end
 for i = 2, #ARGV, {_UNPACK} do
   redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, #ARGV)))
 end
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)  -- the newest ARGV[1]
 redis.call('SET', KEYS[2], string.format('%d', count + #ARGV - 1))
-return #ARGV - 1
+return replaced
 """
 )
 
@@ -255,27 +264,25 @@ class Store:
         one script call: its recent lists, counters and the acknowledgements of its
         `entry_ids` (by partition)."""
         if letters := [json.dumps(d) for d in [*dead, *committed.rejected]]:
-            self._write_dead(
+            replaced = self._write_dead(
                 keys=[self.keys.dead, self.keys.dead_count],
                 args=[self.dead_letters_max, *letters],
             )
+            log_replaced(replaced)
         shown = committed.new + committed.stored_before
         parts = _by_partition(self.keys, committed.new, shown, entry_ids if self.group else {})
         bucket = rate_bucket(time.time())
         duplicates = committed.duplicates  # counted with the first partition written
-        replaced = dropped = 0
+        dropped = 0
         for p, (new, txns, ids) in sorted(parts.items()):
             recent_keys, recent_args = merge_arguments(self.keys, txns)
             keys = [self.keys.stream_of(p), self.keys.rate(bucket, p), self.keys.counts(p)]
             args = [self.group or "", len(ids), new, duplicates, RATE_KEEP, *ids]
-            r, d = self._write_batch(keys=keys + recent_keys, args=args + recent_args)
-            replaced, dropped, duplicates = replaced + r, dropped + d, 0
-        if replaced or dropped:
-            log.error(
-                "recent lists: replaced %d keys of another type, dropped %d unreadable items",
-                replaced,
-                dropped,
-            )
+            d, replaced = self._write_batch(keys=keys + recent_keys, args=args + recent_args)
+            log_replaced(replaced)
+            dropped, duplicates = dropped + d, 0
+        if dropped:
+            log.error("recent lists: dropped %d unreadable items", dropped)
 
     def _commit_with_retry(
         self, txns: Sequence[Transaction], prepared: Prepared | None = None
