@@ -22,7 +22,7 @@ from tests.helpers import KINDS, retype
 from txstream.aggregates import Layout, LayoutMismatch, recorded_layout
 from txstream.keys import Keys
 from txstream.recent import RecentLists
-from txstream.store import CONFLICT, Committed, Store, dead_letter
+from txstream.store import CONFLICT, DEAD_LETTER_BYTES, Committed, Store, dead_letter
 from txstream.testing import assert_totals_match_raw_rows
 from txstream.times import MICROSECOND
 from txstream.transaction import Transaction, to_json_text
@@ -340,28 +340,29 @@ def test_dead_letters_are_appended_as_json(store):
 
 
 @pytest.mark.parametrize(
-    ("payload", "raw"),
+    ("payload", "kept"),
     [
-        (b"x" * 4096, "x" * 4096),
-        (b"x" * 4097, "x" * 4096),
-        (b"\xff" * (5 << 20), "\\xff" * 4096),  # 5 MB, escaped: 16 KiB of text
-        ("é" * 3000, "é" * 2048),
-        ("é" * 2048 + "x", "é" * 2048),
-        (b"x" + "é".encode() * 2048, "x" + "é" * 2047 + "\\xc3"),  # cut inside a character
+        (b"x" * 4096, 4096),
+        (b"x" * 4097, 4096),  # the first 4 KiB at most
+        (b"\xff" * (5 << 20), 1193),  # 5 MB, escaped: 5 characters a byte in JSON
+        (b"\x01" * 5000, 995),  # 6 characters a byte: \u0001
+        ("é" * 3000, 1990),  # 6 characters in 2 bytes: \u00e9
+        ("😀" * 2000, 1989),  # 12 characters in 4 bytes; cut inside one: \\xf0
     ],
-    ids=["4-KiB", "4-KiB-and-1", "5-MB-not-UTF-8", "UTF-8", "UTF-8-and-1", "cut-character"],
+    ids=["4-KiB", "4-KiB-and-1", "5-MB-not-UTF-8", "control", "UTF-8", "astral"],
 )
-def test_a_dead_letter_keeps_4_kib_of_the_message_its_size_and_hash(payload, raw):
+def test_a_dead_letter_keeps_what_fits_in_6_kib_its_size_and_hash(payload, kept):
     data = payload.encode() if isinstance(payload, str) else payload
     letter = dead_letter(payload, "why", T0)
     assert letter == {
-        "raw": raw,
+        "raw": data[:kept].decode("utf-8", "backslashreplace"),
+        "kept": kept,
         "size": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "reason": "why",
         "at": "2019-10-06T10:37:49.483609Z",
     }
-    assert len(json.dumps(letter)) < 21_000  # at most 5 characters a byte, escaped in JSON
+    assert len(json.dumps(letter)) <= DEAD_LETTER_BYTES
 
 
 def test_the_dead_letter_list_keeps_the_newest(store):

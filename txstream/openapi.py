@@ -173,9 +173,18 @@ _SCHEMAS = {
             "type": "string",
             "maxLength": MAX_RAW_CHARS,
             "description": (
-                "The message's first 4 KiB as text, bytes that are not UTF-8 as \\xNN; "
-                "for an item of the list that is not a dead letter, the item itself"
+                "The message's first `kept` bytes as text, bytes that are not UTF-8 as "
+                "\\xNN; for an item of the list that is not a dead letter, the item itself"
             ),
+        },
+        kept={
+            "type": ["integer", "null"],
+            "minimum": 0,
+            "description": "How many bytes of the message `raw` shows; null if unreadable",
+        },
+        cut={
+            "type": "boolean",
+            "description": "Whether `raw` shows less than the whole message (`kept` < `size`)",
         },
     ),
     "DeadLetterPage": _page("DeadLetter", "Newest first", {"pattern": _POSITION}),

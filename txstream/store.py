@@ -26,7 +26,7 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -56,10 +56,15 @@ CONFLICT = "conflicts with the stored transaction"
 _PREPARED_FOR = 1.0  # seconds
 _REBUILD_CHUNK = 20_000  # stored rows read at a time when building the aggregates
 _UNPACK = 1000  # arguments per Lua unpack(): its stack holds a few thousand at most
-# Bytes of a message kept in its dead letter: a dead letter stays small whatever was sent
-# (escaped, a 5 MB message made a 30 MB one, and an argument over Redis's bulk limit
-# would fail the batch script on every try). Its size and SHA-256 identify the whole.
+# A dead letter stays small whatever was sent (escaped, a 5 MB message made a 30 MB one,
+# and an argument over Redis's bulk limit would fail the batch script on every try): its
+# JSON, as written to Redis, is at most DEAD_LETTER_BYTES, its reason's at most
+# DEAD_REASON_BYTES, and it keeps as much of the message's first DEAD_RAW_BYTES as fits
+# (escaping takes up to 6 characters a byte). Its size and SHA-256 identify the whole.
+DEAD_LETTER_BYTES = 6 * 1024
+DEAD_REASON_BYTES = 1024
 DEAD_RAW_BYTES = 4096
+CUT = "\u2026"  # ends a reason that was cut
 # The ingest rate: stored rows counted per RATE_BUCKET seconds of commit time, each counter
 # kept RATE_KEEP seconds, a little more than the 15 minutes the dashboard shows.
 RATE_BUCKET = 10
@@ -173,16 +178,42 @@ class Prepared:
 
 
 def dead_letter(raw: bytes | str, reason: str, at: datetime | None = None) -> dict:
-    """The dead-letter record of a message: its first 4 KiB (non-UTF-8 bytes kept
-    escaped), the whole message's size in bytes and SHA-256, why, and when."""
+    """The dead-letter record of a message: as much of its start as fits (`raw`, non-UTF-8
+    bytes kept escaped; `kept`: how many bytes), the whole message's size in bytes and
+    SHA-256, why (cut to fit, ending in CUT), and when. Its JSON (`json.dumps`) is at most
+    DEAD_LETTER_BYTES long, whatever came."""
     data = raw.encode() if isinstance(raw, str) else raw
-    return {
-        "raw": data[:DEAD_RAW_BYTES].decode("utf-8", "backslashreplace"),
+    if len(json.dumps(reason)) > DEAD_REASON_BYTES:
+        n = _longest(len(reason), lambda n: len(json.dumps(reason[:n] + CUT)) <= DEAD_REASON_BYTES)
+        reason = reason[:n] + CUT
+    letter = {
+        "raw": "",
+        "kept": DEAD_RAW_BYTES,  # its widest, while the room for `raw` is measured
         "size": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "reason": reason,
         "at": format_time(at or utcnow()),
     }
+    room = DEAD_LETTER_BYTES - len(json.dumps(letter))
+    head = data[:DEAD_RAW_BYTES]
+    kept = _longest(len(head), lambda n: len(json.dumps(_escaped(head[:n]))) <= room)
+    letter.update(raw=_escaped(head[:kept]), kept=kept)
+    return letter
+
+
+def _escaped(data: bytes) -> str:
+    return data.decode("utf-8", "backslashreplace")
+
+
+def _longest(most: int, fits: Callable[[int], bool]) -> int:
+    """The largest n <= `most` found to fit (a bisection: `fits(0)` is taken as true)."""
+    if fits(most):
+        return most
+    low, high = 0, most  # low fits, high does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
 
 
 class Store:
