@@ -136,7 +136,9 @@ CONFLICTING = [  # each differs from tx("a", amount="5") in one field: user, amo
     tx("a", user_id=2, amount="5"),
     tx("a", amount="5.01"),
     tx("a", amount="5", at=T0 + MICROSECOND),
+    tx("a", user_id=3, amount="6", at=T0 + MICROSECOND),  # and in all three
 ]
+DIFFER = ["user_id differs", "amount differs", "time differs", "user_id, amount and time differ"]
 
 
 def dead_letters(store: Store) -> list[tuple[str, str]]:
@@ -188,14 +190,17 @@ def test_a_prepared_batch_stores_only_what_is_not_stored_by_then(store):
     assert_totals_match_rows(store)
 
 
-def test_a_txn_id_again_with_another_user_amount_or_time_is_a_dead_letter(store):
+def test_a_txn_id_again_with_another_user_amount_or_time_is_a_dead_letter(store, caplog):
     """The first one stored wins; within a batch as across batches. An exact repeat
-    stays a counted duplicate."""
+    stays a counted duplicate. Each conflict is logged once, naming the fields that
+    differ, and its dead letter's reason names them too."""
     first = tx("a", amount="5")
     in_batch, across = store_batches(
         store, [first, *CONFLICTING, first], [*CONFLICTING, tx("b"), first]
     )
-    conflicts = [(format_line(t), CONFLICT) for t in CONFLICTING]
+    conflicts = [
+        (format_line(t), f"{CONFLICT}: its {d}") for t, d in zip(CONFLICTING, DIFFER, strict=True)
+    ]
     assert (in_batch.new, in_batch.duplicates) == ([first], 1)
     assert [(d["raw"], d["reason"]) for d in in_batch.rejected] == conflicts
     assert (across.new, across.stored_before, across.duplicates) == ([tx("b")], [first], 1)
@@ -204,6 +209,17 @@ def test_a_txn_id_again_with_another_user_amount_or_time_is_a_dead_letter(store)
     assert dead_letters(store) == conflicts * 2
     assert recent(store, 1) == [tx("b"), first]
     assert recent(store, 2) == []
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    fields = ["user_id", "amount", "time", "user_id, amount and time"]
+    assert (
+        warned
+        == [
+            f"txn_id a came again with another {f} than the transaction stored first: "
+            "kept as a dead letter"
+            for f in fields
+        ]
+        * 2
+    )
 
 
 def test_txn_ids_are_case_sensitive(store):

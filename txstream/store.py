@@ -162,6 +162,8 @@ class Committed:
     # Dead letters: rows the database refused, and transactions whose txn_id came first
     # (stored before, or earlier in the batch) with another user, amount or time.
     rejected: list[dict] = field(default_factory=list)
+    # Those conflicts: each one's txn_id and the fields that differ from the first's.
+    conflicts: list[tuple[str, list[str]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -279,11 +281,19 @@ class Store:
         if not self._layout_ensured:
             self.ensure_layout()
         try:
-            return self._commit_with_retry(txns, prepared)
+            committed = self._commit_with_retry(txns, prepared)
         except DataError:
             # Not expected after parsing; but one bad row must not cost the others.
             log.exception("the database rejected a batch; storing it row by row")
-            return self._commit_one_by_one(txns)
+            committed = self._commit_one_by_one(txns)
+        for txn_id, fields in committed.conflicts:  # logged once committed: never twice
+            log.warning(
+                "txn_id %s came again with another %s than the transaction stored first: "
+                "kept as a dead letter",
+                txn_id,
+                _listed(fields),
+            )
+        return committed
 
     def write_redis(
         self,
@@ -341,6 +351,7 @@ class Store:
             committed.stored_before += one.stored_before
             committed.duplicates += one.duplicates
             committed.rejected += one.rejected
+            committed.conflicts += one.conflicts
         return committed
 
     def _insert_new(
@@ -472,7 +483,7 @@ def _sort_out(txns: Sequence[Transaction], stored: dict[str, Transaction]) -> Co
 
     A txn_id's first comer wins: the stored transaction, else its first in `txns`, which
     is new. One that comes again unchanged is a duplicate; with another user, amount or
-    time, a conflict (a dead letter).
+    time, a conflict (a dead letter whose reason names the fields that differ).
     """
     committed, first, again = Committed(), dict(stored), {}
     for tx in txns:
@@ -485,9 +496,26 @@ def _sort_out(txns: Sequence[Transaction], stored: dict[str, Transaction]) -> Co
             if tx.txn_id in stored:
                 again[tx.txn_id] = winner
         else:
-            committed.rejected.append(dead_letter(format_line(tx), CONFLICT))
+            fields = [
+                name
+                for name, first_value, value in (
+                    ("user_id", winner.user_id, tx.user_id),
+                    ("amount", winner.amount, tx.amount),
+                    ("time", winner.ts, tx.ts),
+                )
+                if first_value != value
+            ]
+            differ = "differs" if len(fields) == 1 else "differ"
+            reason = f"{CONFLICT}: its {_listed(fields)} {differ}"
+            committed.rejected.append(dead_letter(format_line(tx), reason))
+            committed.conflicts.append((tx.txn_id, fields))
     committed.stored_before = list(again.values())
     return committed
+
+
+def _listed(names: list[str]) -> str:
+    """`a`, `a and b`, `a, b and c`."""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def _stored(conn: Connection, txns: list[Transaction]) -> dict[str, Transaction]:
