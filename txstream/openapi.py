@@ -178,8 +178,7 @@ _SCHEMAS = {
             ),
         },
         kept={
-            "type": ["integer", "null"],
-            "minimum": 0,
+            **_COUNT_OR_NULL,
             "description": "How many bytes of the message `raw` shows; null if unreadable",
         },
         cut={
