@@ -31,7 +31,7 @@ from txstream import access, api, metrics, pages, rebuild, redisconn, replica, t
 from txstream.aggregates import BadLayout, KnownLayout, Layout, LayoutMismatch, recorded_layout
 from txstream.store import ensure_layout
 from txstream.times import format_time, utcnow
-from txstream.wrongtype import WrongType
+from txstream.wrongtype import WrongType, is_wrong_type
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
     ):
         app.register_error_handler(outage, _unavailable)
     app.register_error_handler(WrongType, _wrong_type)
+    app.register_error_handler(redis.ResponseError, _refused)
     app.after_request(_security_headers)
     for command in (
         init_db_command,
@@ -230,6 +231,15 @@ def _wrong_type(exc: WrongType):
     naming the key, never 500."""
     log.error("%s %s: %s", request.method, request.path, exc)
     return _503(f"Redis refused a read: {exc}")
+
+
+def _refused(exc: redis.ResponseError):
+    """Redis refused a command: a WRONGTYPE that no reader expected is a 503 all the same
+    (a key holds another type: `_wrong_type`); anything else is a bug, a 500."""
+    if not is_wrong_type(exc):
+        raise exc
+    log.error("%s %s: Redis refused a read: %s", request.method, request.path, exc)
+    return _503("Redis refused a read: a key holds another type than txstream writes there")
 
 
 def _503(message: str):
