@@ -31,6 +31,7 @@ from txstream import access, api, metrics, pages, rebuild, redisconn, replica, t
 from txstream.aggregates import BadLayout, KnownLayout, Layout, LayoutMismatch, recorded_layout
 from txstream.store import ensure_layout
 from txstream.times import format_time, utcnow
+from txstream.wrongtype import WrongType, is_wrong_type
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +116,8 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
         InterfaceError,
     ):
         app.register_error_handler(outage, _unavailable)
+    app.register_error_handler(WrongType, _wrong_type)
+    app.register_error_handler(redis.ResponseError, _refused)
     app.after_request(_security_headers)
     for command in (
         init_db_command,
@@ -220,8 +223,27 @@ def _http_error(exc: HTTPException):
 def _unavailable(exc: Exception):
     """Redis or the database is down: 503, never 500; what failed is logged."""
     log.error("%s %s: a dependency is unavailable: %s", request.method, request.path, exc)
-    unavailable = ServiceUnavailable("a database or Redis is unavailable; try again shortly")
-    response = _http_error(unavailable)
+    return _503("a database or Redis is unavailable; try again shortly")
+
+
+def _wrong_type(exc: WrongType):
+    """A Redis key that the answer needs holds another type (txstream.wrongtype): 503
+    naming the key, never 500."""
+    log.error("%s %s: %s", request.method, request.path, exc)
+    return _503(f"Redis refused a read: {exc}")
+
+
+def _refused(exc: redis.ResponseError):
+    """Redis refused a command: a WRONGTYPE that no reader expected is a 503 all the same
+    (a key holds another type: `_wrong_type`); anything else is a bug, a 500."""
+    if not is_wrong_type(exc):
+        raise exc
+    log.error("%s %s: Redis refused a read: %s", request.method, request.path, exc)
+    return _503("Redis refused a read: a key holds another type than txstream writes there")
+
+
+def _503(message: str):
+    response = _http_error(ServiceUnavailable(message))
     response.headers["Retry-After"] = "5"
     return response
 

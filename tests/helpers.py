@@ -65,6 +65,24 @@ def seed(app, *lines: str) -> list[Transaction]:
     return txns
 
 
+# Every type a Redis key can hold, and a value of each, as someone else might set a key.
+KINDS = ("string", "list", "hash", "set", "zset", "stream")
+_SET_KIND = {
+    "string": lambda client, key: client.set(key, "x"),
+    "list": lambda client, key: client.rpush(key, "x"),
+    "hash": lambda client, key: client.hset(key, "x", "x"),
+    "set": lambda client, key: client.sadd(key, "x"),
+    "zset": lambda client, key: client.zadd(key, {"x": 1}),
+    "stream": lambda client, key: client.xadd(key, {"x": "x"}),
+}
+
+
+def retype(client, key: str, kind: str) -> None:
+    """Make `key` hold a value of type `kind` (one of KINDS), whatever it held."""
+    client.delete(key)
+    _SET_KIND[kind](client, key)
+
+
 def signed_in_client(app):
     """A test client of `app` that sends a valid bearer token and has a page session."""
     token = tokens.create(app.config["ENGINE"], f"test-{secrets.token_hex(6)}")

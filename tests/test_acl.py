@@ -390,7 +390,9 @@ def test_the_subscriber_user_deletes_stale_consumers_and_beats(acl_redis):
     assert admin.xinfo_consumers(STREAM, "store") == []
     beat = Heartbeat(subscriber, Keys(PREFIX), source.name, "stream", lambda: (1, None))
     beat.beat()
-    assert [s.name for s in read_subscribers(subscriber, Keys(PREFIX), utcnow())] == [source.name]
+    assert [s.name for s in read_subscribers(subscriber, Keys(PREFIX), utcnow())[0]] == [
+        source.name
+    ]
     beat.stop()
     assert admin.keys("txstream:subscriber*") == []
     assert refusals(acl_redis) == []

@@ -20,6 +20,7 @@ from tests.helpers import BIGGEST, line, seed
 from txstream import queries
 from txstream.aggregates import Layout, recorded_layout
 from txstream.keys import Keys
+from txstream.recent import RecentLists
 from txstream.times import format_time
 from txstream.transaction import Transaction, to_json, to_json_text
 from txstream.wire import parse
@@ -463,6 +464,25 @@ def test_unexpected_error_is_a_json_500_without_details(app, client, caplog):
     assert set(response.get_json()) == {"error"}
     assert "secret" not in response.get_data(as_text=True)
     assert "secret detail of a bug" in caplog.text  # logged, with its traceback
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [("WRONGTYPE Operation against a key holding the wrong kind of value", 503), ("ERR bug", 500)],
+)
+def test_a_wrongtype_no_reader_expected_is_a_503_any_other_refusal_a_500(
+    app, client, monkeypatch, error, status
+):
+    def refused(self, user_id):
+        raise redis.ResponseError(error)
+
+    monkeypatch.setattr(RecentLists, "read", refused)
+    app.config["PROPAGATE_EXCEPTIONS"] = False
+
+    response = client.get("/api/users/1/recent")
+
+    assert response.status_code == status
+    assert ("holds another type" in response.json["error"]) == (status == 503)
 
 
 # --- init-db -----------------------------------------------------------------------------

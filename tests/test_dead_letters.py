@@ -3,17 +3,29 @@ list holds."""
 
 from __future__ import annotations
 
+import hashlib
 import html
 import json
+import operator
 import re
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from markupsafe import escape
 
 from tests.helpers import assert_no_inline_code, signed_in_client
 from tests.test_access import make_app
+from txstream.deadletters import letter_of
 from txstream.keys import Keys
-from txstream.store import Committed, Store, dead_letter
+from txstream.store import (
+    CUT,
+    DEAD_LETTER_BYTES,
+    DEAD_RAW_BYTES,
+    Committed,
+    Store,
+    dead_letter,
+)
 
 HOSTILE = ["<script>alert(1)</script>", '<img src=x onerror="alert(2)">']
 
@@ -46,7 +58,7 @@ def test_the_api_pages_through_the_dead_letters_newest_first(app):
     third, cursor = get_page(client, limit=3, before=cursor)
     assert (first, second, third, cursor) == (["d6", "d5", "d4"], ["d3", "d2", "d1"], ["d0"], None)
     (item,) = client.get("/api/dead-letters", query_string={"limit": 1}).json["items"]
-    assert list(item) == ["reason", "at", "size", "sha256", "raw"]
+    assert list(item) == ["reason", "at", "size", "sha256", "raw", "kept", "cut"]
     assert item["reason"] == "bad d6" and item["size"] == 2 and len(item["sha256"]) == 64
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT.*Z", item["at"])
 
@@ -98,6 +110,56 @@ def test_corrupt_or_hostile_items_are_shown_as_far_as_they_can_be(app):
     assert items[3]["raw"].startswith('{"reason": 5') and items[3]["size"] is None
     assert items[4]["reason"] == "r" and items[4]["size"] is None and items[4]["sha256"] is None
     assert client.get("/dead-letters").status_code == 200
+
+
+def _repeated(pieces: list) -> st.SearchStrategy:
+    """A piece repeated up to 6,000 times: the worst cases of escaping, long."""
+    return st.builds(operator.mul, st.sampled_from(pieces), st.integers(0, 6000))
+
+
+@given(
+    st.one_of(
+        st.binary(max_size=10_000), _repeated([b"\xff", b"\x01", b"\\", b'"', "😀".encode()])
+    ),
+    st.one_of(st.text(max_size=2000), _repeated(["\x01", "😀", "x"])),
+)
+def test_a_dead_letter_is_at_most_6_kib_whatever_came(raw, reason):
+    letter = dead_letter(raw, reason)
+    kept = letter["kept"]
+    assert len(json.dumps(letter).encode()) <= DEAD_LETTER_BYTES  # as written to Redis
+    assert letter["size"] == len(raw) and letter["sha256"] == hashlib.sha256(raw).hexdigest()
+    assert 0 <= kept <= min(len(raw), DEAD_RAW_BYTES)
+    assert letter["raw"] == raw[:kept].decode("utf-8", "backslashreplace")
+    if len(json.dumps(raw[:DEAD_RAW_BYTES].decode("utf-8", "backslashreplace"))) < 4500:
+        assert kept == min(len(raw), DEAD_RAW_BYTES)  # cut only when it must be
+    cut = letter["reason"].removesuffix(CUT)
+    assert letter["reason"] == reason or (reason.startswith(cut) and len(cut) < len(reason))
+    shown = letter_of(json.dumps(letter).encode())
+    assert (shown.kept, shown.cut) == (kept, kept < len(raw))
+
+
+def test_a_cut_letter_is_shown_as_cut(app):
+    keys = Keys(app.config["KEY_PREFIX"])
+    store = Store(app.config["ENGINE"], app.config["REDIS"], keys, 3600)
+    store.write_redis(
+        Committed(), [dead_letter(b"\xff" * 4097, "not UTF-8"), dead_letter("a", "b")]
+    )
+    client = signed_in_client(app)
+    whole, cut = client.get("/api/dead-letters").json["items"]
+    assert (whole["kept"], whole["size"], whole["cut"]) == (1, 1, False)
+    assert (cut["size"], cut["cut"]) == (4097, True) and 1000 < cut["kept"] < 4097
+    assert cut["raw"] == "\\xff" * cut["kept"]
+    page = client.get("/dead-letters").get_data(as_text=True)
+    assert page.count("Cut: the first") == 1
+    assert f"Cut: the first {cut['kept']} of 4097 bytes." in page
+
+
+def test_a_letter_of_before_kept_shows_its_first_4_kib(app):
+    """Letters written before `kept` kept the first 4 KiB: cut when longer."""
+    old = {"raw": "x" * 4096, "size": 5000, "sha256": "0" * 64, "reason": "r", "at": "t"}
+    app.config["REDIS"].rpush(Keys(app.config["KEY_PREFIX"]).dead, json.dumps(old))
+    (item,) = signed_in_client(app).get("/api/dead-letters").json["items"]
+    assert (item["kept"], item["cut"]) == (4096, True)
 
 
 @pytest.mark.parametrize("before", ["", "x", "-1", "1.5", "1" * 17, "0x10"])

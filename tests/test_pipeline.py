@@ -18,6 +18,7 @@ from app import create_app
 from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL, metric_samples, signed_in_client
 from txstream.keys import Keys
 from txstream.processes import Script, free_port, wait_until
+from txstream.store import DEAD_LETTER_BYTES
 from txstream.testing import (
     WINDOW_SECONDS,
     assert_recent_lists_match_db,
@@ -179,9 +180,12 @@ def test_a_txn_id_again_with_other_values_is_a_dead_letter_an_exact_repeat_a_dup
     subscriber.wait_for_line(r"stored=1 duplicates=2 dead=3 received=6")
     assert stored_transactions(mysql_engine) == [parse(first)]
     dead = [json.loads(item) for item in redis_client.lrange(Keys(key_prefix).dead, 0, -1)]
+    differ = ["user_id differs", "amount differs", "time differs"]
     assert [(d["raw"], d["reason"]) for d in dead] == [
-        (format_line(parse(raw)), "conflicts with the stored transaction") for raw in conflicting
+        (format_line(parse(raw)), f"conflicts with the stored transaction: its {what}")
+        for raw, what in zip(conflicting, differ, strict=True)
     ]
+    assert re.search(r"WARNING .*txn_id same-id came again with another amount", subscriber.output)
     assert_totals_match_raw_rows(mysql_engine, WINDOW_SECONDS)
     assert_recent_lists_match_db(mysql_engine, redis_client, key_prefix)
 
@@ -195,9 +199,12 @@ def test_a_5_mb_message_is_a_small_dead_letter_and_stalls_nothing(
     subscriber.wait_for_line(r"stored=1 duplicates=0 dead=1 received=2")
     assert [tx.txn_id for tx in stored_transactions(mysql_engine)] == ["after-the-huge-one"]
     (item,) = redis_client.lrange(Keys(key_prefix).dead, 0, -1)
-    assert len(item) < 21_000
-    assert json.loads(item) | {"at": "-"} == {
-        "raw": huge[:4096].decode("utf-8", "backslashreplace"),
+    assert len(item) <= DEAD_LETTER_BYTES
+    letter = json.loads(item)
+    assert 1000 < letter["kept"] < 4096
+    assert letter | {"at": "-"} == {
+        "raw": huge[: letter["kept"]].decode("utf-8", "backslashreplace"),
+        "kept": letter["kept"],
         "size": len(huge),
         "sha256": hashlib.sha256(huge).hexdigest(),
         "reason": "line longer than 1024 bytes",

@@ -18,10 +18,11 @@ import redis
 from sqlalchemy import delete, func, select
 
 from models import settings, transactions, user_bucket_totals, user_window_totals
+from tests.helpers import KINDS, retype
 from txstream.aggregates import Layout, LayoutMismatch, recorded_layout
 from txstream.keys import Keys
 from txstream.recent import RecentLists
-from txstream.store import CONFLICT, Committed, Store, dead_letter
+from txstream.store import CONFLICT, DEAD_LETTER_BYTES, Committed, Store, dead_letter
 from txstream.testing import assert_totals_match_raw_rows
 from txstream.times import MICROSECOND
 from txstream.transaction import Transaction, to_json_text
@@ -135,7 +136,9 @@ CONFLICTING = [  # each differs from tx("a", amount="5") in one field: user, amo
     tx("a", user_id=2, amount="5"),
     tx("a", amount="5.01"),
     tx("a", amount="5", at=T0 + MICROSECOND),
+    tx("a", user_id=3, amount="6", at=T0 + MICROSECOND),  # and in all three
 ]
+DIFFER = ["user_id differs", "amount differs", "time differs", "user_id, amount and time differ"]
 
 
 def dead_letters(store: Store) -> list[tuple[str, str]]:
@@ -187,14 +190,17 @@ def test_a_prepared_batch_stores_only_what_is_not_stored_by_then(store):
     assert_totals_match_rows(store)
 
 
-def test_a_txn_id_again_with_another_user_amount_or_time_is_a_dead_letter(store):
+def test_a_txn_id_again_with_another_user_amount_or_time_is_a_dead_letter(store, caplog):
     """The first one stored wins; within a batch as across batches. An exact repeat
-    stays a counted duplicate."""
+    stays a counted duplicate. Each conflict is logged once, naming the fields that
+    differ, and its dead letter's reason names them too."""
     first = tx("a", amount="5")
     in_batch, across = store_batches(
         store, [first, *CONFLICTING, first], [*CONFLICTING, tx("b"), first]
     )
-    conflicts = [(format_line(t), CONFLICT) for t in CONFLICTING]
+    conflicts = [
+        (format_line(t), f"{CONFLICT}: its {d}") for t, d in zip(CONFLICTING, DIFFER, strict=True)
+    ]
     assert (in_batch.new, in_batch.duplicates) == ([first], 1)
     assert [(d["raw"], d["reason"]) for d in in_batch.rejected] == conflicts
     assert (across.new, across.stored_before, across.duplicates) == ([tx("b")], [first], 1)
@@ -203,6 +209,17 @@ def test_a_txn_id_again_with_another_user_amount_or_time_is_a_dead_letter(store)
     assert dead_letters(store) == conflicts * 2
     assert recent(store, 1) == [tx("b"), first]
     assert recent(store, 2) == []
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    fields = ["user_id", "amount", "time", "user_id, amount and time"]
+    assert (
+        warned
+        == [
+            f"txn_id a came again with another {f} than the transaction stored first: "
+            "kept as a dead letter"
+            for f in fields
+        ]
+        * 2
+    )
 
 
 def test_txn_ids_are_case_sensitive(store):
@@ -339,28 +356,29 @@ def test_dead_letters_are_appended_as_json(store):
 
 
 @pytest.mark.parametrize(
-    ("payload", "raw"),
+    ("payload", "kept"),
     [
-        (b"x" * 4096, "x" * 4096),
-        (b"x" * 4097, "x" * 4096),
-        (b"\xff" * (5 << 20), "\\xff" * 4096),  # 5 MB, escaped: 16 KiB of text
-        ("é" * 3000, "é" * 2048),
-        ("é" * 2048 + "x", "é" * 2048),
-        (b"x" + "é".encode() * 2048, "x" + "é" * 2047 + "\\xc3"),  # cut inside a character
+        (b"x" * 4096, 4096),
+        (b"x" * 4097, 4096),  # the first 4 KiB at most
+        (b"\xff" * (5 << 20), 1193),  # 5 MB, escaped: 5 characters a byte in JSON
+        (b"\x01" * 5000, 995),  # 6 characters a byte: \u0001
+        ("é" * 3000, 1990),  # 6 characters in 2 bytes: \u00e9
+        ("😀" * 2000, 1989),  # 12 characters in 4 bytes; cut inside one: \\xf0
     ],
-    ids=["4-KiB", "4-KiB-and-1", "5-MB-not-UTF-8", "UTF-8", "UTF-8-and-1", "cut-character"],
+    ids=["4-KiB", "4-KiB-and-1", "5-MB-not-UTF-8", "control", "UTF-8", "astral"],
 )
-def test_a_dead_letter_keeps_4_kib_of_the_message_its_size_and_hash(payload, raw):
+def test_a_dead_letter_keeps_what_fits_in_6_kib_its_size_and_hash(payload, kept):
     data = payload.encode() if isinstance(payload, str) else payload
     letter = dead_letter(payload, "why", T0)
     assert letter == {
-        "raw": raw,
+        "raw": data[:kept].decode("utf-8", "backslashreplace"),
+        "kept": kept,
         "size": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "reason": "why",
         "at": "2019-10-06T10:37:49.483609Z",
     }
-    assert len(json.dumps(letter)) < 21_000  # at most 5 characters a byte, escaped in JSON
+    assert len(json.dumps(letter)) <= DEAD_LETTER_BYTES
 
 
 def test_the_dead_letter_list_keeps_the_newest(store):
@@ -455,7 +473,9 @@ def test_tampered_recent_lists_are_repaired_by_the_next_batch(store, caplog):
     store_batches(store, [tx("a"), tx("b", user_id=2, at=newer), tx("c", user_id=3, at=newer)])
     assert recent(store, 1) == [tx("a")]
     assert recent(store, 2) == [tx("b", user_id=2, at=newer), tx("old", user_id=2)]
-    assert "replaced 1 keys of another type, dropped 2 unreadable items" in caplog.text
+    assert f"replaced Redis key {keys.recent(1)}: it held a string" in caplog.text
+    assert caplog.text.count("replaced Redis key") == 1
+    assert "recent lists: dropped 2 unreadable items" in caplog.text
     assert RecentLists(client, keys).read(3) == [tx("c", user_id=3, at=newer), older]
     assert client.lindex(keys.recent(3), 0).decode() == forged
     assert "skipping an unreadable item (not a transaction object)" in caplog.text
@@ -522,16 +542,65 @@ def test_a_batch_whose_stream_was_deleted_meanwhile_is_written_once(store):
     assert not client.exists(keys.stream)
 
 
-def test_nothing_is_acknowledged_when_the_dead_letters_cannot_be_kept(store):
+def test_nothing_is_acknowledged_when_the_dead_letters_cannot_be_kept(store, monkeypatch):
     keys, client = store.keys, store.client
     store.group = "store"
     client.xgroup_create(keys.stream, "store", id="0", mkstream=True)
     entry = client.xadd(keys.stream, {"line": "x"})
     client.xreadgroup("store", "me", {keys.stream: ">"})
-    client.set(keys.dead, "not a list")
-    with pytest.raises(redis.ResponseError, match="dead-letter key"):
+
+    def refuse(**_):
+        raise redis.ConnectionError("Redis went away")
+
+    monkeypatch.setattr(store, "_write_dead", refuse)
+    with pytest.raises(redis.ConnectionError):
         store.write_redis(Committed(), [dead_letter("x", "why")], {0: [entry]})
     assert client.xpending(keys.stream, "store")["pending"] == 1
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "no number"])
+def test_derived_keys_of_another_type_are_replaced_by_the_batch_and_logged_once(
+    store, kind, monkeypatch, caplog
+):
+    """The counters, the recent list, the dead letters and their count, each of another
+    type (or a counter that is no number): the batch is stored and acknowledged all the
+    same, each key replaced, each replacement logged once as an ERROR naming key and type."""
+    keys, client = store.keys, store.client
+    store.group = "store"
+    monkeypatch.setattr("txstream.store.rate_bucket", lambda epoch: 1_700_000_000)
+    derived = {
+        keys.counts(): "hash",
+        keys.rate(1_700_000_000): "string",
+        keys.recent(1): "list",
+        keys.dead: "list",
+        keys.dead_count: "string",
+    }
+    if kind == "no number":  # counters of their own type that cannot be added to
+        client.set(keys.rate(1_700_000_000), "many")
+        client.hset(keys.counts(), mapping={"stored": "many", "duplicates": 2**63 - 1})
+        retyped = {keys.rate(1_700_000_000): "string", keys.counts(): "hash"}
+    else:
+        retyped = {key: kind for key, own in derived.items() if own != kind}
+        for key in retyped:
+            retype(client, key, kind)
+    client.xgroup_create(keys.stream, "store", id="0", mkstream=True)
+    entries = [client.xadd(keys.stream, {"line": f"e{i}"}) for i in range(3)]
+    client.xreadgroup("store", "me", {keys.stream: ">"})
+
+    committed = store.store([tx("a"), tx("a")], [dead_letter("bad", "why")], {0: entries})
+
+    assert [t.txn_id for t in committed.new] == ["a"] and committed.duplicates == 1
+    assert client.xpending(keys.stream, "store")["pending"] == 0
+    assert recent(store, 1) == [tx("a")]
+    assert client.hgetall(keys.counts()) == {b"stored": b"1", b"duplicates": b"1"}
+    assert client.get(keys.rate(1_700_000_000)) == b"1"
+    assert [json.loads(item)["raw"] for item in client.lrange(keys.dead, 0, -1)] == ["bad"]
+    assert client.get(keys.dead_count) == b"1"
+    logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert sorted(logged) == sorted(
+        f"replaced Redis key {key}: it held a {held} that txstream cannot use"
+        for key, held in retyped.items()
+    )
 
 
 def test_latest_sets_of_the_old_layout_move_to_the_lists_once(store, caplog):

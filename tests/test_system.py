@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import html
 import logging
+import time
 
 import pytest
 import redis
 
 from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL, make_app, signed_in_client
-from txstream.heartbeats import Heartbeat, live_subscribers, read_subscribers
+from txstream.heartbeats import (
+    SHOWN_SUBSCRIBERS,
+    Heartbeat,
+    live_subscribers,
+    read_subscribers,
+)
 from txstream.keys import Keys
 from txstream.processes import wait_until
 from txstream.testing import emitter_args, wait_for_log, wait_until_stored
@@ -117,13 +123,14 @@ def test_heartbeats_index_expire_and_live_by_their_age(fake_redis):
     beat.beat()
     assert 0 < fake_redis.ttl(keys.subscriber("sub-1")) <= 24 * 3600
     now = utcnow()
-    (s,) = read_subscribers(fake_redis, keys, now)
+    (s,), more = read_subscribers(fake_redis, keys, now)
+    assert more == 0
     assert (s.name, s.stored, s.transport, s.live) == ("sub-1", 7, "stream", True)
     assert [x.name for x in live_subscribers(fake_redis, keys, now)] == ["sub-1"]
     fake_redis.hset(keys.subscriber("sub-1"), "heartbeat_at", format_time(now.replace(year=2020)))
     assert live_subscribers(fake_redis, keys, now) == []
     beat.stop()  # never started: stopping only deletes the heartbeat
-    assert read_subscribers(fake_redis, keys, now) == []
+    assert read_subscribers(fake_redis, keys, now) == ([], 0)
 
 
 HOSTILE = "<script>alert(1)</script>"
@@ -201,3 +208,54 @@ def test_the_api_says_the_database_is_down(app, client, closed_port):
 
 def test_the_nav_links_the_system_page(client):
     assert 'href="/system"' in client.get("/").get_data(as_text=True)
+
+
+FLOOD = 200_000  # names forged into the subscribers' index
+
+
+@pytest.mark.services
+@pytest.mark.parametrize("ahead", [True, False], ids=["future-scores", "current-scores"])
+def test_a_flooded_subscribers_index_is_read_in_bounded_steps(
+    private_redis, mysql_engine, key_prefix, ahead
+):
+    """200,000 forged names (scored a year ahead, or now): each answer lists at most
+    SHOWN_SUBSCRIBERS, says how many more there are, and reads as many hashes; scores
+    ahead of the clock are no heartbeats, and the next beat removes them."""
+    redis_client = private_redis.client()
+    keys = Keys(key_prefix)
+    beat = Heartbeat(redis_client, keys, "sub-1", "stream", lambda: (0, None))
+    beat.beat()
+    score = time.time() + (365 * 24 * 3600 if ahead else 0)
+    for start in range(0, FLOOD, 10_000):
+        names = {f"forged-{i}": score for i in range(start, start + 10_000)}
+        redis_client.zadd(keys.subscribers, names)
+    client = signed_in_client(make_app(mysql_engine, redis_client, key_prefix))
+    client.get("/healthz")  # the token's first request: its look-up is done
+
+    redis_client.config_resetstat()
+    sent = redis_client.info("stats")["total_net_output_bytes"]
+    system, live, page = (client.get(path) for path in ("/api/system", "/api/live", "/system"))
+    sent = redis_client.info("stats")["total_net_output_bytes"] - sent
+    calls = {
+        name.removeprefix("cmdstat_"): stats["calls"]
+        for name, stats in redis_client.info("commandstats").items()
+    }
+
+    assert system.status_code == live.status_code == page.status_code == 200
+    assert calls.get("hgetall", 0) <= 2 * SHOWN_SUBSCRIBERS  # the API and the page
+    assert sent < 100_000  # bytes Redis sent for three answers (and INFO)
+    assert len(system.data) < 50_000 and len(page.data) < 100_000
+    body = system.json
+    text = page.get_data(as_text=True)
+    if ahead:
+        assert [s["name"] for s in body["subscribers"]] == ["sub-1"]
+        assert body["more_subscribers"] == 0 and "more listed in the" not in text
+        assert live.json["subscribers"] == 1
+        beat.beat()
+        assert redis_client.zrange(keys.subscribers, 0, -1) == [b"sub-1"]
+    else:
+        assert len(body["subscribers"]) == 0  # the forged names have no heartbeat hash
+        assert body["more_subscribers"] == FLOOD + 1 - SHOWN_SUBSCRIBERS
+        assert f"And {FLOOD + 1 - SHOWN_SUBSCRIBERS} more listed in the" in text
+        assert live.json["subscribers"] == FLOOD + 1
+    redis_client.close()

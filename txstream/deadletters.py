@@ -26,8 +26,8 @@ from txstream.store import DEAD_COUNT_LUA, DEAD_RAW_BYTES
 
 log = logging.getLogger(__name__)
 
-# A letter's raw text is its first 4 KiB, bytes that are not UTF-8 escaped as \xNN: at
-# most four characters a byte. Anything longer was not written by txstream.
+# A letter's raw text is at most the first 4 KiB, bytes that are not UTF-8 escaped as \xNN:
+# at most four characters a byte. Anything longer was not written by txstream.
 MAX_RAW_CHARS = 4 * DEAD_RAW_BYTES
 MAX_TEXT_CHARS = 1000  # of a reason, and of a time that is not one
 UNREADABLE = "an unreadable dead letter (not a JSON object as txstream writes them)"
@@ -66,13 +66,20 @@ class Unreadable(Exception):
 
 @dataclass(frozen=True)
 class Letter:
-    """One dead letter as it can be shown: every field but `reason` and `raw` may be None."""
+    """One dead letter as it can be shown: every field but `reason` and `raw` may be None.
+    `kept`: how many bytes of the message `raw` shows (txstream.store.dead_letter)."""
 
     reason: str
     at: str | None
     size: int | None
     sha256: str | None
     raw: str
+    kept: int | None = None
+
+    @property
+    def cut(self) -> bool:
+        """Whether `raw` shows less than the whole message."""
+        return self.kept is not None and self.size is not None and self.kept < self.size
 
     def to_json(self) -> dict:
         """The API's form, keys in the documented order."""
@@ -82,6 +89,8 @@ class Letter:
             "size": self.size,
             "sha256": self.sha256,
             "raw": self.raw,
+            "kept": self.kept,
+            "cut": self.cut,
         }
 
 
@@ -114,13 +123,16 @@ def letter_of(item: bytes) -> Letter:
         record = None
     if not isinstance(record, dict):
         return Letter(UNREADABLE, None, None, None, text[:MAX_RAW_CHARS])
-    reason = record.get("reason")
+    reason, size, kept = record.get("reason"), _whole(record.get("size")), record.get("kept")
+    if "kept" not in record and size is not None:
+        kept = min(size, DEAD_RAW_BYTES)  # a letter of before `kept`: its first 4 KiB
     return Letter(
         reason=_cut(reason, MAX_TEXT_CHARS) if isinstance(reason, str) else UNREADABLE,
         at=_cut(record.get("at"), MAX_TEXT_CHARS),
-        size=_whole(record.get("size")),
+        size=size,
         sha256=_cut(record.get("sha256"), 64),
         raw=_cut(record.get("raw"), MAX_RAW_CHARS) or text[:MAX_RAW_CHARS],
+        kept=_whole(kept),
     )
 
 

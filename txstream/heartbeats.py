@@ -5,8 +5,13 @@ from a thread of its own (so a slow Redis never slows storing), and lists its na
 sorted set `Keys.subscribers` scored by that time. A hash expires a day after its last
 heartbeat, so a subscriber that died vanishes eventually; one that stops cleanly deletes
 its own at once. A subscriber is live while its heartbeat is at most LIVE_BEATS
-intervals old (`live_subscribers`): the System page shows it, and commands that must not
-run beside a subscriber ask it.
+intervals old (`live_subscribers`, `count_live`): the System page shows it, and commands
+that must not run beside a subscriber ask it.
+
+Anyone who can write to Redis can fill the index, so every read of it is bounded: at most
+SHOWN_SUBSCRIBERS names, the latest, with the count of the rest; a score more than
+CLOCK_SKEW seconds ahead of the reader's clock is no heartbeat (ignored, and each beat
+removes such scores). A key of another type is replaced by the next beat (logged).
 """
 
 from __future__ import annotations
@@ -25,12 +30,15 @@ import redis
 from txstream import redisconn
 from txstream.keys import Keys
 from txstream.times import epoch_seconds, format_time, parse_time, utcnow
+from txstream.wrongtype import is_wrong_type, replacing
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_INTERVAL = 5.0  # seconds between a subscriber's heartbeats
 LIVE_BEATS = 3  # live: the last heartbeat is at most this many intervals old
 KEEP_SECONDS = 24 * 3600  # a heartbeat is forgotten this long after it was written
+CLOCK_SKEW = 60.0  # seconds a heartbeat's time may be ahead of a reader's clock
+SHOWN_SUBSCRIBERS = 50  # the latest heartbeats read, at most (the rest are counted)
 SHOWN_CHARS = 200  # a field read back is cut to this many characters (hashes can be forged)
 FIELDS = ("name", "host", "pid", "transport", "started_at", "heartbeat_at")
 FIELDS += ("stored", "rate", "last_commit_at")
@@ -54,19 +62,57 @@ class Subscriber:
     live: bool
 
 
-def read_subscribers(client: redis.Redis, keys: Keys, now: datetime) -> list[Subscriber]:
-    """The subscribers with a heartbeat kept in Redis, the latest heartbeat first."""
-    names = client.zrange(keys.subscribers, 0, -1)[::-1]  # ZRANGE: the ACL grants no ZREVRANGE
+def read_subscribers(
+    client: redis.Redis, keys: Keys, now: datetime, most: int = SHOWN_SUBSCRIBERS
+) -> tuple[list[Subscriber], int]:
+    """The `most` latest subscribers with a heartbeat kept in Redis, the latest first, and
+    how many more the index lists. Two round trips, whatever the index holds."""
+    index, latest = keys.subscribers, epoch_seconds(now) + CLOCK_SKEW
+    with client.pipeline(transaction=False) as pipe:
+        # ZRANGE ... BYSCORE REV: the ACL grants no ZREVRANGEBYSCORE
+        pipe.zrange(index, latest, "-inf", desc=True, byscore=True, offset=0, num=most)
+        pipe.zcount(index, "-inf", latest)
+        names, listed = pipe.execute(raise_on_error=False)
+    if is_wrong_type(names):
+        log.error("the subscribers' index %s holds another type: showing none", index)
+        return [], 0
+    for reply in (names, listed):
+        if isinstance(reply, Exception):
+            raise reply
     with client.pipeline(transaction=False) as pipe:
         for name in names:
             pipe.hgetall(keys.subscriber(shown(name)))
-        hashes = pipe.execute()
-    return [_subscriber(fields, now) for fields in hashes if fields]
+        hashes = pipe.execute(raise_on_error=False)
+    found = []
+    for name, fields in zip(names, hashes, strict=True):
+        if is_wrong_type(fields):
+            log.error("heartbeat %s holds another type: left out", keys.subscriber(shown(name)))
+        elif isinstance(fields, Exception):
+            raise fields
+        elif fields:
+            found.append(_subscriber(fields, now))
+    return found, listed - len(names)
 
 
 def live_subscribers(client: redis.Redis, keys: Keys, now: datetime) -> list[Subscriber]:
-    """The subscribers whose last heartbeat is at most LIVE_BEATS intervals before `now`."""
-    return [s for s in read_subscribers(client, keys, now) if s.live]
+    """The subscribers whose last heartbeat is at most LIVE_BEATS intervals before `now`
+    (among the latest SHOWN_SUBSCRIBERS)."""
+    return [s for s in read_subscribers(client, keys, now)[0] if s.live]
+
+
+def count_live(client: redis.Redis, keys: Keys, now: datetime) -> int:
+    """How many subscribers the index lists with a heartbeat at most LIVE_BEATS intervals
+    before `now` (one command, whatever the index holds)."""
+    latest = epoch_seconds(now)
+    try:
+        return client.zcount(
+            keys.subscribers, latest - LIVE_BEATS * HEARTBEAT_INTERVAL, latest + CLOCK_SKEW
+        )
+    except redis.ResponseError as exc:
+        if not is_wrong_type(exc):
+            raise
+        log.error("the subscribers' index %s holds another type: counting none", keys.subscribers)
+        return 0
 
 
 def _subscriber(fields: dict[bytes, bytes], now: datetime) -> Subscriber:
@@ -177,7 +223,9 @@ class Heartbeat:
             self._stopping.wait(self.interval)
 
     def beat(self) -> None:
-        """Write the heartbeat once: the hash, its expiry, and the index."""
+        """Write the heartbeat once: the hash, its expiry, and the index, tidied of
+        heartbeats older than KEEP_SECONDS or dated more than CLOCK_SKEW ahead. A key of
+        another type is replaced (logged)."""
         now, when = time.monotonic(), utcnow()
         stored, last_commit = self.progress()
         rate = (stored - self._last[1]) / max(now - self._last[0], 1e-9)
@@ -189,13 +237,30 @@ class Heartbeat:
             "rate": f"{rate:.1f}",
             "last_commit_at": format_time(last_commit) if last_commit else "",
         }
-        key, since = self.keys.subscriber(self.name), epoch_seconds(when)
+        replies = self._write(fields, epoch_seconds(when))
+        written = (self.keys.subscriber(self.name),) * 2 + (self.keys.subscribers,) * 3
+        wrong = sorted(
+            {key for key, reply in zip(written, replies, strict=True) if is_wrong_type(reply)}
+        )
+        for key in wrong:
+            replacing(self.client, key)
+            self.client.delete(key)
+        if wrong:
+            replies = self._write(fields, epoch_seconds(when))
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
+
+    def _write(self, fields: dict[str, str], since: float) -> list:
+        """The heartbeat's commands, in one round trip; their replies, errors included."""
+        key, index = self.keys.subscriber(self.name), self.keys.subscribers
         with self.client.pipeline(transaction=False) as pipe:
             pipe.hset(key, mapping=fields)
             pipe.expire(key, KEEP_SECONDS)
-            pipe.zadd(self.keys.subscribers, {self.name: since})
-            pipe.zremrangebyscore(self.keys.subscribers, "-inf", f"({since - KEEP_SECONDS}")
-            pipe.execute()
+            pipe.zadd(index, {self.name: since})
+            pipe.zremrangebyscore(index, "-inf", f"({since - KEEP_SECONDS}")
+            pipe.zremrangebyscore(index, f"({since + CLOCK_SKEW}", "+inf")
+            return pipe.execute(raise_on_error=False)
 
 
 def is_live(heartbeat_at: datetime, now: datetime) -> bool:

@@ -20,6 +20,7 @@ Redis or the database down raises, and the app answers 503.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Callable
@@ -29,13 +30,16 @@ import redis
 from sqlalchemy import Connection, Integer, bindparam, func, select
 
 from models import transactions, user_window_totals
-from txstream.heartbeats import live_subscribers
+from txstream.heartbeats import count_live
 from txstream.keys import Keys
 from txstream.money import format_amount
 from txstream.queries import InvalidCursor, unwrap, wrap
 from txstream.store import RATE_BUCKET, rate_bucket
 from txstream.times import format_time, from_micros, to_micros, utcnow
 from txstream.transaction import Transaction, to_json
+from txstream.wrongtype import WrongType, is_wrong_type, replacing
+
+log = logging.getLogger(__name__)
 
 LIVE_LIMIT = 50  # transactions per answer: the page keeps about as many
 RATE_BUCKETS = 90  # 15 minutes of 10-second counters
@@ -126,12 +130,26 @@ def rate_series(client: redis.Redis, keys: Keys, now: float) -> list[dict]:
 
 def counts(client: redis.Redis, keys: Keys) -> dict:
     """The transactions ever stored, the duplicates (each partition's, added up) and the
-    dead letters."""
+    dead letters. Raises `WrongType` when a partition's counts are of another type (the
+    partition's next batch replaces them); a count of dead letters of another type is
+    taken as the list's length, as the subscribers take it (txstream.store)."""
     with client.pipeline(transaction=False) as pipe:
         for partition in range(keys.partitions):
             pipe.hmget(keys.counts(partition), ["stored", "duplicates"])
         pipe.get(keys.dead_count)
-        *by_partition, dead_letters = pipe.execute()
+        *by_partition, dead_letters = pipe.execute(raise_on_error=False)
+    for partition, reply in enumerate(by_partition):
+        if is_wrong_type(reply):
+            raise WrongType(keys.counts(partition))
+    if is_wrong_type(dead_letters):
+        log.error("live: %s holds another type; counting the dead letters held", keys.dead_count)
+        try:
+            dead_letters = client.llen(keys.dead)
+        except redis.ResponseError as exc:
+            raise WrongType(keys.dead) if is_wrong_type(exc) else exc from None
+    for reply in (*by_partition, dead_letters):
+        if isinstance(reply, Exception):
+            raise reply
     return {
         "stored": sum(_count(stored) for stored, _ in by_partition),
         "duplicates": sum(_count(duplicates) for _, duplicates in by_partition),
@@ -144,7 +162,13 @@ def top_users(client: redis.Redis, keys: Keys, read: Reader, window_start: datet
     their exact totals, read by `read` (see `live`); cached TOP_CACHE_SECONDS for every
     worker."""
     window = to_micros(window_start) // 10**6
-    cached = _cached_top(client.get(keys.live_top(window)), window_start)
+    try:
+        cached = _cached_top(client.get(keys.live_top(window)), window_start)
+    except redis.ResponseError as exc:
+        if not is_wrong_type(exc):
+            raise
+        replacing(client, keys.live_top(window))  # by the SET below
+        cached = None
     if cached is not None:
         return cached
     by_sum, by_count = read(lambda conn: _ranked(conn, window_start))
@@ -225,7 +249,7 @@ def live(
         "rate": {"bucket_seconds": RATE_BUCKET, "series": rate_series(client, keys, time.time())},
         "top": top_users(client, keys, read, window_start),
         "counts": counts(client, keys),
-        "subscribers": len(live_subscribers(client, keys, now)),
+        "subscribers": count_live(client, keys, now),
         "health": {"redis": "ok", "database": "ok"},
     }
 

@@ -12,7 +12,7 @@ from decimal import Decimal
 
 from config import MAX_PARTITIONS
 from txstream.deadletters import MAX_RAW_CHARS, MAX_TEXT_CHARS
-from txstream.heartbeats import HEARTBEAT_INTERVAL, LIVE_BEATS, SHOWN_CHARS
+from txstream.heartbeats import HEARTBEAT_INTERVAL, LIVE_BEATS, SHOWN_CHARS, SHOWN_SUBSCRIBERS
 from txstream.live import LIVE_LIMIT, RATE_BUCKETS, TOP_USERS
 from txstream.params import DEFAULT_LIMIT, MAX_HOURS, MAX_LIMIT, POSITION_DIGITS
 from txstream.queries import MAX_CURSOR_CHARS
@@ -174,9 +174,17 @@ _SCHEMAS = {
             "type": "string",
             "maxLength": MAX_RAW_CHARS,
             "description": (
-                "The message's first 4 KiB as text, bytes that are not UTF-8 as \\xNN; "
-                "for an item of the list that is not a dead letter, the item itself"
+                "The message's first `kept` bytes as text, bytes that are not UTF-8 as "
+                "\\xNN; for an item of the list that is not a dead letter, the item itself"
             ),
+        },
+        kept={
+            **_COUNT_OR_NULL,
+            "description": "How many bytes of the message `raw` shows; null if unreadable",
+        },
+        cut={
+            "type": "boolean",
+            "description": "Whether `raw` shows less than the whole message (`kept` < `size`)",
         },
     ),
     "DeadLetterPage": _page("DeadLetter", "Newest first", {"pattern": _POSITION}),
@@ -241,13 +249,24 @@ _SCHEMAS = {
         subscribers={
             "type": ["array", "null"],
             "items": _ref("schemas", "Subscriber"),
-            "description": "Those with a heartbeat kept in Redis, latest first; null: Redis down",
+            "maxItems": SHOWN_SUBSCRIBERS,
+            "description": (
+                f"Those with a heartbeat kept in Redis, latest first, at most "
+                f"{SHOWN_SUBSCRIBERS}; null: Redis down"
+            ),
+        },
+        more_subscribers={
+            **_COUNT_OR_NULL,
+            "description": "How many more the index lists than are shown; null: Redis down",
         },
         stream={
             "oneOf": [_ref("schemas", "Stream"), {"type": "null"}],
             "description": "null with TRANSPORT=pubsub, or while Redis is down",
         },
-        dead_letters={**_COUNT_OR_NULL, "description": "null while Redis is down"},
+        dead_letters={
+            **_COUNT_OR_NULL,
+            "description": "null while Redis is down, or while its key holds another type",
+        },
         window={
             "oneOf": [
                 _object(

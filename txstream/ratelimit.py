@@ -16,20 +16,34 @@ from limits import RateLimitItem, parse_many
 from redis.commands.core import Script
 
 from txstream.keys import Keys
+from txstream.wrongtype import REPLACE_LUA, log_replaced
 
 # KEYS[1]: the revocation epoch; KEYS[2..]: a counter per limit (all in one hash slot when
 # names are tagged: txstream.keys). ARGV[1]: the epoch to set
 # when there is none (Redis lost it, or it was never set); ARGV[2..]: each counter's window
-# in seconds. Returns the epoch, then each counter's count and its seconds to live.
-_HIT = """
-local epoch = redis.call('GET', KEYS[1])
+# in seconds. Returns the epoch, the keys replaced (txstream.wrongtype: a key of another
+# type, or a counter that is no number, is overwritten: SET, as the web app's Redis user
+# may not DEL), then each counter's count and its seconds to live.
+_HIT = (
+    REPLACE_LUA
+    + """
+local epoch = redis.pcall('GET', KEYS[1])
+if unusable(epoch) then
+  note(KEYS[1])
+  epoch = false
+end
 if not epoch then
   redis.call('SET', KEYS[1], ARGV[1])
   epoch = ARGV[1]
 end
-local result = {epoch}
+local result = {epoch, replaced}
 for i = 2, #KEYS do
-  local count = redis.call('INCR', KEYS[i])
+  local count = redis.pcall('INCR', KEYS[i])
+  if unusable(count) then
+    note(KEYS[i])
+    redis.call('SET', KEYS[i], 1)
+    count = 1
+  end
   if count == 1 then
     redis.call('EXPIRE', KEYS[i], ARGV[i])
   end
@@ -38,6 +52,7 @@ for i = 2, #KEYS do
 end
 return result
 """
+)
 
 
 class RateLimited(Exception):
@@ -84,11 +99,12 @@ class FixedWindows:
             self.keys.rate_count(who, limit.amount, window)
             for limit, window in zip(self.limits, self._windows, strict=True)
         ]
-        epoch, *counts = self._script(
+        epoch, replaced, *counts = self._script(
             keys=[self.keys.token_epoch, *counters],
             args=[new_epoch(), *self._windows],
             client=client,
         )
+        log_replaced(replaced)
         exceeded = None
         for limit, window, count, ttl in zip(
             self.limits, self._windows, counts[::2], counts[1::2], strict=True

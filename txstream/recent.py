@@ -28,6 +28,13 @@ import redis
 from txstream.keys import Keys
 from txstream.times import parse_time
 from txstream.transaction import Transaction, from_json_text, to_json_text
+from txstream.wrongtype import (
+    REPLACE_LUA,
+    WrongType,
+    is_wrong_type,
+    log_replaced,
+    replacing,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +42,15 @@ RECENT_SIZE = 5
 LAYOUT = b"2"  # 1: sorted sets `latest:*` (score = time); 2: lists `recent:*`
 
 # Lua: merge_recent(key, first, last) merges ARGV[first..last], a user's new items oldest
-# first, into the list at `key`; it returns how many keys of another type it replaced (0 or
-# 1) and how many unreadable items it dropped.
+# first, into the list at `key`; it returns how many unreadable items it dropped, and a key
+# of another type it replaces is noted (txstream.wrongtype).
 #   Lua compares strings with strcoll(), and Redis takes LC_COLLATE from its environment:
 # the fixed-width times compare by value in any locale, but txn_ids are compared byte by
 # byte, as MySQL's ascii_bin collation and Python do.
 #   It runs with the subscriber's Redis rights: deploy/redis.acl grants each command it calls.
-MERGE_RECENT_LUA = f"""
+MERGE_RECENT_LUA = (
+    REPLACE_LUA
+    + f"""
 local RECENT = {RECENT_SIZE}
 local function is_item(s)  -- {{"time":"YYYY-MM-DDTHH:MM:SS.ffffffZ","txn_id":"...
   return string.sub(s, 1, 9) == '{{"time":"' and string.sub(s, 37, 48) == '","txn_id":"'
@@ -63,21 +72,22 @@ local function newer(a, b)  -- whether item a comes before item b in a list
   return bytes_greater(txn_id(a), txn_id(b))
 end
 local function merge_recent(key, first, last)
-  local head, replaced = redis.pcall('LINDEX', key, 0), 0
-  if type(head) == 'table' then  -- an error: the key holds something else than a list
+  local head = redis.pcall('LINDEX', key, 0)
+  if unusable(head) then  -- the key holds something else than a list
+    note(key)
     redis.call('DEL', key)
-    head, replaced = false, 1
+    head = false
   end
   if not head or (is_item(head) and newer(ARGV[first], head)) then
     if redis.call('LPUSH', key, unpack(ARGV, first, last)) > RECENT then
       redis.call('LTRIM', key, 0, RECENT - 1)
     end
-    return replaced, 0
+    return 0
   end
   if redis.call('LLEN', key) == RECENT then  -- full: are all the new items too old for it?
     local last_kept = redis.call('LINDEX', key, RECENT - 1)
     if is_item(last_kept) and newer(last_kept, ARGV[last]) then
-      return replaced, 0
+      return 0
     end
   end
   local old = redis.call('LRANGE', key, 0, RECENT - 1)
@@ -102,22 +112,22 @@ local function merge_recent(key, first, last)
     redis.call('DEL', key)
     redis.call('RPUSH', key, unpack(merged, 1, keep))
   end
-  return replaced, dropped
+  return dropped
 end
 """
+)
 
 # The migration's script: merge_recent for each key. ARGV: for each key in turn, its
 # number of items, then the items.
 _MERGE_ALL = (
     MERGE_RECENT_LUA
     + """
-local pos, replaced, dropped = 1, 0, 0
+local pos, dropped = 1, 0
 for k = 1, #KEYS do
   local n = tonumber(ARGV[pos])
-  local r, d = merge_recent(KEYS[k], pos + 1, pos + n)
-  replaced, dropped, pos = replaced + r, dropped + d, pos + n + 1
+  dropped, pos = dropped + merge_recent(KEYS[k], pos + 1, pos + n), pos + n + 1
 end
-return {replaced, dropped}
+return {dropped, replaced}
 """
 )
 
@@ -155,12 +165,15 @@ class RecentLists:
         """The user's latest transactions, newest first.
 
         Whatever Redis holds: an item that is not a transaction of this user as txstream
-        writes it, or a key of another type, is logged and skipped.
+        writes it is logged and skipped. A key of another type raises `WrongType` (the
+        next batch of the user's partition replaces it).
         """
         key = self.keys.recent(user_id)
         try:
             items = self.client.lrange(key, 0, RECENT_SIZE - 1)
         except redis.ResponseError as exc:
+            if is_wrong_type(exc):
+                raise WrongType(key) from None
             log.error("recent list %s is unreadable (%s); showing none", key, exc)
             return []
         txns = []
@@ -187,8 +200,10 @@ class RecentLists:
         try:
             if self.client.get(self.keys.layout) == LAYOUT:
                 return
-        except redis.ResponseError:  # not a string: overwritten below
-            pass
+        except redis.ResponseError as exc:
+            if not is_wrong_type(exc):
+                raise
+            replacing(self.client, self.keys.layout)  # overwritten below
         users, sets = set(), []
         for key in self.client.scan_iter(match=self.keys.old_recent_pattern, count=1000):
             if (user := self.keys.user_of(key)) is not None:
@@ -205,7 +220,7 @@ class RecentLists:
             txns, unreadable = self._old_items(chunk)
             keys, args = merge_arguments(self.keys, set(txns))  # a set: no repeats
             if keys:  # the merge drops the items of older forms read above
-                merge(keys=keys, args=args)
+                log_replaced(merge(keys=keys, args=args)[1])
             moved += len(keys)
             dropped += unreadable
         if sets:

@@ -27,7 +27,7 @@ import json
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -46,6 +46,7 @@ from txstream.transaction import Transaction, checked_txn_id
 from txstream.transport import TRIM_ACKNOWLEDGED_LUA
 from txstream.windows import totals
 from txstream.wire import format_line
+from txstream.wrongtype import REPLACE_LUA, log_replaced
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +58,15 @@ CONFLICT = "conflicts with the stored transaction"
 _PREPARED_FOR = 1.0  # seconds
 _REBUILD_CHUNK = 20_000  # stored rows read at a time when building the aggregates
 _UNPACK = 1000  # arguments per Lua unpack(): its stack holds a few thousand at most
-# Bytes of a message kept in its dead letter: a dead letter stays small whatever was sent
-# (escaped, a 5 MB message made a 30 MB one, and an argument over Redis's bulk limit
-# would fail the batch script on every try). Its size and SHA-256 identify the whole.
+# A dead letter stays small whatever was sent (escaped, a 5 MB message made a 30 MB one,
+# and an argument over Redis's bulk limit would fail the batch script on every try): its
+# JSON, as written to Redis, is at most DEAD_LETTER_BYTES, its reason's at most
+# DEAD_REASON_BYTES, and it keeps as much of the message's first DEAD_RAW_BYTES as fits
+# (escaping takes up to 6 characters a byte). Its size and SHA-256 identify the whole.
+DEAD_LETTER_BYTES = 6 * 1024
+DEAD_REASON_BYTES = 1024
 DEAD_RAW_BYTES = 4096
+CUT = "\u2026"  # ends a reason that was cut
 # The ingest rate: stored rows counted per RATE_BUCKET seconds of commit time, each counter
 # kept RATE_KEEP seconds, a little more than the 15 minutes the dashboard shows.
 RATE_BUCKET = 10
@@ -72,7 +78,9 @@ RATE_KEEP = 16 * 60
 # rows, the duplicates, the rate counter's lifetime (seconds); the ids; then for each
 # recent list its number of new items and the items. The entries are acknowledged last,
 # in the same atomic call as what they wrote; then the stream is trimmed of what every
-# group has acknowledged (the emitter never trims it).
+# group has acknowledged (the emitter never trims it). A counter or list of another type
+# is replaced (txstream.wrongtype): it is derived, and must not hold the batch up. Returns
+# how many unreadable recent items were dropped, and the keys replaced.
 _WRITE_BATCH = (
     MERGE_RECENT_LUA
     + TRIM_ACKNOWLEDGED_LUA
@@ -80,41 +88,41 @@ _WRITE_BATCH = (
 local n_ids, n_new = tonumber(ARGV[2]), tonumber(ARGV[3])
 local n_dup, rate_ttl = tonumber(ARGV[4]), tonumber(ARGV[5])
 local ids = 6  -- where the entry ids begin in ARGV
-local pos, replaced, dropped = ids + n_ids, 0, 0
+local pos, dropped = ids + n_ids, 0
 if n_new > 0 then
-  redis.call('INCRBY', KEYS[2], n_new)
+  mending(KEYS[2], 'INCRBY', KEYS[2], n_new)
   redis.call('EXPIRE', KEYS[2], rate_ttl)
-  redis.call('HINCRBY', KEYS[3], 'stored', n_new)
+  mending(KEYS[3], 'HINCRBY', KEYS[3], 'stored', n_new)
 end
 if n_dup > 0 then
-  redis.call('HINCRBY', KEYS[3], 'duplicates', n_dup)
+  mending(KEYS[3], 'HINCRBY', KEYS[3], 'duplicates', n_dup)
 end
 for k = 4, #KEYS do
   local n = tonumber(ARGV[pos])
-  local r, d = merge_recent(KEYS[k], pos + 1, pos + n)
-  replaced, dropped, pos = replaced + r, dropped + d, pos + n + 1
+  dropped, pos = dropped + merge_recent(KEYS[k], pos + 1, pos + n), pos + n + 1
 end
 local last = ids + n_ids - 1
 for i = ids, last, {_UNPACK} do
   redis.call('XACK', KEYS[1], ARGV[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, last)))
 end
 if n_ids > 0 then trim_acknowledged(KEYS[1]) end
-return {{replaced, dropped}}
+return {{dropped, replaced}}
 """
 )
 
 # Lua: how many dead letters were ever appended to the list KEYS[1] (of length `held`), as
 # KEYS[2] keeps it; missing or unreadable (not a whole number from `held` to 2^52): `held`.
+# And the type of KEYS[2].
 DEAD_COUNT_LUA = """
 local function dead_count(held)
-  local count = nil
-  if redis.call('TYPE', KEYS[2])['ok'] == 'string' then
+  local count, kind = nil, redis.call('TYPE', KEYS[2])['ok']
+  if kind == 'string' then
     count = tonumber(redis.call('GET', KEYS[2]))
   end
   if not count or count ~= math.floor(count) or count < held or count > 2^52 then
-    return held
+    return held, kind
   end
-  return count
+  return count, kind
 end
 """
 
@@ -122,21 +130,27 @@ end
 # two delivers the entries again: their letters are then appended twice, never lost).
 # KEYS: the dead letters, their count (both in one slot). ARGV: the list's cap, the
 # letters. The count is of every dead letter ever appended (txstream.deadletters pages by
-# it); missing or unreadable, it starts again from the list's length.
+# it); missing or unreadable, it starts again from the list's length. Either key of another
+# type is replaced (txstream.wrongtype); returns the keys replaced.
 _WRITE_DEAD = (
-    DEAD_COUNT_LUA
+    REPLACE_LUA
+    + DEAD_COUNT_LUA
     + f"""
 local kind = redis.call('TYPE', KEYS[1])['ok']
 if kind ~= 'none' and kind ~= 'list' then
-  return redis.error_reply('WRONGTYPE dead-letter key ' .. KEYS[1] .. ' holds a ' .. kind)
+  note(KEYS[1], kind)
+  redis.call('DEL', KEYS[1])
 end
-local count = dead_count(redis.call('LLEN', KEYS[1]))
+local count, count_kind = dead_count(redis.call('LLEN', KEYS[1]))
+if count_kind ~= 'none' and count_kind ~= 'string' then
+  note(KEYS[2], count_kind)  -- and SET below replaces it
+end
 for i = 2, #ARGV, {_UNPACK} do
   redis.call('RPUSH', KEYS[1], unpack(ARGV, i, math.min(i + {_UNPACK - 1}, #ARGV)))
 end
 redis.call('LTRIM', KEYS[1], -tonumber(ARGV[1]), -1)  -- the newest ARGV[1]
 redis.call('SET', KEYS[2], string.format('%d', count + #ARGV - 1))
-return #ARGV - 1
+return replaced
 """
 )
 
@@ -153,6 +167,8 @@ class Committed:
     # Dead letters: rows the database refused, and transactions whose txn_id came first
     # (stored before, or earlier in the batch) with another user, amount or time.
     rejected: list[dict] = field(default_factory=list)
+    # Those conflicts: each one's txn_id and the fields that differ from the first's.
+    conflicts: list[tuple[str, list[str]]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -169,16 +185,42 @@ class Prepared:
 
 
 def dead_letter(raw: bytes | str, reason: str, at: datetime | None = None) -> dict:
-    """The dead-letter record of a message: its first 4 KiB (non-UTF-8 bytes kept
-    escaped), the whole message's size in bytes and SHA-256, why, and when."""
+    """The dead-letter record of a message: as much of its start as fits (`raw`, non-UTF-8
+    bytes kept escaped; `kept`: how many bytes), the whole message's size in bytes and
+    SHA-256, why (cut to fit, ending in CUT), and when. Its JSON (`json.dumps`) is at most
+    DEAD_LETTER_BYTES long, whatever came."""
     data = raw.encode() if isinstance(raw, str) else raw
-    return {
-        "raw": data[:DEAD_RAW_BYTES].decode("utf-8", "backslashreplace"),
+    if len(json.dumps(reason)) > DEAD_REASON_BYTES:
+        n = _longest(len(reason), lambda n: len(json.dumps(reason[:n] + CUT)) <= DEAD_REASON_BYTES)
+        reason = reason[:n] + CUT
+    letter = {
+        "raw": "",
+        "kept": DEAD_RAW_BYTES,  # its widest, while the room for `raw` is measured
         "size": len(data),
         "sha256": hashlib.sha256(data).hexdigest(),
         "reason": reason,
         "at": format_time(at or utcnow()),
     }
+    room = DEAD_LETTER_BYTES - len(json.dumps(letter))
+    head = data[:DEAD_RAW_BYTES]
+    kept = _longest(len(head), lambda n: len(json.dumps(_escaped(head[:n]))) <= room)
+    letter.update(raw=_escaped(head[:kept]), kept=kept)
+    return letter
+
+
+def _escaped(data: bytes) -> str:
+    return data.decode("utf-8", "backslashreplace")
+
+
+def _longest(most: int, fits: Callable[[int], bool]) -> int:
+    """The largest n <= `most` found to fit (a bisection: `fits(0)` is taken as true)."""
+    if fits(most):
+        return most
+    low, high = 0, most  # low fits, high does not
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    return low
 
 
 class Store:
@@ -244,11 +286,19 @@ class Store:
         if not self._layout_ensured:
             self.ensure_layout()
         try:
-            return self._commit_with_retry(txns, prepared)
+            committed = self._commit_with_retry(txns, prepared)
         except DataError:
             # Not expected after parsing; but one bad row must not cost the others.
             log.exception("the database rejected a batch; storing it row by row")
-            return self._commit_one_by_one(txns)
+            committed = self._commit_one_by_one(txns)
+        for txn_id, fields in committed.conflicts:  # logged once committed: never twice
+            log.warning(
+                "txn_id %s came again with another %s than the transaction stored first: "
+                "kept as a dead letter",
+                txn_id,
+                _listed(fields),
+            )
+        return committed
 
     def write_redis(
         self,
@@ -260,27 +310,25 @@ class Store:
         one script call: its recent lists, counters and the acknowledgements of its
         `entry_ids` (by partition)."""
         if letters := [json.dumps(d) for d in [*dead, *committed.rejected]]:
-            self._write_dead(
+            replaced = self._write_dead(
                 keys=[self.keys.dead, self.keys.dead_count],
                 args=[self.dead_letters_max, *letters],
             )
+            log_replaced(replaced)
         shown = committed.new + committed.stored_before
         parts = _by_partition(self.keys, committed.new, shown, entry_ids if self.group else {})
         bucket = rate_bucket(time.time())
         duplicates = committed.duplicates  # counted with the first partition written
-        replaced = dropped = 0
+        dropped = 0
         for p, (new, txns, ids) in sorted(parts.items()):
             recent_keys, recent_args = merge_arguments(self.keys, txns)
             keys = [self.keys.stream_of(p), self.keys.rate(bucket, p), self.keys.counts(p)]
             args = [self.group or "", len(ids), new, duplicates, RATE_KEEP, *ids]
-            r, d = self._write_batch(keys=keys + recent_keys, args=args + recent_args)
-            replaced, dropped, duplicates = replaced + r, dropped + d, 0
-        if replaced or dropped:
-            log.error(
-                "recent lists: replaced %d keys of another type, dropped %d unreadable items",
-                replaced,
-                dropped,
-            )
+            d, replaced = self._write_batch(keys=keys + recent_keys, args=args + recent_args)
+            log_replaced(replaced)
+            dropped, duplicates = dropped + d, 0
+        if dropped:
+            log.error("recent lists: dropped %d unreadable items", dropped)
 
     def _commit_with_retry(
         self, txns: Sequence[Transaction], prepared: Prepared | None = None
@@ -308,6 +356,7 @@ class Store:
             committed.stored_before += one.stored_before
             committed.duplicates += one.duplicates
             committed.rejected += one.rejected
+            committed.conflicts += one.conflicts
         return committed
 
     def _insert_new(
@@ -439,7 +488,7 @@ def _sort_out(txns: Sequence[Transaction], stored: dict[str, Transaction]) -> Co
 
     A txn_id's first comer wins: the stored transaction, else its first in `txns`, which
     is new. One that comes again unchanged is a duplicate; with another user, amount or
-    time, a conflict (a dead letter).
+    time, a conflict (a dead letter whose reason names the fields that differ).
     """
     committed, first, again = Committed(), dict(stored), {}
     for tx in txns:
@@ -452,9 +501,26 @@ def _sort_out(txns: Sequence[Transaction], stored: dict[str, Transaction]) -> Co
             if tx.txn_id in stored:
                 again[tx.txn_id] = winner
         else:
-            committed.rejected.append(dead_letter(format_line(tx), CONFLICT))
+            fields = [
+                name
+                for name, first_value, value in (
+                    ("user_id", winner.user_id, tx.user_id),
+                    ("amount", winner.amount, tx.amount),
+                    ("time", winner.ts, tx.ts),
+                )
+                if first_value != value
+            ]
+            differ = "differs" if len(fields) == 1 else "differ"
+            reason = f"{CONFLICT}: its {_listed(fields)} {differ}"
+            committed.rejected.append(dead_letter(format_line(tx), reason))
+            committed.conflicts.append((tx.txn_id, fields))
     committed.stored_before = list(again.values())
     return committed
+
+
+def _listed(names: list[str]) -> str:
+    """`a`, `a and b`, `a, b and c`."""
+    return " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
 
 
 def _stored(conn: Connection, txns: list[Transaction]) -> dict[str, Transaction]:

@@ -25,6 +25,7 @@ from txstream.aggregates import KnownLayout
 from txstream.heartbeats import read_subscribers, shown
 from txstream.keys import Keys
 from txstream.times import utcnow
+from txstream.wrongtype import is_wrong_type
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,16 @@ def status(
     """What the System page shows, as JSON-ready values (see txstream.openapi `System`)."""
     result: dict = {"redis": "ok", "database": "ok", "transport": transport}
     try:
-        result["subscribers"] = [dataclasses.asdict(s) for s in read_subscribers(client, keys, now)]
+        subscribers, more = read_subscribers(client, keys, now)
+        result["subscribers"] = [dataclasses.asdict(s) for s in subscribers]
+        result["more_subscribers"] = more
         result["stream"] = _stream(client, keys, group) if transport == "stream" else None
-        result["dead_letters"] = client.llen(keys.dead)
+        result["dead_letters"] = _dead_letters(client, keys)
     except redisconn.ERRORS as exc:
         log.error("system: Redis is down: %s", exc)
-        result.update(redis="down", subscribers=None, stream=None, dead_letters=None)
+        result.update(
+            redis="down", subscribers=None, more_subscribers=None, stream=None, dead_letters=None
+        )
     try:
         known = queries.read(engine, lambda conn: (queries.ping(conn), layout.get(conn))[1])
     except SQLAlchemyError as exc:
@@ -58,6 +63,17 @@ def status(
         else None
     )
     return result
+
+
+def _dead_letters(client: redis.Redis, keys: Keys) -> int | None:
+    """How many dead letters the list holds; None when its key holds another type."""
+    try:
+        return client.llen(keys.dead)
+    except redis.ResponseError as exc:
+        if not is_wrong_type(exc):
+            raise
+        log.error("system: the dead-letter key %s holds another type than a list", keys.dead)
+        return None
 
 
 def _stream(client: redis.Redis, keys: Keys, group: str) -> dict:
