@@ -112,6 +112,7 @@ CALLS: dict[str, Callable[[str | None], tuple]] = {
     "ZADD": lambda k: ("ZADD", k, 1, "x"),
     "ZRANGE": lambda k: ("ZRANGE", k, 0, -1),
     "ZREM": lambda k: ("ZREM", k, "x"),
+    "ZCOUNT": lambda k: ("ZCOUNT", k, "-inf", "+inf"),
 }
 
 
