@@ -163,14 +163,21 @@ class Prepared:
     made_at: float  # time.monotonic()
 
 
-def dead_letter(raw: bytes | str, reason: str, at: datetime | None = None) -> dict:
+def dead_letter(
+    raw: bytes | str,
+    reason: str,
+    at: datetime | None = None,
+    whole: tuple[int, str] | None = None,
+) -> dict:
     """The dead-letter record of a message: its first 4 KiB (non-UTF-8 bytes kept
-    escaped), the whole message's size in bytes and SHA-256, why, and when."""
+    escaped), the whole message's size in bytes and SHA-256 (`whole`, when `raw` is only
+    its start), why, and when."""
     data = raw.encode() if isinstance(raw, str) else raw
+    size, sha256 = whole or (len(data), hashlib.sha256(data).hexdigest())
     return {
         "raw": data[:DEAD_RAW_BYTES].decode("utf-8", "backslashreplace"),
-        "size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": size,
+        "sha256": sha256,
         "reason": reason,
         "at": format_time(at or utcnow()),
     }
