@@ -820,7 +820,7 @@ class StreamSource:
         """Whether partition `p` waits its backoff: then sleep for it, up to `timeout`."""
         wait = self._retry_at[p] - time.monotonic()
         if wait > 0:
-            time.sleep(min(timeout, wait))
+            time.sleep(max(0, min(timeout, wait)))
         return wait > 0
 
     def _read_partition(self, p: int, max_count: int, timeout: float | None) -> list[Message]:
@@ -852,7 +852,7 @@ class StreamSource:
         Nothing can be read or acknowledged meanwhile; nothing is dropped."""
         stream = self.streams[p]
         if self._wrong_type[p] is None:
-            self._wrong_type[p] = Backoff(cap=10.0)
+            self._wrong_type[p] = Backoff()
             kind = self.client.type(stream)
             log.error(
                 "stream key %r holds a %s, not a stream: nothing can be read from it or "
