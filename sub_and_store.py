@@ -7,7 +7,9 @@ transaction; then, in one Redis transaction, each user's recent list, the dead
 letters and the stream acknowledgements (txstream.store). A malformed message is
 logged, counted and kept as a dead letter. A batch the database refuses for another
 reason than an outage is logged with its traceback and stays in the stream (pub/sub:
-becomes dead letters); nothing stops the subscriber but a signal.
+becomes dead letters); an entry delivered more than MAX_DELIVERIES times is then stored
+alone, a dead letter only if refused. Stream entries deleted before they were stored are
+logged and counted as lost (txstream.transport). Nothing stops the subscriber but a signal.
 Prometheus metrics (README, "Metrics") are served on METRICS_BIND:METRICS_PORT.
 
     python sub_and_store.py                      # settings from the environment or .env
@@ -287,7 +289,7 @@ class Subscriber:
         if self.source.durable and not tries:
             log.error(
                 "its %d messages stay pending in the stream; they are delivered again, and "
-                "become dead letters after %d deliveries",
+                "stored one by one after %d deliveries",
                 len(batch),
                 self.settings.max_deliveries,
             )

@@ -8,8 +8,8 @@ PROMETHEUS_MULTIPROC_DIR set (`make serve` sets it), each writes them to files t
 run, the tests) a process serves its own registry.
 
 The subscriber serves its counts, batch sizes, commit times, outages and, on the stream
-transport, the consumer group's lag and pending entries (over every partition's stream) on
-METRICS_BIND:METRICS_PORT.
+transport, the entries it found lost and the consumer group's lag and pending entries (over
+every partition's stream) on METRICS_BIND:METRICS_PORT.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 The subscribers' heartbeats, the stream and its consumer group (each partition's, and
 their totals, with the entries lost: deleted from the stream before they were stored), the
-dead letters, the aggregates' layout, whether Redis and the database
-answer, and whether reads go to the replica. Whatever one server cannot tell is left out
+dead letters, the aggregates' layout, whether Redis and the database answer, and whether
+reads go to the replica. Whatever one server cannot tell is left out
 (None) and that server is reported "down": the rest is still shown. The database here is
 the primary (DATABASE_URL), which the subscribers write to: a replica that answers must not
 hide that it is down.
