@@ -25,6 +25,7 @@ from typing import Protocol
 
 import redis
 from redis.cluster import RedisCluster
+from redis.commands.core import Script
 from redis.exceptions import (
     CrossSlotTransactionError,
     InvalidPipelineStack,
@@ -937,7 +938,8 @@ class StreamSource:
         """The script `_READ` in `mode` on partition `p`: its cursor (claims), its messages."""
         keys = [self.streams[p], *self.counts[p : p + 1]]
         args = [self.group, self.name, max_count, LINE_CAP, mode, *claim]
-        cursor, lines, cut, fieldless, deliveries, lost, uncounted = self._read_script(keys, args)
+        reply = self._run(self._read_script, keys, args)
+        cursor, lines, cut, fieldless, deliveries, lost, uncounted = reply
         if lost:
             how = f"were deleted (trimmed) while pending, before they were stored: {_some(lost)}"
             self._lost(p, len(lost), how, uncounted)
@@ -962,6 +964,16 @@ class StreamSource:
             if message is not None:
                 messages.append(message)
         return cursor, messages
+
+    def _run(self, script: Script, keys: list[str], args: list) -> object:
+        """Run `script` on the node that serves `keys`. Not `script(keys, args)`: missing
+        there, redis-py's cluster client loads a script on every master, and one master
+        down would then fail the reading of every partition."""
+        try:
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            master_of(self.client, keys[0]).script_load(script.script)
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
 
     def _cut_line(self, p: int, entry_id: bytes, start: bytes, over: int) -> Message | None:
         """A message of a line longer than LINE_CAP: its start, and the size and SHA-256 of
@@ -989,7 +1001,7 @@ class StreamSource:
         """Count (script `_UNREAD`) the entries of partition `p` deleted before the group
         read them; an XDEL that Redis cannot count is logged once."""
         keys = [self.streams[p], *self.counts[p : p + 1]]
-        reply = self._unread_script(keys, [self.group])
+        reply = self._run(self._unread_script, keys, [self.group])
         if not reply:
             return
         lost, last, deleted_unread, uncounted = reply
