@@ -221,8 +221,8 @@ return {cursor, lines, cut, fieldless, deliveries, lost, uncounted}
 # counter is then set to include them, so its lag is the truth again, and nothing is counted
 # twice. Cheap to tell only when the group has read everything, or nothing that it read is
 # left in the stream; else the number is false (try later). Returns false (no stream, no
-# group) or {lost, the group's last-delivered-id, whether an entry after it was deleted
-# (XDEL), the error that kept them from being counted (or false)}.
+# group) or {lost, the group's last-delivered-id, the latest entry deleted after it (XDEL;
+# false: none), the error that kept them from being counted (or false)}.
 _UNREAD = """
 local function fields(flat)
   local map = {}
@@ -245,14 +245,14 @@ for _, row in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
 end
 if not group then return false end
 local last, read = group['last-delivered-id'], group['entries-read']
-local deleted_unread = before(last, stream['max-deleted-entry-id'])
+local deleted = before(last, stream['max-deleted-entry-id']) and stream['max-deleted-entry-id']
 local after  -- entries in the stream after `last`
 if not before(last, stream['last-generated-id']) then
   after = 0
 elseif stream['length'] == 0 or before(last, stream['recorded-first-entry-id']) then
   after = stream['length']
 end
-if not read or not after then return {false, last, deleted_unread, false} end
+if not read or not after then return {false, last, deleted, false} end
 local lost = stream['entries-added'] - read - after
 local uncounted = false
 if lost > 0 then
@@ -262,7 +262,7 @@ if lost > 0 then
     if type(counted) == 'table' and counted.err then uncounted = counted.err end
   end
 end
-return {math.max(lost, 0), last, deleted_unread, uncounted}
+return {math.max(lost, 0), last, deleted, uncounted}
 """
 
 
@@ -748,7 +748,7 @@ class StreamSource:
         self._retry_at = [0.0] * n  # when to try a failing partition again
         self._outages = [Outage(f"redis ({stream})") for stream in self.streams]
         self._wrong_type: list[Backoff | None] = [None] * n  # set while not a stream
-        self._told_deleted: list[bytes | None] = [None] * n  # the last XDEL reported
+        self._told_deleted: list[bytes | None] = [None] * n  # the latest XDEL reported
         self._turn = 0  # the partition read first next time: each gets its turn
         # A BLOCK as long as the socket timeout makes a quiet stream look like a dead
         # server (a known redis-py trap): block for half of it at most.
@@ -1004,18 +1004,18 @@ class StreamSource:
         reply = self._run(self._unread_script, keys, [self.group])
         if not reply:
             return
-        lost, last, deleted_unread, uncounted = reply
+        lost, last, deleted, uncounted = reply
         if lost:
             how = f"were deleted before group {self.group!r} read them (past {last.decode()})"
             self._lost(p, lost, how, uncounted)
-        elif lost is None and deleted_unread and self._told_deleted[p] != last:
-            self._told_deleted[p] = last
+        elif lost is None and deleted and self._told_deleted[p] != deleted:
+            self._told_deleted[p] = deleted
             log.error(
-                "LOST: entries of stream %r not yet read by group %r (past %s) were deleted "
-                "(XDEL); how many cannot be told yet",
+                "LOST: entries of stream %r not yet read by group %r were deleted (XDEL, "
+                "the latest %s); how many cannot be told yet",
                 self.streams[p],
                 self.group,
-                last.decode(),
+                deleted.decode(),
             )
 
     def _lost(self, p: int, n: int, how: str, uncounted: bytes | None) -> None:
