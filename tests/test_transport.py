@@ -296,6 +296,20 @@ def test_a_quiet_stream_does_not_look_like_a_dead_server(redis_client, key_prefi
 
 
 @pytest.mark.services
+def test_a_partition_of_another_type_holds_up_no_other(redis_client, key_prefix, caplog):
+    keys = Keys(key_prefix, stream=key_prefix + "stream", partitions=2)
+    redis_client.set(keys.stream_of(0), "gone")
+    source = StreamSource(redis_client, keys.streams, "store", 60_000, 3)
+    source.start()
+    redis_client.xadd(keys.stream_of(1), {"line": "1,2.00,1570358269"})
+
+    read = wait_until(lambda: source.read(10, 0.05), 5, "the other partition read")
+
+    assert [(m.partition, m.raw) for m in read] == [(1, b"1,2.00,1570358269")]
+    assert caplog.text.count("holds a string, not a stream") == 1
+
+
+@pytest.mark.services
 def test_a_deleted_stream_and_group_are_created_again(redis_client, stream, source, caplog):
     redis_client.delete(stream)  # an operator's mistake: the group goes with the stream
     assert read_all(source) == []
