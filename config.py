@@ -68,7 +68,7 @@ class Settings:
     stream_maxlen: int = 1_000_000
     group: str = "store"  # the subscribers' consumer group
     claim_idle_ms: int = 30_000  # take over entries pending this long on another consumer
-    max_deliveries: int = 5  # an entry delivered more often is a dead letter
+    max_deliveries: int = 5  # an entry delivered more often is stored alone (or a dead letter)
     pubsub_buffer: int = 100_000  # messages read ahead of the database, at most
     max_clock_skew: int = DEFAULT_MAX_CLOCK_SKEW  # seconds: latest event time is now + this
     dead_letters_max: int = DEFAULT_DEAD_LETTERS_MAX  # the dead-letter list's cap

@@ -7,7 +7,9 @@ transaction; then, in one Redis transaction, each user's recent list, the dead
 letters and the stream acknowledgements (txstream.store). A malformed message is
 logged, counted and kept as a dead letter. A batch the database refuses for another
 reason than an outage is logged with its traceback and stays in the stream (pub/sub:
-becomes dead letters); nothing stops the subscriber but a signal.
+becomes dead letters); an entry delivered more than MAX_DELIVERIES times is then stored
+alone, a dead letter only if refused. Stream entries deleted before they were stored are
+logged and counted as lost (txstream.transport). Nothing stops the subscriber but a signal.
 Prometheus metrics (README, "Metrics") are served on METRICS_BIND:METRICS_PORT.
 
     python sub_and_store.py                      # settings from the environment or .env
@@ -83,7 +85,13 @@ class Batch:
             self.parsed.append(message)
         except MalformedMessage as exc:
             log.warning("dead letter (%s): %r", exc, message.raw[:200])
-            self.dead.append(dead_letter(message.raw, str(exc)))
+            self.dead.append(dead_letter(message.raw, str(exc), whole=message.whole))
+
+    @property
+    def over_delivered(self) -> int:
+        """How often its message was handed out, when it is one tried alone after
+        MAX_DELIVERIES (`Message.over_delivered`); else 0."""
+        return max((m.over_delivered for m in self.messages), default=0)
 
     @property
     def entry_ids(self) -> dict[int, list[str]]:
@@ -126,7 +134,7 @@ class Subscriber:
         self.counts = Counts()
         self.redis = Outage("redis")
         self.database = Outage("database")
-        self.metrics = SubscriberMetrics(self.counts, (self.redis, self.database))
+        self.metrics = SubscriberMetrics(self.counts, (self.redis, self.database), source)
         self._db_stage = ThreadPoolExecutor(1, thread_name_prefix="db")
         self._redis_stage = ThreadPoolExecutor(1, thread_name_prefix="redis")
 
@@ -185,7 +193,10 @@ class Subscriber:
                 continue
             self.redis.ok()
             for message in messages:
-                batch.add(message)
+                if message.over_delivered:
+                    flushing = self._hand_over(flushing, self._alone(message))
+                else:
+                    batch.add(message)
             self.counts.received += len(messages)
             if batch and (
                 len(batch) >= self.settings.batch_size
@@ -205,6 +216,21 @@ class Subscriber:
             log.info("stopping: storing the last %d message(s)", len(batch))
             self.flush(batch)
         self._report(last_report)
+
+    def _alone(self, message: Message) -> Batch:
+        """A batch of one message handed out more than MAX_DELIVERIES times: tried apart
+        from the others, so that an entry the database refuses holds up no other. Stored
+        before, it is a duplicate; refused, a dead letter (`_not_stored`)."""
+        log.warning(
+            "entry %s of partition %d was delivered %d times (MAX_DELIVERIES=%d): storing it alone",
+            message.entry_id,
+            message.partition,
+            message.over_delivered,
+            self.settings.max_deliveries,
+        )
+        batch = Batch(self.settings.max_clock_skew)
+        batch.add(message)
+        return batch
 
     def _hand_over(self, flushing: Future | None, batch: Batch) -> Future:
         """Prepare `batch`'s statements while the batch before it is in the database stage;
@@ -254,21 +280,26 @@ class Subscriber:
     def _not_stored(self, batch: Batch, exc: Exception) -> Committed | None:
         """A batch the database refused for another reason than an outage.
 
-        From the stream it stays pending: delivered again, a dead letter after
-        MAX_DELIVERIES. From pub/sub, where nothing is delivered again, its lines become
-        dead letters with the error as their reason.
+        From the stream it stays pending: delivered again, and after MAX_DELIVERIES tried
+        alone. From pub/sub, where nothing is delivered again, and when refused alone, its
+        lines become dead letters with the error as their reason.
         """
         log.error("could not store a batch of %d messages: %s", len(batch), with_traceback(exc))
-        if self.source.durable:
+        tries = batch.over_delivered
+        if self.source.durable and not tries:
             log.error(
                 "its %d messages stay pending in the stream; they are delivered again, and "
-                "become dead letters after %d deliveries",
+                "stored one by one after %d deliveries",
                 len(batch),
                 self.settings.max_deliveries,
             )
             self.counts.pending += len(batch)
             return None
         reason = f"not stored: {type(exc).__name__}: {short_error(exc)}"
+        if tries:
+            reason = (
+                f"delivered {tries} times (MAX_DELIVERIES={self.settings.max_deliveries}), {reason}"
+            )
         return Committed(rejected=[dead_letter(m.raw, reason) for m in batch.parsed])
 
     def _write_redis(self, batch: Batch, committed: Committed | None) -> None:
@@ -302,7 +333,7 @@ class Subscriber:
         c = self.counts
         log.info(
             "stored=%d duplicates=%d dead=%d received=%d disconnects=%d rate=%.0f tx/s "
-            "claimed=%d pending_again=%d",
+            "claimed=%d pending_again=%d lost=%d",
             c.stored,
             c.duplicates,
             c.dead,
@@ -311,6 +342,7 @@ class Subscriber:
             rate,
             self.source.claimed,
             c.pending,
+            self.source.lost,
         )
         return now, stored
 

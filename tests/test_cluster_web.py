@@ -200,6 +200,7 @@ def test_every_page_and_route_reads_the_partitions_of_a_cluster(cluster_app, cap
         "group_exists": False,
         "lag": None,
         "pending": None,
+        "lost": 0,
     }
     assert (stream["length"], stream["group_exists"], stream["pending"]) == (10, False, None)
     assert stream["consumers"][0]["pending"] == 3

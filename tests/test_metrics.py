@@ -115,7 +115,9 @@ class _Counts:
 
 def test_subscriber_totals_are_read_when_scraped():
     redis_down, database_down = Outage("redis"), Outage("database")
-    metrics = SubscriberMetrics(_Counts(), (redis_down, database_down))
+    source = SimpleNamespace(lost=0)
+    metrics = SubscriberMetrics(_Counts(), (redis_down, database_down), source)
+    source.lost = 4
     redis_down.failed(ConnectionError("refused"))
     metrics.batch_size.observe(10)
     found = samples(generate_latest(metrics.registry).decode())
@@ -123,6 +125,7 @@ def test_subscriber_totals_are_read_when_scraped():
     assert found[("txstream_transactions_stored_total", ())] == 6
     assert found[("txstream_duplicates_total", ())] == 1
     assert found[("txstream_dead_letters_total", ())] == 3
+    assert found[("txstream_stream_entries_lost_total", ())] == 4
     assert found[("txstream_outages_total", (("service", "redis"),))] == 1
     assert found[("txstream_outages_total", (("service", "database"),))] == 0
     assert found[("txstream_batch_size_count", ())] == 1

@@ -343,9 +343,9 @@ def refused_txn_id(mysql_engine):
 def test_a_batch_that_fails_unexpectedly_is_never_silently_lost(
     transport, start_subscriber, send_raw, redis_client, mysql_engine, key_prefix, refused_txn_id
 ):
-    """Logged with its traceback; from the stream it is delivered again and becomes a dead
-    letter after MAX_DELIVERIES; from pub/sub its lines become dead letters at once. The
-    subscriber goes on with the next batch."""
+    """Logged with its traceback; from the stream it is delivered again, tried alone after
+    MAX_DELIVERIES and then a dead letter saying why; from pub/sub its lines become dead
+    letters at once. The subscriber goes on with the next batch."""
     script = start_subscriber(
         "--stats-interval", "0.2", CLAIM_IDLE_MS="300", MAX_DELIVERIES="2", BATCH_SIZE="1"
     )
@@ -362,7 +362,10 @@ def test_a_batch_that_fails_unexpectedly_is_never_silently_lost(
     (letter,) = [json.loads(item) for item in redis_client.lrange(dead_key, 0, -1)]
     assert letter["raw"] == poison
     if transport == "stream":
-        assert letter["reason"] == "delivered 3 times without being stored (MAX_DELIVERIES=2)"
+        assert letter["reason"] == (
+            "delivered 3 times (MAX_DELIVERIES=2), "
+            "not stored: OperationalError: (1644, 'injected failure')"
+        )
         stream = subscriber_stream(key_prefix)
         wait_until(lambda: redis_client.xpending(stream, "store")["pending"] == 0, 10, "acks")
     else:
@@ -371,6 +374,36 @@ def test_a_batch_that_fails_unexpectedly_is_never_silently_lost(
         )
     assert "Traceback (most recent call last)" in script.output
     assert [tx.txn_id for tx in stored_transactions(mysql_engine)] == ["before", "after"]
+    assert script.stop(signal.SIGTERM) == 0, script.output
+
+
+@pytest.mark.parametrize("transport", ["stream"], indirect=True)
+def test_a_poison_entry_holds_up_no_other_entry_of_its_batch(
+    start_subscriber, send_raw, redis_client, mysql_engine, key_prefix, refused_txn_id
+):
+    """The database refuses a whole batch for one of its entries: the batch is delivered
+    again, and after MAX_DELIVERIES each entry is tried alone. The others are stored, not
+    called dead letters; the poison one is a dead letter that says why."""
+    good = [f"{i},1.00,1570358269,good-{i}" for i in range(1, 6)]
+    poison = f"9,2.00,1570358270,{refused_txn_id}"
+    for line in [*good[:2], poison, *good[2:]]:  # in the stream before the subscriber reads
+        send_raw(line)
+    script = start_subscriber(CLAIM_IDLE_MS="300", MAX_DELIVERIES="2")
+
+    wait_until(lambda: count_rows(mysql_engine) == len(good), 30, "the good ones stored")
+    dead_key = Keys(key_prefix).dead
+    wait_until(lambda: redis_client.llen(dead_key) == 1, 20, "the dead letter")
+    (letter,) = [json.loads(item) for item in redis_client.lrange(dead_key, 0, -1)]
+    assert letter["raw"] == poison
+    assert letter["reason"] == (
+        "delivered 3 times (MAX_DELIVERIES=2), "
+        "not stored: OperationalError: (1644, 'injected failure')"
+    )
+    stream = subscriber_stream(key_prefix)
+    wait_until(lambda: redis_client.xpending(stream, "store")["pending"] == 0, 10, "acks")
+    assert [tx.txn_id for tx in stored_transactions(mysql_engine)] == [
+        f"good-{i}" for i in range(1, 6)
+    ]
     assert script.stop(signal.SIGTERM) == 0, script.output
 
 

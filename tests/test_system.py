@@ -206,6 +206,33 @@ def test_the_api_says_the_database_is_down(app, client, closed_port):
     assert [s["name"] for s in body["subscribers"]] == ["sub-9"]
 
 
+@pytest.mark.services
+def test_the_lost_entries_of_every_partition_are_added_up_and_shown(
+    redis_client, sqlite_engine, key_prefix, monkeypatch
+):
+    monkeypatch.setenv("STREAM_PARTITIONS", "3")
+    keys = Keys(key_prefix, stream=key_prefix + "stream", partitions=3)
+    for p, stream in enumerate(keys.streams):
+        redis_client.xgroup_create(stream, "store", id="0", mkstream=True)
+        redis_client.hset(keys.counts(p), "lost", p * 2)  # what the subscribers counted
+    web = make_app(
+        sqlite_engine, redis_client, key_prefix, TRANSPORT="stream", STREAM=key_prefix + "stream"
+    )
+    client = signed_in_client(web)
+
+    stream = client.get("/api/system").json["stream"]
+    assert stream["lost"] == 0 + 2 + 4
+    assert [p["lost"] for p in stream["partitions"]] == [0, 2, 4]
+    page = client.get("/system").get_data(as_text=True)
+    assert '<td class="num down">6 (deleted before they were stored' in page
+
+    redis_client.delete(keys.counts(1))
+    redis_client.rpush(keys.counts(1), "not a hash")  # someone's: the total is unknown
+    stream = client.get("/api/system").json["stream"]
+    assert stream["lost"] is None and [p["lost"] for p in stream["partitions"]] == [0, None, 4]
+    assert "<th>Lost</th><td>unknown</td>" in client.get("/system").get_data(as_text=True)
+
+
 def test_the_nav_links_the_system_page(client):
     assert 'href="/system"' in client.get("/").get_data(as_text=True)
 

@@ -8,8 +8,8 @@ PROMETHEUS_MULTIPROC_DIR set (`make serve` sets it), each writes them to files t
 run, the tests) a process serves its own registry.
 
 The subscriber serves its counts, batch sizes, commit times, outages and, on the stream
-transport, the consumer group's lag and pending entries (over every partition's stream) on
-METRICS_BIND:METRICS_PORT.
+transport, the entries it found lost and the consumer group's lag and pending entries (over
+every partition's stream) on METRICS_BIND:METRICS_PORT.
 """
 
 from __future__ import annotations
@@ -129,12 +129,14 @@ def worker_exited(pid: int) -> None:
 class SubscriberMetrics:
     """The subscriber's metrics, in a registry of its own.
 
-    Its totals are read from `counts` (received, stored, duplicates, dead) and the
-    `outages` when scraped, so the hot path pays nothing for them; the histograms are
-    observed once per batch.
+    Its totals are read from `counts` (received, stored, duplicates, dead), the `outages`
+    and the `source` (lost entries) when scraped, so the hot path pays nothing for them;
+    the histograms are observed once per batch.
     """
 
-    def __init__(self, counts: object, outages: tuple[Outage, ...]) -> None:
+    def __init__(
+        self, counts: object, outages: tuple[Outage, ...], source: object | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         self.batch_size = Histogram(
             "txstream_batch_size",
@@ -148,7 +150,7 @@ class SubscriberMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(_Totals(counts, outages))
+        self.registry.register(_Totals(counts, outages, source))
         ProcessCollector(registry=self.registry)
 
     def watch_backlog(self, client: redis.Redis, streams: list[str], group: str) -> None:
@@ -182,13 +184,19 @@ _COUNTS = (
 class _Totals(Collector):
     """The subscriber's running totals and outages, read when scraped."""
 
-    def __init__(self, counts: object, outages: tuple[Outage, ...]) -> None:
+    def __init__(self, counts: object, outages: tuple[Outage, ...], source: object | None) -> None:
         self.counts = counts
         self.outages = outages
+        self.source = source
 
     def collect(self) -> Iterator[CounterMetricFamily]:
         for name, text, attribute in _COUNTS:
             yield CounterMetricFamily(name, text, value=getattr(self.counts, attribute))
+        yield CounterMetricFamily(
+            "txstream_stream_entries_lost_total",
+            "Stream entries this subscriber found deleted (trimmed) before they were stored",
+            value=getattr(self.source, "lost", 0),
+        )
         outages = CounterMetricFamily(
             "txstream_outages_total",
             "Outages of a service the subscriber needs: times it stopped answering",

@@ -220,6 +220,11 @@ _SCHEMAS = {
             **_COUNT_OR_NULL,
             "description": "Delivered, not yet acknowledged; null: a partition has no group",
         },
+        lost={
+            **_COUNT_OR_NULL,
+            "description": "Entries deleted from the stream (trimmed) before they were stored, "
+            "as the subscribers found them; null: a partition's count cannot be read",
+        },
         consumers={
             "type": "array",
             "items": _object(
@@ -236,6 +241,7 @@ _SCHEMAS = {
                 group_exists={"type": "boolean"},
                 lag=_COUNT_OR_NULL,
                 pending=_COUNT_OR_NULL,
+                lost=_COUNT_OR_NULL,
             ),
             "minItems": 1,
             "maxItems": MAX_PARTITIONS,

@@ -184,20 +184,26 @@ class Prepared:
     made_at: float  # time.monotonic()
 
 
-def dead_letter(raw: bytes | str, reason: str, at: datetime | None = None) -> dict:
+def dead_letter(
+    raw: bytes | str,
+    reason: str,
+    at: datetime | None = None,
+    whole: tuple[int, str] | None = None,
+) -> dict:
     """The dead-letter record of a message: as much of its start as fits (`raw`, non-UTF-8
     bytes kept escaped; `kept`: how many bytes), the whole message's size in bytes and
-    SHA-256, why (cut to fit, ending in CUT), and when. Its JSON (`json.dumps`) is at most
-    DEAD_LETTER_BYTES long, whatever came."""
+    SHA-256 (`whole`, when `raw` is only its start), why (cut to fit, ending in CUT), and
+    when. Its JSON (`json.dumps`) is at most DEAD_LETTER_BYTES long, whatever came."""
     data = raw.encode() if isinstance(raw, str) else raw
+    size, sha256 = whole or (len(data), hashlib.sha256(data).hexdigest())
     if len(json.dumps(reason)) > DEAD_REASON_BYTES:
         n = _longest(len(reason), lambda n: len(json.dumps(reason[:n] + CUT)) <= DEAD_REASON_BYTES)
         reason = reason[:n] + CUT
     letter = {
         "raw": "",
         "kept": DEAD_RAW_BYTES,  # its widest, while the room for `raw` is measured
-        "size": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
+        "size": size,
+        "sha256": sha256,
         "reason": reason,
         "at": format_time(at or utcnow()),
     }

@@ -1,8 +1,9 @@
 """The operator's view of the whole system (GET /api/system and the page /system).
 
 The subscribers' heartbeats, the stream and its consumer group (each partition's, and
-their totals), the dead letters, the aggregates' layout, whether Redis and the database
-answer, and whether reads go to the replica. Whatever one server cannot tell is left out
+their totals, with the entries lost: deleted from the stream before they were stored), the
+dead letters, the aggregates' layout, whether Redis and the database answer, and whether
+reads go to the replica. Whatever one server cannot tell is left out
 (None) and that server is reported "down": the rest is still shown. The database here is
 the primary (DATABASE_URL), which the subscribers write to: a replica that answers must not
 hide that it is down.
@@ -24,6 +25,7 @@ from txstream import queries, redisconn, replica
 from txstream.aggregates import KnownLayout
 from txstream.heartbeats import read_subscribers, shown
 from txstream.keys import Keys
+from txstream.live import _count
 from txstream.times import utcnow
 from txstream.wrongtype import is_wrong_type
 
@@ -77,9 +79,10 @@ def _dead_letters(client: redis.Redis, keys: Keys) -> int | None:
 
 
 def _stream(client: redis.Redis, keys: Keys, group: str) -> dict:
-    """The stream's partitions, each one's length and its group's lag and pending entries;
-    their totals; and the group's consumers, their pending entries added up."""
-    partitions = _partitions(client, keys.streams, group)
+    """The stream's partitions, each one's length, its group's lag and pending entries and
+    the entries lost; their totals; and the group's consumers, their pending entries added
+    up."""
+    partitions = _partitions(client, keys, group)
     with client.pipeline(transaction=False) as pipe:
         for partition in partitions:
             if partition["group_exists"]:
@@ -98,20 +101,25 @@ def _stream(client: redis.Redis, keys: Keys, group: str) -> dict:
         "group_exists": all(p["group_exists"] for p in partitions),
         "lag": _total(p["lag"] for p in partitions),
         "pending": _total(p["pending"] for p in partitions),
+        "lost": _total(p["lost"] for p in partitions),
         "consumers": list(consumers.values()),
         "partitions": partitions,
     }
 
 
-def _partitions(client: redis.Redis, streams: list[str], group: str) -> list[dict]:
-    """Each stream's name, length, and its group's lag and pending entries (None: no group)."""
+def _partitions(client: redis.Redis, keys: Keys, group: str) -> list[dict]:
+    """Each stream's name, length, its group's lag and pending entries (None: no group),
+    and the entries the subscribers found lost (counts hash `lost`; None: unreadable)."""
     with client.pipeline(transaction=False) as pipe:
-        for stream in streams:
+        for p, stream in enumerate(keys.streams):
             pipe.xlen(stream)
             pipe.xinfo_groups(stream)
+            pipe.hmget(keys.counts(p), ["lost"])
         replies = pipe.execute(raise_on_error=False)
     partitions = []
-    for stream, length, groups in zip(streams, replies[::2], replies[1::2], strict=True):
+    for stream, length, groups, lost in zip(
+        keys.streams, replies[::3], replies[1::3], replies[2::3], strict=True
+    ):
         if isinstance(length, Exception):  # a key of another type: Redis cannot tell
             raise length
         if isinstance(groups, redis.ResponseError):  # no such stream (yet)
@@ -124,6 +132,7 @@ def _partitions(client: redis.Redis, streams: list[str], group: str) -> list[dic
                 "group_exists": found is not None,
                 "lag": found.get("lag") if found else None,
                 "pending": found["pending"] if found else None,
+                "lost": None if isinstance(lost, Exception) else _count(lost[0]),
             }
         )
     return partitions

@@ -11,6 +11,7 @@ the batch (txstream.store). `make_sink` and `make_source` choose by TRANSPORT, h
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
@@ -24,6 +25,7 @@ from typing import Protocol
 
 import redis
 from redis.cluster import RedisCluster
+from redis.commands.core import Script
 from redis.exceptions import (
     CrossSlotTransactionError,
     InvalidPipelineStack,
@@ -33,7 +35,7 @@ from redis.exceptions import (
 import config
 from txstream.keys import Keys
 from txstream.redisconn import connect, resolve
-from txstream.runtime import Outage
+from txstream.runtime import Backoff, Outage
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +52,12 @@ REDIS_ERRORS = (
     redis.exceptions.AskError,  # and MovedError: a slot moved under a per-node client
 )
 LINE_FIELD = b"line"  # a stream entry is {"line": "<wire line>"}
+# Bytes of a line the subscriber reads at most: no transaction comes near (wire.MAX_LINE_BYTES),
+# and a dead letter keeps no more. A longer line is cut, and read whole once, alone, only to
+# be hashed: one read of huge entries would hold them all at once.
+LINE_CAP = 4096
+UNREAD_CHECK = 5.0  # seconds between looks for entries deleted before the group read them
+SHOWN_IDS = 10  # lost entry ids a log line names at most
 STALE_CONSUMER_MS = 24 * 3600 * 1000  # a consumer idle this long, with nothing pending, goes
 # Several partitions: when none has entries, block on one of them this long (s) at most,
 # so an entry in another waits at most about this long.
@@ -112,10 +120,14 @@ class NotAStream(Exception):
 class Message:
     """One message as received: the raw line and, from a stream, its entry id."""
 
-    raw: bytes
+    raw: bytes  # the line; only its first LINE_CAP bytes when `whole` is set
     entry_id: str | None = None
     problem: str | None = None  # set when the message is a dead letter before parsing
     partition: int = 0  # the partition (stream, channel) it came from
+    # Times the stream handed it out, when more than MAX_DELIVERIES: tried alone, a dead
+    # letter only if it cannot be stored (0: not that often).
+    over_delivered: int = 0
+    whole: tuple[int, str] | None = None  # size and SHA-256 of a line longer than `raw`
 
     @property
     def missing_id(self) -> str | None:
@@ -207,6 +219,118 @@ return deleted
 """
 
 
+# How the subscriber reads a partition's stream KEYS[1] as consumer ARGV[2] of group ARGV[1]:
+# up to ARGV[3] new entries (ARGV[5] '>'), or its own pending ones ('0'), or ('claim') those
+# pending on any consumer for over ARGV[6] ms, from cursor ARGV[7] (XAUTOCLAIM). Each line
+# comes back cut to ARGV[4] bytes, so a read is bounded whatever was appended. Entries
+# deleted from the stream while pending (trimmed) come back as ids: XAUTOCLAIM takes them off
+# the pending list itself, XACK does for our own; they are counted as `lost` in the hash
+# KEYS[2], if given. Returns {cursor, {id, line (false: none) ...}, {id, whole size ...} of the
+# lines cut, {id, {fields}} of entries without a line, the deliveries of each entry taken
+# over, the lost ids, the error that kept them from being counted (or false)}.
+_READ = """
+local group, consumer, count, cap, mode = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]), ARGV[5]
+local cursor, entries, lost = '0-0', {}, {}
+if mode == 'claim' then
+  local reply = redis.call('XAUTOCLAIM', KEYS[1], group, consumer, ARGV[6], ARGV[7], 'COUNT', count)
+  cursor, entries, lost = reply[1], reply[2], reply[3]
+else
+  local reply = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count,
+                           'STREAMS', KEYS[1], mode)
+  if reply then entries = reply[1][2] end
+end
+local lines, cut, fieldless, deliveries, gone = {}, {}, {}, {}, {}
+for _, entry in ipairs(entries) do
+  local id, fields = entry[1], entry[2]
+  if not fields then  -- pending on us, deleted from the stream since
+    gone[#gone + 1] = id
+  else
+    local line = false
+    for i = 1, #fields, 2 do
+      if fields[i] == 'line' then line = fields[i + 1] break end
+    end
+    if not line then
+      local shown = {}
+      for i = 1, math.min(#fields, 16) do shown[i] = string.sub(fields[i], 1, cap) end
+      fieldless[#fieldless + 1] = id
+      fieldless[#fieldless + 1] = shown
+    elseif #line > cap then
+      cut[#cut + 1] = id
+      cut[#cut + 1] = #line
+      line = string.sub(line, 1, cap)
+    end
+    lines[#lines + 1] = id
+    lines[#lines + 1] = line
+    if mode == 'claim' then
+      local row = redis.call('XPENDING', KEYS[1], group, id, id, 1)[1]
+      deliveries[#deliveries + 1] = row and row[4] or 1
+    end
+  end
+end
+for i = 1, #gone, 1000 do
+  redis.call('XACK', KEYS[1], group, unpack(gone, i, math.min(i + 999, #gone)))
+end
+for _, id in ipairs(gone) do lost[#lost + 1] = id end
+local uncounted = false
+if #lost > 0 and KEYS[2] then
+  local counted = redis.pcall('HINCRBY', KEYS[2], 'lost', #lost)
+  if type(counted) == 'table' and counted.err then uncounted = counted.err end
+end
+return {cursor, lines, cut, fieldless, deliveries, lost, uncounted}
+"""
+
+# Entries of the stream KEYS[1] deleted before group ARGV[1] read them (trimmed by someone
+# else: XTRIM, XADD MAXLEN or MINID; or XDEL), counted once as `lost` in the hash KEYS[2], if
+# given. Redis counts the entries ever added to the stream and those the group read: what is
+# neither read nor still in the stream after the last entry read is lost. The group's read
+# counter is then set to include them, so its lag is the truth again, and nothing is counted
+# twice. Cheap to tell only when the group has read everything, or nothing that it read is
+# left in the stream; else the number is false (try later). Returns false (no stream, no
+# group) or {lost, the group's last-delivered-id, the latest entry deleted after it (XDEL;
+# false: none), the error that kept them from being counted (or false)}.
+_UNREAD = """
+local function fields(flat)
+  local map = {}
+  for i = 1, #flat, 2 do map[flat[i]] = flat[i + 1] end
+  return map
+end
+local function before(a, b)  -- stream id a < b, compared as text: ids may pass 2^53
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if #am ~= #bm then return #am < #bm end
+  if am ~= bm then return am < bm end
+  if #as ~= #bs then return #as < #bs end
+  return as < bs
+end
+if redis.call('TYPE', KEYS[1])['ok'] ~= 'stream' then return false end
+local stream, group = fields(redis.call('XINFO', 'STREAM', KEYS[1])), nil
+for _, row in ipairs(redis.call('XINFO', 'GROUPS', KEYS[1])) do
+  local info = fields(row)
+  if info['name'] == ARGV[1] then group = info end
+end
+if not group then return false end
+local last, read = group['last-delivered-id'], group['entries-read']
+local deleted = before(last, stream['max-deleted-entry-id']) and stream['max-deleted-entry-id']
+local after  -- entries in the stream after `last`
+if not before(last, stream['last-generated-id']) then
+  after = 0
+elseif stream['length'] == 0 or before(last, stream['recorded-first-entry-id']) then
+  after = stream['length']
+end
+if not read or not after then return {false, last, deleted, false} end
+local lost = stream['entries-added'] - read - after
+local uncounted = false
+if lost > 0 then
+  redis.call('XGROUP', 'SETID', KEYS[1], ARGV[1], last, 'ENTRIESREAD', read + lost)
+  if KEYS[2] then
+    local counted = redis.pcall('HINCRBY', KEYS[2], 'lost', lost)
+    if type(counted) == 'table' and counted.err then uncounted = counted.err end
+  end
+end
+return {math.max(lost, 0), last, deleted, uncounted}
+"""
+
+
 class PartitionsMismatch(ValueError):
     """This process's STREAM_PARTITIONS is not the one the others use."""
 
@@ -265,6 +389,7 @@ class Source(Protocol):
     durable: bool  # whether what was read but not stored is delivered again
     group: str | None  # the consumer group to acknowledge stored entries in, if any
     claimed: int  # messages taken over from other subscribers
+    lost: int  # stream entries found deleted before they were stored
     disconnects: int  # connections lost while reading in the background
 
     def start(self) -> None:
@@ -302,7 +427,12 @@ def make_source(settings: config.Settings, client: redis.Redis) -> Source:
     keys = settings.keys
     if settings.transport == "stream":
         return StreamSource(
-            client, keys.streams, settings.group, settings.claim_idle_ms, settings.max_deliveries
+            client,
+            keys.streams,
+            settings.group,
+            settings.claim_idle_ms,
+            settings.max_deliveries,
+            [keys.counts(p) for p in range(keys.partitions)],
         )
     return PubSubSource(
         client, keys.channels, settings.pubsub_buffer, sharded=bool(settings.redis_cluster)
@@ -537,6 +667,7 @@ class PubSubSource:
         self.group = None
         self.disconnects = 0
         self.claimed = 0  # pub/sub has nothing to take over
+        self.lost = 0  # what it loses is never seen: counted as `disconnects`
         self._pubsub: redis.client.PubSub | None = None
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._read_forever, name="pubsub", daemon=True)
@@ -654,7 +785,12 @@ class StreamSource:
 
     Entries pending on a consumer that died are taken over with XAUTOCLAIM once idle
     for `claim_idle_ms`. An entry handed out more than `max_deliveries` times is
-    returned flagged, for the subscriber to dead-letter and acknowledge.
+    returned flagged (`Message.over_delivered`), for the subscriber to try alone.
+
+    Reads go through the script `_READ`, which cuts every line to LINE_CAP bytes. Entries
+    deleted from the stream before they were stored are LOST: each is logged, counted in
+    `lost` and, with `counts` (each partition's counts hash), in Redis for the web app.
+    A stream key of another type is logged once, and read again with backoff.
     """
 
     def __init__(
@@ -664,24 +800,32 @@ class StreamSource:
         group: str,
         claim_idle_ms: int,
         max_deliveries: int,
+        counts: Sequence[str] = (),
     ) -> None:
         self.client = client
         self.streams = [streams] if isinstance(streams, str) else list(streams)
+        self.counts = list(counts)  # by partition; empty: lost entries not counted in Redis
         self.group = group
         self.name = consumer_name()
         self.stale_consumer_ms = STALE_CONSUMER_MS
         self._delete_stale = client.register_script(_DELETE_STALE)
+        self._read_script = client.register_script(_READ)
+        self._unread_script = client.register_script(_UNREAD)
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.durable = True  # entries stay pending until acknowledged
         self.disconnects = 0  # always 0: the subscriber counts the outages it meets
         self.claimed = 0
+        self.lost = 0  # entries deleted from the stream before they were stored
         n = len(self.streams)
         self._claim_cursor = ["0-0"] * n
         self._next_claim = [0.0] * n
+        self._next_unread_check = [0.0] * n
         self._own_pending_first = [False] * n
-        self._retry_at = [0.0] * n  # several partitions: when to try a failing one again
+        self._retry_at = [0.0] * n  # when to try a failing partition again
         self._outages = [Outage(f"redis ({stream})") for stream in self.streams]
+        self._wrong_type: list[Backoff | None] = [None] * n  # set while not a stream
+        self._told_deleted: list[bytes | None] = [None] * n  # the latest XDEL reported
         self._turn = 0  # the partition read first next time: each gets its turn
         # A BLOCK as long as the socket timeout makes a quiet stream look like a dead
         # server (a known redis-py trap): block for half of it at most.
@@ -690,15 +834,18 @@ class StreamSource:
 
     def start(self) -> None:
         """Create the group on each stream if missing (a new group reads from the start)."""
-        for stream in self.streams:
-            self._create_group(stream)
+        for p in range(len(self.streams)):
+            self._create_group(p)
 
-    def _create_group(self, stream: str) -> None:
+    def _create_group(self, p: int) -> None:
+        stream = self.streams[p]
         try:
             self.client.xgroup_create(stream, self.group, id="0", mkstream=True)
             log.info("created consumer group %r on stream %r", self.group, stream)
         except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
+            if "WRONGTYPE" in str(exc):
+                self._not_a_stream(p)
+            elif "BUSYGROUP" not in str(exc):
                 raise
 
     def describe(self) -> str:
@@ -710,10 +857,13 @@ class StreamSource:
 
         One stream: its errors are raised. Several: a partition whose master cannot serve
         (failing over) waits its backoff, logged, while the others are read; an error is
-        raised only when none could be read.
+        raised only when none could be read. A stream key of another type waits its
+        backoff, on either.
         """
         n = len(self.streams)
         if n == 1:
+            if self._waiting(0, timeout):
+                return []
             return self._read_partition(0, max_count, timeout)
         messages: list[Message] = []
         failure = None
@@ -740,13 +890,20 @@ class StreamSource:
         # All empty: block on one (briefly: the others may fill meanwhile).
         ready = [p for p in range(n) if time.monotonic() >= self._retry_at[p]]
         if not ready:  # each waits its backoff: wait too, not spin
-            time.sleep(max(0, min(timeout, min(self._retry_at) - time.monotonic())))
+            self._waiting(self._retry_at.index(min(self._retry_at)), timeout)
             return []
         return self._read_partition(ready[0], max_count, min(timeout, POLL_BLOCK))
 
+    def _waiting(self, p: int, timeout: float) -> bool:
+        """Whether partition `p` waits its backoff: then sleep for it, up to `timeout`."""
+        wait = self._retry_at[p] - time.monotonic()
+        if wait > 0:
+            time.sleep(max(0, min(timeout, wait)))
+        return wait > 0
+
     def _read_partition(self, p: int, max_count: int, timeout: float | None) -> list[Message]:
         try:
-            return self._read(p, max_count, timeout)
+            messages = self._read(p, max_count, timeout)
         except REDIS_ERRORS:
             self._own_pending_first[p] = True
             raise
@@ -754,35 +911,64 @@ class StreamSource:
             if _moved(exc):
                 self._own_pending_first[p] = True
                 raise
+            if "WRONGTYPE" in str(exc):
+                self._not_a_stream(p)
+                return []
             if "NOGROUP" not in str(exc):
                 raise
             stream = self.streams[p]
             log.error("stream %r or group %r is gone: creating them", stream, self.group)
-            self._create_group(stream)
+            self._create_group(p)
             return []
+        if self._wrong_type[p] is not None:
+            self._wrong_type[p] = None
+            log.warning("stream %r is a stream again: reading it", self.streams[p])
+        return messages
+
+    def _not_a_stream(self, p: int) -> None:
+        """The stream key holds another type: say so once, then try again with backoff.
+        Nothing can be read or acknowledged meanwhile; nothing is dropped."""
+        stream = self.streams[p]
+        if self._wrong_type[p] is None:
+            self._wrong_type[p] = Backoff()
+            kind = self.client.type(stream)
+            log.error(
+                "stream key %r holds a %s, not a stream: nothing can be read from it or "
+                "acknowledged in it until someone deletes it (the group is then created "
+                "again); trying again with backoff",
+                stream,
+                kind.decode() if isinstance(kind, bytes) else kind,
+            )
+        self._retry_at[p] = time.monotonic() + self._wrong_type[p].delay()
 
     def _read(self, p: int, max_count: int, timeout: float | None) -> list[Message]:
         """Up to `max_count` entries of partition `p`; a `timeout` of None: without waiting."""
         stream = self.streams[p]
         if self._own_pending_first[p]:  # after an error: a failover?
             refresh_slots(self.client)
-        if time.monotonic() >= self._next_claim[p]:
+        now = time.monotonic()
+        if now >= self._next_unread_check[p]:
+            self._next_unread_check[p] = now + UNREAD_CHECK
+            self._count_unread_lost(p)
+        if now >= self._next_claim[p]:
             claimed = self._claim(p, max_count)
             if claimed:
                 return claimed
-        node = master_of(self.client, stream)
         if self._own_pending_first[p]:
             # After a lost connection, entries handed to us may never have arrived:
             # read our own pending list first, instead of waiting CLAIM_IDLE_MS.
-            reply = node.xreadgroup(self.group, self.name, {stream: "0"}, count=max_count)
             self._own_pending_first[p] = False
-        else:
-            block = None if timeout is None else max(int(min(timeout, self._max_block) * 1000), 1)
-            reply = node.xreadgroup(
-                self.group, self.name, {stream: ">"}, count=max_count, block=block
-            )
+            return self._run_read(p, max_count, "0")[1]
+        messages = self._run_read(p, max_count, ">")[1]
+        if messages or timeout is None:
+            return messages
+        # Nothing yet: wait for the next entry, one only, as the script cannot wait.
+        block = max(int(min(timeout, self._max_block) * 1000), 1)
+        reply = master_of(self.client, stream).xreadgroup(
+            self.group, self.name, {stream: ">"}, count=1, block=block
+        )
         return [
-            self._message(p, entry_id, fields)
+            self._whole_entry(p, entry_id, fields)
             for _, entries in reply or []
             for entry_id, fields in entries
         ]
@@ -809,47 +995,126 @@ class StreamSource:
 
     def _claim(self, p: int, max_count: int) -> list[Message]:
         stream = self.streams[p]
-        cursor, entries, _deleted = self.client.xautoclaim(
-            stream,
-            self.group,
-            self.name,
-            min_idle_time=self.claim_idle_ms,
-            start_id=self._claim_cursor[p],
-            count=max_count,
+        cursor, messages = self._run_read(
+            p, max_count, "claim", self.claim_idle_ms, self._claim_cursor[p]
         )
         self._claim_cursor[p] = cursor
         if cursor in (b"0-0", "0-0"):  # scanned every pending entry: pause a while
             self._next_claim[p] = time.monotonic() + min(1.0, self.claim_idle_ms / 2000)
-        if not entries:
-            return []
-        with self.client.pipeline(transaction=False) as pipe:
-            for entry_id, _ in entries:
-                pipe.xpending_range(stream, self.group, min=entry_id, max=entry_id, count=1)
-            pending = [rows[0]["times_delivered"] if rows else 1 for rows in pipe.execute()]
-        self.claimed += len(entries)
-        log.warning(
-            "took over %d entries of %r pending on another consumer for over %d ms",
-            len(entries),
-            stream,
-            self.claim_idle_ms,
-        )
-        return [
-            self._message(p, entry_id, fields, deliveries)
-            for (entry_id, fields), deliveries in zip(entries, pending, strict=True)
-        ]
-
-    def _message(self, p: int, entry_id: bytes, fields: dict, deliveries: int = 1) -> Message:
-        entry = entry_id.decode()
-        if LINE_FIELD not in fields:
-            problem = "stream entry has no 'line' field"
-            return Message(_describe_fields(fields), entry, problem, p)
-        if deliveries > self.max_deliveries:
-            problem = (
-                f"delivered {deliveries} times without being stored "
-                f"(MAX_DELIVERIES={self.max_deliveries})"
+        if messages:
+            self.claimed += len(messages)
+            log.warning(
+                "took over %d entries of %r pending on another consumer for over %d ms",
+                len(messages),
+                stream,
+                self.claim_idle_ms,
             )
-            return Message(fields[LINE_FIELD], entry, problem, p)
-        return Message(fields[LINE_FIELD], entry, partition=p)
+        return messages
+
+    def _run_read(self, p: int, max_count: int, mode: str, *claim) -> tuple[bytes, list[Message]]:
+        """The script `_READ` in `mode` on partition `p`: its cursor (claims), its messages."""
+        keys = [self.streams[p], *self.counts[p : p + 1]]
+        args = [self.group, self.name, max_count, LINE_CAP, mode, *claim]
+        reply = self._run(self._read_script, keys, args)
+        cursor, lines, cut, fieldless, deliveries, lost, uncounted = reply
+        if lost:
+            how = f"were deleted (trimmed) while pending, before they were stored: {_some(lost)}"
+            self._lost(p, len(lost), how, uncounted)
+        if not (cut or fieldless or deliveries):  # the usual case, kept quick
+            return cursor, [
+                Message(lines[i + 1], lines[i].decode(), None, p) for i in range(0, len(lines), 2)
+            ]
+        sizes = dict(zip(cut[::2], cut[1::2], strict=True))
+        shown = dict(zip(fieldless[::2], fieldless[1::2], strict=True))
+        messages = []
+        for k in range(0, len(lines), 2):
+            entry_id, line = lines[k], lines[k + 1]
+            over = deliveries[k // 2] if deliveries else 1
+            over = over if over > self.max_deliveries else 0
+            if entry_id in shown:
+                fields = dict(zip(shown[entry_id][::2], shown[entry_id][1::2], strict=True))
+                message = _fieldless(p, entry_id, fields, over)
+            elif entry_id in sizes:
+                message = self._cut_line(p, entry_id, line, over)
+            else:
+                message = Message(line, entry_id.decode(), None, p, over)
+            if message is not None:
+                messages.append(message)
+        return cursor, messages
+
+    def _run(self, script: Script, keys: list[str], args: list) -> object:
+        """Run `script` on the node that serves `keys`. Not `script(keys, args)`: missing
+        there, redis-py's cluster client loads a script on every master, and one master
+        down would then fail the reading of every partition."""
+        try:
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            master_of(self.client, keys[0]).script_load(script.script)
+            return self.client.evalsha(script.sha, len(keys), *keys, *args)
+
+    def _cut_line(self, p: int, entry_id: bytes, start: bytes, over: int) -> Message | None:
+        """A message of a line longer than LINE_CAP: its start, and the size and SHA-256 of
+        the whole, read alone (at most one such line is in memory at a time)."""
+        stream = self.streams[p]
+        found = self.client.xrange(stream, entry_id, entry_id)
+        line = found[0][1].get(LINE_FIELD) if found else None
+        if line is None:  # deleted since: our own pending list tells, and counts it
+            self._own_pending_first[p] = True
+            return None
+        whole = (len(line), hashlib.sha256(line).hexdigest())
+        return Message(start, entry_id.decode(), None, p, over, whole)
+
+    def _whole_entry(self, p: int, entry_id: bytes, fields: dict) -> Message:
+        """A message of an entry read whole (the blocking read: one entry)."""
+        line = fields.get(LINE_FIELD)
+        if line is None:
+            return _fieldless(p, entry_id, fields, 0)
+        if len(line) <= LINE_CAP:
+            return Message(line, entry_id.decode(), None, p)
+        whole = (len(line), hashlib.sha256(line).hexdigest())
+        return Message(line[:LINE_CAP], entry_id.decode(), None, p, 0, whole)
+
+    def _count_unread_lost(self, p: int) -> None:
+        """Count (script `_UNREAD`) the entries of partition `p` deleted before the group
+        read them; an XDEL that Redis cannot count is logged once."""
+        keys = [self.streams[p], *self.counts[p : p + 1]]
+        reply = self._run(self._unread_script, keys, [self.group])
+        if not reply:
+            return
+        lost, last, deleted, uncounted = reply
+        if lost:
+            how = f"were deleted before group {self.group!r} read them (past {last.decode()})"
+            self._lost(p, lost, how, uncounted)
+        elif lost is None and deleted and self._told_deleted[p] != deleted:
+            self._told_deleted[p] = deleted
+            log.error(
+                "LOST: entries of stream %r not yet read by group %r were deleted (XDEL, "
+                "the latest %s); how many cannot be told yet",
+                self.streams[p],
+                self.group,
+                deleted.decode(),
+            )
+
+    def _lost(self, p: int, n: int, how: str, uncounted: bytes | None) -> None:
+        """Log and count `n` entries deleted from partition `p` before they were stored."""
+        self.lost += n
+        log.error("LOST: %d entries of stream %r %s", n, self.streams[p], how)
+        if uncounted:
+            error = uncounted.decode("utf-8", "replace")
+            log.error("could not count them in %r: %s", self.counts[p], error)
+
+
+def _fieldless(p: int, entry_id: bytes, fields: dict[bytes, bytes], over: int) -> Message:
+    """A message of an entry without a `line` field: a dead letter, its fields described."""
+    problem = "stream entry has no 'line' field"
+    return Message(_describe_fields(fields), entry_id.decode(), problem, p, over)
+
+
+def _some(ids: list[bytes]) -> str:
+    """Entry ids for a log line: the first SHOWN_IDS, and how many more."""
+    shown = ", ".join(i.decode() for i in ids[:SHOWN_IDS])
+    more = len(ids) - SHOWN_IDS
+    return shown + (f" and {more} more" if more > 0 else "")
 
 
 def _describe_fields(fields: dict[bytes, bytes]) -> bytes:
