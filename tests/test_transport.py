@@ -281,11 +281,6 @@ def test_a_stream_key_of_another_type_is_logged_once_and_read_again_once_deleted
     assert [m.raw for m in read] == [b"1,2.00,1570358269"]
 
 
-def test_the_stream_is_trimmed_to_about_maxlen(fake_redis):
-    StreamSink(fake_redis, STREAM, maxlen=10).send([f"1,{i}.00,1570358269" for i in range(500)])
-    assert 10 <= fake_redis.xlen(STREAM) < 500
-
-
 def test_pubsub_source_reads_in_the_background_and_returns_the_rest_on_stop(fake_redis):
     source = PubSubSource(fake_redis, "ch", buffer_size=1000)
     source.start()
