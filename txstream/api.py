@@ -30,9 +30,9 @@ from txstream.params import (
     parse_user_id,
     span,
 )
-from txstream.recent import RecentLists
+from txstream.recent import RECENT_SIZE, RecentLists
 from txstream.times import format_time
-from txstream.transaction import to_json
+from txstream.transaction import Transaction, to_json
 from txstream.windows import window_start
 
 log = logging.getLogger(__name__)
@@ -110,10 +110,21 @@ def all_transactions():
 
 @bp.get("/api/users/<user_id>/recent")
 def user_recent(user_id: str):
-    """The user's latest transactions, read from its Redis list: what the list holds."""
-    uid = parse_user_id(user_id)
+    """The user's latest transactions (`read_recent`)."""
+    return {"items": [to_json(tx) for tx in read_recent(parse_user_id(user_id))]}
+
+
+def read_recent(user_id: int) -> list[Transaction]:
+    """The user's RECENT_SIZE newest transactions by (time, txn_id), newest first (the
+    API's and the page's): from the user's Redis list while Redis holds them; else, while
+    Redis rebuilds them or cannot be trusted with them, the same from the database."""
     lists = RecentLists(current_app.config["REDIS"], current_app.config["KEYS"])
-    return {"items": [to_json(tx) for tx in lists.read(uid)]}
+    txns = lists.latest(user_id)
+    if txns is None:
+        txns, _ = replica.read(
+            lambda conn: queries.transactions_page(conn, RECENT_SIZE, user_id=user_id)
+        )
+    return txns
 
 
 @bp.get("/api/users/<user_id>/windows")

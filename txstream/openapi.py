@@ -288,6 +288,10 @@ _CURSOR = {
     "pattern": "^[A-Za-z0-9_-]+$",
 }
 _COUNT = {"type": "integer", "minimum": 0}
+_SINCE = {
+    "oneOf": [_ref("schemas", "Time"), {"type": "null"}],
+    "description": "Counted since then (Redis, which alone keeps it, lost it); null: all time",
+}
 _TOP_USER = _object(user_id=_USER_ID, count=_COUNT, sum=_ref("schemas", "Total"))
 _TOP_LIST = {"type": "array", "items": _TOP_USER, "maxItems": TOP_USERS}
 _SCHEMAS["Live"] = _object(
@@ -316,7 +320,22 @@ _SCHEMAS["Live"] = _object(
         by_sum={**_TOP_LIST, "description": "The largest absolute sums of the window"},
         by_count={**_TOP_LIST, "description": "The most transactions in the window"},
     ),
-    counts=_object(stored=_COUNT, duplicates=_COUNT, dead_letters=_COUNT),
+    counts=_object(
+        stored=_COUNT,
+        duplicates=_COUNT,
+        dead_letters=_COUNT,
+        since=_object(
+            duplicates=_SINCE,
+            dead_letters=_SINCE,
+        ),
+        rebuilding={
+            "type": "boolean",
+            "description": (
+                "Redis is rebuilding what it lost from the database: `stored` lacks the "
+                "rows stored before the loss until it is done"
+            ),
+        },
+    ),
     subscribers={**_COUNT, "description": "Subscribers with a recent heartbeat"},
     health=_object(
         redis={"type": "string", "enum": ["ok"]}, database={"type": "string", "enum": ["ok"]}

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, redirect, render_template, r
 from werkzeug.exceptions import HTTPException
 
 from txstream import queries, redisconn, replica, system
-from txstream.api import read_dead_letters, read_user_sum
+from txstream.api import read_dead_letters, read_recent, read_user_sum
 from txstream.chart import bar_chart
 from txstream.money import format_amount, format_money
 from txstream.params import (
@@ -22,7 +22,6 @@ from txstream.params import (
     span,
 )
 from txstream.queries import Position, encode_cursor
-from txstream.recent import RecentLists
 from txstream.times import format_time
 
 PAGE_SIZE = 50
@@ -107,9 +106,8 @@ def user(user_id: str):
         if request.args.get(name)  # an empty from/to is no bound
     }
     total = read_user_sum(uid, hours)
-    lists = RecentLists(current_app.config["REDIS"], current_app.config["KEYS"])
     try:
-        recent = lists.read(uid)
+        recent = read_recent(uid)
     except redisconn.ERRORS:
         log.exception("user page: Redis is not answering; showing the page without it")
         recent = None  # the rest of the page comes from the database
