@@ -154,9 +154,8 @@ def test_the_subscriber_user_rebuilds_what_redis_lost(acl_redis, mysql_engine):
     subscriber = client_of(acl_redis, SUBSCRIBER_USER)
     rebuild = RedisRebuild(mysql_engine, subscriber, keys, "subscriber-a")
     rebuild.check()
-    txns = [
-        Transaction(f"t{i}", i % 3 + 1, Decimal("1.00"), datetime(2026, 1, 1, 0, i)) for i in range(9)
-    ]
+    at = datetime(2026, 1, 1)
+    txns = [Transaction(f"t{i}", i % 3 + 1, Decimal(1), at.replace(minute=i)) for i in range(9)]
     Store(mysql_engine, subscriber, keys, 6 * 3600).store(txns)
     acl_redis.client().flushall()
     web = create_app(
