@@ -1,30 +1,30 @@
 """Redis's derived state rebuilt from the database: the recent lists and the stored count.
 
-The database is the truth; in Redis, all but the stream is derived from it or only counts,
+The database is the truth; in Redis all but the stream is derived from it or only counts,
 and Redis can lose it (FLUSHDB, a restart of a Redis that keeps nothing on disk; on a
-cluster, one master's slots). Each partition has a marker (`Keys.derived`), in its slot,
-written when its derived state is complete. While it is missing the web app reads a
+cluster, one master's slots). Each partition has a marker (`Keys.derived`) in its slot,
+written when its derived state is complete. While it is missing, the web app reads a
 user's latest transactions from the database (txstream.api.read_recent), and a subscriber
 rebuilds the partition:
 
-- every CHECK_INTERVAL s a thread of each subscriber (`Rebuilder`) reads the markers, in
+- every CHECK_INTERVAL s, a thread of each subscriber (`Rebuilder`) reads the markers in
   one round trip; for a missing one it takes the partition's lock (`Keys.derived_lock`,
-  which expires unless renewed by each chunk written), so that one subscriber rebuilds a
-  partition at a time, and another takes over when it dies;
+  which expires LOCK_MS after its last renewal), so that one subscriber at a time rebuilds
+  a partition, and another takes over if it dies;
 - the rebuild zeroes the partition's `stored` count, counts the partition's rows in the
-  database, then reads each user's RECENT_SIZE newest a chunk of users at a time (an
-  index range of each user's newest rows: `newest_of_users`) and merges them into the
-  lists with the batch script's own merge (txstream.recent). Each merge is right in any
-  order, so what the subscribers store meanwhile is kept;
-- last, in one script that checks the lock is still its own, it adds the count to
+  database, then reads each user's RECENT_SIZE newest, a chunk of users at a time
+  (`newest_of_users`), and merges them into the lists with the batch script's own merge
+  (txstream.recent), renewing the lock. A merge is right in any order, so what the
+  subscribers store meanwhile is kept;
+- last, in one script that checks that the lock is still its own, it adds the count to
   `stored`, writes the marker and lets go of the lock. A Redis that loses its data again
   meanwhile loses the lock too: that rebuild stops, and the next check starts another.
 
-What lives only in Redis cannot be rebuilt: the duplicates count and the dead letters.
-The marker holds the time from which the partition's duplicates count (`all` when no row
-was stored before it), `Keys.dead_since` the same for the dead letters; the console shows
-"since <time>". `stored` is exact unless a batch was between its commit and its Redis
-write as the rebuild began: it is then counted twice.
+What lives only in Redis cannot be rebuilt: the duplicates count and the dead letters. The
+marker holds the time from which the partition's duplicates count (`all` when nothing was
+stored before it), `Keys.dead_since` the same for the dead letters; the console shows
+"since <time>". `stored` is exact, but for a batch between its commit and its Redis write
+as a rebuild begins: that one is counted twice.
 `flask --app app rebuild-redis` runs the same rebuild at once, for every partition.
 """
 
@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import redis
-from sqlalchemy import Connection, Engine, Integer, bindparam, func, select, union_all
+from sqlalchemy import Connection, Engine, Integer, bindparam, func, select
 
 from models import transactions
 from txstream.keys import Keys
@@ -49,8 +49,8 @@ from txstream.transaction import Transaction
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 5.0  # seconds between a subscriber's looks at the markers
-LOCK_MS = 30_000  # a rebuild's lock expires this long after its last renewal
-USERS_PER_READ = 500  # users whose newest rows one statement reads (SQLite: <= 500 SELECTs)
+LOCK_MS = 120_000  # a rebuild's lock expires this long after its last renewal (a chunk)
+USERS_PER_READ = 500  # users whose newest rows one statement reads
 ALL = "all"  # a marker's `since` when every count is of all time
 
 # Lua: KEYS: a partition's lock, marker, counts. ARGV: the rebuilder's name, the lock's
@@ -121,46 +121,44 @@ class Rebuilt:
 
 _t = transactions
 _COLUMNS = (_t.c.txn_id, _t.c.user_id, _t.c.amount, _t.c.ts)
-_AFTER = bindparam("after")
+_AFTER, _LAST = bindparam("after"), bindparam("last")
+
+
+def _of(query, partitions: tuple[int, ...] | None, of: int):
+    """`query` kept to the users of `partitions` (of `of`; None: every user)."""
+    return query if partitions is None else query.where((_t.c.user_id % of).in_(partitions))
 
 
 @functools.cache
-def _users_statement(partitions: tuple[int, ...] | None, of: int) -> object:
-    """The next users (ids above :after, at most :n) of `partitions` of `of` (None: all)."""
-    query = select(_t.c.user_id).where(_t.c.user_id > _AFTER)
-    if partitions is not None:
-        query = query.where((_t.c.user_id % of).in_(partitions))
-    return query.group_by(_t.c.user_id).order_by(_t.c.user_id).limit(bindparam("n", type_=Integer))
-
-
-@functools.cache
-def _newest_statement(users: int) -> object:
-    """The RECENT_SIZE newest rows of each of `users` users (:u0, :u1, ...): for each, one
-    short range of the (user_id, ts, txn_id, amount) index, read backwards."""
-    newest = (
-        select(*_COLUMNS)
-        .where(_t.c.user_id == bindparam(f"u{i}"))
-        .order_by(_t.c.ts.desc(), _t.c.txn_id.desc())
-        .limit(RECENT_SIZE)
-        .subquery()
-        for i in range(users)
-    )
-    return union_all(*(select(*sub.c) for sub in newest))
+def _statements(partitions: tuple[int, ...] | None, of: int) -> tuple:
+    """The next users (ids above :after, at most :n); the RECENT_SIZE newest rows of each
+    user with an id above :after, up to :last."""
+    users = _of(select(_t.c.user_id).where(_t.c.user_id > _AFTER), partitions, of)
+    users = users.group_by(_t.c.user_id).order_by(_t.c.user_id)
+    newest_first = (_t.c.ts.desc(), _t.c.txn_id.desc())
+    rank = func.row_number().over(partition_by=_t.c.user_id, order_by=newest_first)
+    ranked = _of(select(*_COLUMNS, rank.label("n")), partitions, of)
+    ranked = ranked.where(_t.c.user_id > _AFTER, _t.c.user_id <= _LAST).subquery()
+    newest = select(*(ranked.c[c.name] for c in _COLUMNS)).where(ranked.c.n <= RECENT_SIZE)
+    return users.limit(bindparam("n", type_=Integer)), newest
 
 
 def newest_of_users(
     conn: Connection, partitions: Sequence[int] | None, of: int
-) -> Iterator[list[Transaction]]:
-    """Each user's RECENT_SIZE newest transactions, USERS_PER_READ users at a time in the
-    order of their ids: every user's, or those of `partitions` (of `of`).
+) -> Iterator[tuple[int, list[Transaction]]]:
+    """Each user's RECENT_SIZE newest transactions (by time, then txn_id), USERS_PER_READ
+    users at a time in the order of their ids: how many users, and their transactions.
+    Every user's, or those of `partitions` (of `of`).
 
-    Per user an index range of RECENT_SIZE rows, however many the user has: the cost
-    grows with the users, not the rows (docs/BENCHMARKS.md, "Rebuilding Redis")."""
-    users = _users_statement(None if partitions is None else tuple(sorted(partitions)), of)
+    The users come from a loose scan of the (user_id, ...) index; their newest rows from a
+    window function over the range of those users (docs/BENCHMARKS.md, "Rebuilding Redis":
+    faster than a LIMIT per user, or than reading every row here)."""
+    chosen = None if partitions is None else tuple(sorted(partitions))
+    users, newest = _statements(chosen, of)
     after = -1
     while ids := conn.execute(users, {"after": after, "n": USERS_PER_READ}).scalars().all():
-        params = {f"u{i}": user for i, user in enumerate(ids)}
-        yield [Transaction(*row) for row in conn.execute(_newest_statement(len(ids)), params)]
+        rows = conn.execute(newest, {"after": after, "last": ids[-1]})
+        yield len(ids), [Transaction(*row) for row in rows]
         after = ids[-1]
 
 
@@ -252,10 +250,10 @@ class RedisRebuild:
         with self.engine.connect() as conn:
             rows = rows_by_partition(conn, of)
             chosen = None if len(partitions) == of else partitions
-            for txns in newest_of_users(conn, chosen, of):
+            for chunk_users, txns in newest_of_users(conn, chosen, of):
                 self._merge_chunk(txns)
-                users += len({tx.user_id for tx in txns})
-                done(len({tx.user_id for tx in txns}))
+                users += chunk_users
+                done(chunk_users)
                 if stopping():
                     raise LostLock("stopped")
         for p in partitions:
