@@ -64,7 +64,7 @@ def run_demo(tmp_path, rate: str, users: str) -> tuple[Script, str, str]:
     demo = Script(
         *("-m", "txstream.demo", "--port", str(port), "--data-dir", str(tmp_path)),
         *("--rate", rate, "--users", users),
-        env={"REDIS_URL": "", "DATABASE_URL": ""},
+        env={"REDIS_URL": "", "DATABASE_URL": "", "RATE_LIMIT": "100000/minute"},
     )
     curl = demo.wait_for_line(r'API +curl -H "Authorization: Bearer (txs_\S+)" http://\S+', 90)
     return demo, f"http://127.0.0.1:{port}", curl.group(1)
@@ -103,7 +103,7 @@ def test_a_restarted_demo_shows_the_lists_and_counts_its_new_redis_lost(tmp_path
             rebuilt = live["stored"] >= before and not live["rebuilding"]
             return rebuilt and all(recent == stored for recent, stored in lists)
 
-        wait_until(right, 15, "the lists and the stored count rebuilt from the SQLite file")
+        wait_until(right, 15, "the lists and the stored count rebuilt from the SQLite file", 0.2)
         since = get_json(f"{base}/api/live", token)["counts"]["since"]
         assert since["duplicates"] and since["dead_letters"]  # this Redis's counts only
         assert "rebuilt Redis's recent lists of 5 users" in demo.output
