@@ -119,7 +119,7 @@ _SCHEMAS = {
             "type": "array",
             "items": _ref("schemas", "Transaction"),
             "maxItems": RECENT_SIZE,
-            "description": "Newest first, as the user's Redis list holds them",
+            "description": "Newest first by (time, txn_id), as the user's Redis list holds them",
         },
     ),
     "Sum": _object(
@@ -568,10 +568,12 @@ def document(window_hours: Decimal) -> dict:
             ),
             "/api/users/{user_id}/recent": _operation(
                 "userRecent",
-                f"The user's latest {RECENT_SIZE} transactions, read from its Redis list",
+                f"The user's latest {RECENT_SIZE} transactions, read from its Redis list "
+                "(from the database while Redis rebuilds what it lost)",
                 "The user's recent list (empty for an unknown user)",
                 _json(_ref("schemas", "Recent")),
                 user_id,
+                replica_read=True,
             ),
             "/api/users/{user_id}/windows": _operation(
                 "userWindows",

@@ -12,6 +12,10 @@ JSON. The usual case is a new transaction newer than the list's head: one LPUSH 
 trim). Next, late transactions older than everything in a full list: left out, after one
 look at its last item. Otherwise the list and the new items are merged, repeats dropped,
 and written back only if something changed.
+
+The web app reads a list with its partition's marker, in one script call (`latest`): a
+Redis that lost its data has no marker, and the web app then reads the database until a
+subscriber has rebuilt the lists (txstream.rebuild_redis).
 """
 
 from __future__ import annotations
