@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import threading
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from sqlalchemy import Connection, Engine, Integer, bindparam, func, select
 from models import transactions
 from txstream.keys import Keys
 from txstream.recent import MERGE_RECENT_LUA, RECENT_SIZE, merge_arguments
+from txstream.runtime import Background
 from txstream.times import format_time, utcnow
 from txstream.transaction import Transaction
 
@@ -294,36 +294,13 @@ class RedisRebuild:
         return format_time(utcnow()) if stored else ALL
 
 
-class Rebuilder:
+class Rebuilder(Background):
     """A subscriber's watch on Redis's derived state: every `interval` s, in a thread of its
-    own (storing never waits for it), it rebuilds the partitions Redis lost."""
+    own, it rebuilds the partitions Redis lost (`RedisRebuild.check`)."""
 
     def __init__(self, rebuild: RedisRebuild, interval: float = CHECK_INTERVAL) -> None:
+        super().__init__("rebuilding what Redis lost", self._check, interval, "rebuild-redis")
         self.rebuild = rebuild
-        self.interval = interval
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="rebuild-redis", daemon=True)
-        self._failing = False
 
-    def start(self) -> None:
-        """Check now, then every interval, in the background."""
-        self._thread.start()
-
-    def stop(self) -> None:
-        """Stop checking; a rebuild under way stops after its chunk, letting go of its locks."""
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join()
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                self.rebuild.check(self._stopping.is_set)
-                self._failing = False
-            except LostLock as exc:
-                log.warning("rebuilding Redis's derived state stopped: %s", exc)
-            except Exception as exc:  # the top of the thread's loop: log it, check again
-                if not self._failing:
-                    log.warning("rebuilding Redis's derived state failed (retrying): %s", exc)
-                self._failing = True
-            self._stopping.wait(self.interval)
+    def _check(self) -> None:
+        self.rebuild.check(self.stopping)
