@@ -49,7 +49,7 @@ from txstream.transaction import Transaction
 log = logging.getLogger(__name__)
 
 CHECK_INTERVAL = 5.0  # seconds between a subscriber's looks at the markers
-LOCK_MS = 120_000  # a rebuild's lock expires this long after its last renewal (a chunk)
+LOCK_MS = 60_000  # a rebuild's lock expires this long after its last renewal (a chunk)
 USERS_PER_READ = 500  # users whose newest rows one statement reads
 ALL = "all"  # a marker's `since` when every count is of all time
 
