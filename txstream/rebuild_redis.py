@@ -30,6 +30,7 @@ as a rebuild begins: that one is counted twice.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 from collections import defaultdict
@@ -40,6 +41,7 @@ import redis
 from sqlalchemy import Connection, Engine, Integer, bindparam, func, select
 
 from models import transactions
+from txstream import redisconn
 from txstream.keys import Keys
 from txstream.recent import MERGE_RECENT_LUA, RECENT_SIZE, merge_arguments
 from txstream.runtime import Background
@@ -232,8 +234,9 @@ class RedisRebuild:
         try:
             return self._rebuild(mine, held, done or (lambda n: None), stopping)
         except BaseException:
-            for p in mine:
-                self._release(keys=[self.keys.derived_lock(p)], args=[self.owner])
+            with contextlib.suppress(*redisconn.ERRORS):  # else they expire by themselves
+                for p in mine:
+                    self._release(keys=[self.keys.derived_lock(p)], args=[self.owner])
             raise
 
     def _rebuild(
