@@ -248,20 +248,31 @@ def seeded(engine, client: redis.Redis, args) -> bool:
     return True
 
 
+def add_seed_flags(parser: argparse.ArgumentParser, users: int) -> None:
+    """The seed's flags (--rows, --users, --days); `seed_layout` completes what they give."""
+    number = config.positive_int_flag
+    parser.add_argument("--rows", type=number, default=10_000_000)
+    parser.add_argument("--users", type=number, default=users)
+    parser.add_argument("--days", type=number, default=30)
+
+
+def seed_layout(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with the aggregates' lengths: WINDOW_HOURS, as the app reads it."""
+    args.window_seconds = config.load().window_seconds
+    args.bucket_seconds = math.gcd(args.window_seconds, BUCKET_GRAIN)
+    return args
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     number = config.positive_int_flag
-    parser.add_argument("--rows", type=number, default=10_000_000)
-    parser.add_argument("--users", type=number, default=100_000)
-    parser.add_argument("--days", type=number, default=30)
+    add_seed_flags(parser, users=100_000)
     parser.add_argument("--reseed", action="store_true", help="seed even if seeded already")
     parser.add_argument("--duration", type=number, default=10, help="seconds per run")
     parser.add_argument("--concurrency", type=number, nargs="+", default=[1, 8, 32])
     parser.add_argument("--endpoints", nargs="+", choices=ENDPOINTS, default=list(ENDPOINTS))
     add_server_flags(parser)
-    args = parser.parse_args()
-    args.window_seconds = config.load().window_seconds  # WINDOW_HOURS, as the app reads it
-    args.bucket_seconds = math.gcd(args.window_seconds, BUCKET_GRAIN)
+    args = seed_layout(parser.parse_args())
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install wrk")
     engine = create_engine(DATABASE_URL, connect_args={"local_infile": True})

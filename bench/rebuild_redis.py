@@ -96,14 +96,10 @@ def recent_latency(args) -> tuple[float, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     number = config.positive_int_flag
-    parser.add_argument("--rows", type=number, default=10_000_000)
-    parser.add_argument("--users", type=number, default=1_000_000)
-    parser.add_argument("--days", type=number, default=30)
+    api.add_seed_flags(parser, users=1_000_000)
     parser.add_argument("--check", type=number, default=2000, help="users checked")
     parser.add_argument("--requests", type=number, default=2000, help="/recent requests timed")
-    args = parser.parse_args()
-    args.window_seconds = config.load().window_seconds
-    args.bucket_seconds = math.gcd(args.window_seconds, api.BUCKET_GRAIN)
+    args = api.seed_layout(parser.parse_args())
     engine = create_engine(DATABASE_URL, connect_args={"local_infile": True})
     client = redis.Redis.from_url(REDIS_URL)
     if not seed_found(engine, api.describe(args), timedelta(days=1)):
