@@ -4,6 +4,7 @@ flask --app app run                  # serve on http://127.0.0.1:5000
 flask --app app init-db              # create the database and tables named by DATABASE_URL
 flask --app app create-token NAME    # an API token (printed once); list-tokens, revoke-token
 flask --app app rebuild-windows --hours H   # change the window (subscribers stopped)
+flask --app app rebuild-redis        # Redis's recent lists and counts, from the database
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
+import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +30,18 @@ from werkzeug.exceptions import HTTPException, ServiceUnavailable
 
 import config
 import models
-from txstream import access, api, metrics, pages, rebuild, redisconn, replica, tokens
+from txstream import (
+    access,
+    api,
+    metrics,
+    pages,
+    queries,
+    rebuild,
+    rebuild_redis,
+    redisconn,
+    replica,
+    tokens,
+)
 from txstream.aggregates import BadLayout, KnownLayout, Layout, LayoutMismatch, recorded_layout
 from txstream.store import ensure_layout
 from txstream.times import format_time, utcnow
@@ -125,6 +139,7 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
         list_tokens_command,
         revoke_token_command,
         rebuild_windows_command,
+        rebuild_redis_command,
     ):
         app.cli.add_command(command)
     return app
@@ -374,6 +389,43 @@ def rebuild_windows_command(hours: str | None) -> None:
     )
     hours_set = f"{layout.window_seconds / 3600:g}"
     click.echo(f"Start the subscribers and web apps with WINDOW_HOURS={hours_set}")
+
+
+@click.command("rebuild-redis")
+@with_appcontext
+def rebuild_redis_command() -> None:
+    """Rebuild Redis's recent lists and stored count from the database, now.
+
+    The subscribers do it by themselves within seconds of Redis losing its data; run this
+    after restoring Redis from an old snapshot. The web app reads the latest transactions
+    from the database meanwhile. Redis must let it write the lists: use the subscriber's
+    Redis user (or an admin) in REDIS_URL.
+    """
+    engine, keys = current_app.config["ENGINE"], current_app.config["KEYS"]
+    owner = f"rebuild-redis-{socket.gethostname()}-{os.getpid()}"
+    rebuild = rebuild_redis.RedisRebuild(engine, current_app.config["REDIS"], keys, owner)
+    try:
+        users = queries.read(engine, rebuild_redis.count_users)
+        click.echo(f"Rebuilding the recent lists of {users} users and the stored count")
+        with click.progressbar(length=users, label="users", show_pos=True) as bar:
+            done = rebuild.rebuild(force=True, done=bar.update)
+    except rebuild_redis.LostLock as exc:
+        raise click.ClickException(f"Redis lost the rebuild's lock ({exc}): run it again") from None
+    except (OperationalError, ProgrammingError) as exc:  # ProgrammingError: no table (init-db)
+        raise click.ClickException(f"the database failed: {exc.orig}") from None
+    except redisconn.ERRORS as exc:
+        raise click.ClickException(f"Redis failed: {exc}") from None
+    if done.partitions:
+        click.echo(
+            f"Done: the recent lists of {done.users} users, {done.rows} rows counted "
+            f"(partitions {', '.join(map(str, done.partitions))})"
+        )
+    if done.held:
+        held = ", ".join(f"{p} by {name}" for p, name in sorted(done.held.items()))
+        raise click.ClickException(
+            f"partitions being rebuilt by another now, left to it: {held}. Their markers "
+            "tell when they are done (see README, What Redis holds)"
+        )
 
 
 @contextlib.contextmanager

@@ -36,6 +36,7 @@ from txstream.aggregates import Layout, LayoutMismatch
 from txstream.dialect import UnsupportedDatabase, is_transient
 from txstream.heartbeats import Heartbeat
 from txstream.metrics import SubscriberMetrics
+from txstream.rebuild_redis import Rebuilder, RedisRebuild
 from txstream.recent import RecentLists
 from txstream.redisconn import connect, resolve
 from txstream.runtime import GiveUp, Outage, StopFlag, retry, short_error, with_traceback
@@ -156,12 +157,17 @@ class Subscriber:
             chores=self.source.tidy,
         )
         heartbeat.start()
+        # Redis's derived state, rebuilt from the database if Redis lost it (now too).
+        store = self.store
+        rebuilder = Rebuilder(RedisRebuild(store.engine, store.client, store.keys, heartbeat.name))
+        rebuilder.start()
         log.info("reading %s; waiting for transactions", self.source.describe())
         try:
             self._read_and_store(max_messages)
         finally:
             self._db_stage.shutdown()
             self._redis_stage.shutdown()
+            rebuilder.stop()
             heartbeat.stop()
 
     def _read_and_store(self, max_messages: int | None) -> None:

@@ -39,8 +39,7 @@ from apibench import add_server_flags, mark_seeded, print_setup, seed_found, ser
 import config  # noqa: E402
 import models  # noqa: E402
 from txstream.keys import Keys  # noqa: E402
-from txstream.recent import RECENT_SIZE  # noqa: E402
-from txstream.store import Committed, Store  # noqa: E402
+from txstream.rebuild_redis import RedisRebuild  # noqa: E402
 from txstream.times import to_micros, utcnow  # noqa: E402
 from txstream.transaction import Transaction  # noqa: E402
 from txstream.windows import window_totals  # noqa: E402
@@ -81,12 +80,6 @@ BUCKETS_SQL = text("""
                AS start,
            COUNT(*), SUM(amount)
     FROM transactions WHERE user_id BETWEEN :lo AND :hi GROUP BY user_id, start""")
-NEWEST_SQL = text("""
-    SELECT txn_id, user_id, amount, ts FROM (
-        SELECT txn_id, user_id, amount, ts,
-               ROW_NUMBER() OVER (PARTITION BY user_id ORDER BY ts DESC, txn_id DESC) AS n
-        FROM transactions WHERE user_id BETWEEN :lo AND :hi) newest
-    WHERE n <= :keep""")
 
 
 def seed(engine, client: redis.Redis, args) -> None:
@@ -109,7 +102,7 @@ def seed(engine, client: redis.Redis, args) -> None:
         "windows": lambda: fill_windows(engine, args),
         "buckets": lambda: fill_buckets(engine, args),
         "settings": lambda: write_settings(engine, args),
-        "recent lists": lambda: fill_recent(engine, client, args),
+        "recent lists": lambda: fill_recent(engine, client),
     }
     spent = {}
     for name, phase in phases.items():
@@ -195,14 +188,12 @@ def write_settings(engine, args) -> None:
         )
 
 
-def fill_recent(engine, client: redis.Redis, args) -> None:
-    """Replace each user's recent list by their newest rows, written by txstream's store."""
-    store = Store(engine, client, KEYS, args.window_seconds)
-    with engine.connect() as conn:
-        for lo, hi in user_ranges(args):
-            newest = conn.execute(NEWEST_SQL, {"lo": lo, "hi": hi, "keep": RECENT_SIZE})
-            client.delete(*(KEYS.recent(user) for user in range(lo, hi + 1)))
-            store.write_redis(Committed(new=[Transaction(*row) for row in newest]), [])
+def fill_recent(engine, client: redis.Redis) -> None:
+    """Replace the recent lists by each user's newest rows, as txstream rebuilds them."""
+    old = list(client.scan_iter(match=KEYS.prefix + "*"))
+    for start in range(0, len(old), 1000):
+        client.delete(*old[start : start + 1000])
+    RedisRebuild(engine, client, KEYS, "bench").rebuild()
 
 
 def check(engine, args) -> None:
@@ -251,29 +242,37 @@ def seeded(engine, client: redis.Redis, args) -> bool:
     """Whether that seed is there, less than a day old. Refills the recent lists if lost."""
     if not seed_found(engine, describe(args), timedelta(days=1)):
         return False
-    with engine.connect() as conn:
-        t = models.transactions
-        newest = conn.execute(select(t.c.user_id).order_by(t.c.ts.desc()).limit(1)).scalar()
-    if not client.exists(KEYS.recent(newest)):
+    if not client.exists(KEYS.derived()):
         print("the recent lists are gone (Redis restarted?): filling them again")
-        fill_recent(engine, client, args)
+        fill_recent(engine, client)
     return True
+
+
+def add_seed_flags(parser: argparse.ArgumentParser, users: int) -> None:
+    """The seed's flags (--rows, --users, --days); `seed_layout` completes what they give."""
+    number = config.positive_int_flag
+    parser.add_argument("--rows", type=number, default=10_000_000)
+    parser.add_argument("--users", type=number, default=users)
+    parser.add_argument("--days", type=number, default=30)
+
+
+def seed_layout(args: argparse.Namespace) -> argparse.Namespace:
+    """`args` with the aggregates' lengths: WINDOW_HOURS, as the app reads it."""
+    args.window_seconds = config.load().window_seconds
+    args.bucket_seconds = math.gcd(args.window_seconds, BUCKET_GRAIN)
+    return args
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     number = config.positive_int_flag
-    parser.add_argument("--rows", type=number, default=10_000_000)
-    parser.add_argument("--users", type=number, default=100_000)
-    parser.add_argument("--days", type=number, default=30)
+    add_seed_flags(parser, users=100_000)
     parser.add_argument("--reseed", action="store_true", help="seed even if seeded already")
     parser.add_argument("--duration", type=number, default=10, help="seconds per run")
     parser.add_argument("--concurrency", type=number, nargs="+", default=[1, 8, 32])
     parser.add_argument("--endpoints", nargs="+", choices=ENDPOINTS, default=list(ENDPOINTS))
     add_server_flags(parser)
-    args = parser.parse_args()
-    args.window_seconds = config.load().window_seconds  # WINDOW_HOURS, as the app reads it
-    args.bucket_seconds = math.gcd(args.window_seconds, BUCKET_GRAIN)
+    args = seed_layout(parser.parse_args())
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install wrk")
     engine = create_engine(DATABASE_URL, connect_args={"local_infile": True})

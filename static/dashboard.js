@@ -141,15 +141,28 @@
     tbody.replaceChildren.apply(tbody, fresh);
   }
 
+  // Counts Redis lost are counted again from a time: "since ...", or "rebuilding".
+  function countNote(counts, since) {
+    if (counts.rebuilding) {
+      return "rebuilding";
+    }
+    return since ? "since " + window.txstream.formatTime(since).text : "";
+  }
+
   function drawCounts(data) {
+    var counts = data.counts;
     var shown = {
-      "count-stored": data.counts.stored,
-      "count-duplicates": data.counts.duplicates,
-      "count-dead": data.counts.dead_letters,
-      "count-subscribers": data.subscribers,
+      "count-stored": [counts.stored, counts.rebuilding ? "rebuilding" : ""],
+      "count-duplicates": [counts.duplicates, countNote(counts, counts.since.duplicates)],
+      "count-dead": [counts.dead_letters, countNote(counts, counts.since.dead_letters)],
+      "count-subscribers": [data.subscribers, ""],
     };
     Object.keys(shown).forEach(function (id) {
-      document.getElementById(id).textContent = shown[id].toLocaleString();
+      document.getElementById(id).textContent = shown[id][0].toLocaleString();
+      var note = document.getElementById(id + "-note");
+      if (note) {
+        note.textContent = shown[id][1];
+      }
     });
     ["redis", "database"].forEach(function (name) {
       var el = document.getElementById("health-" + name);

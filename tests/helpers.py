@@ -17,6 +17,7 @@ from sqlalchemy import make_url
 from txstream import tokens
 from txstream.keys import Keys
 from txstream.processes import free_ports, wait_until
+from txstream.rebuild_redis import RedisRebuild
 from txstream.store import Store
 from txstream.testing import ClusterMembership, PrivateRedis
 from txstream.times import format_epoch
@@ -54,12 +55,15 @@ def line(user_id: int, amount: str, at: datetime, txn_id: str) -> str:
 
 
 def seed(app, *lines: str) -> list[Transaction]:
-    """Store wire lines as the subscriber does: rows and window totals, then Redis."""
+    """Store wire lines as the subscriber does: rows and window totals, then Redis (whose
+    derived state a subscriber has checked at its start)."""
     txns = [parse(text) for text in lines]
     config = app.config
     window_seconds = int(config["WINDOW_HOURS"] * 3600)
     engine = config.get("SEED_ENGINE", config["ENGINE"])  # the app's own may only read
-    store = Store(engine, config["REDIS"], Keys(config["KEY_PREFIX"]), window_seconds)
+    keys = Keys(config["KEY_PREFIX"])
+    RedisRebuild(engine, config["REDIS"], keys, "tests").check()
+    store = Store(engine, config["REDIS"], keys, window_seconds)
     committed = store.store(txns)
     assert len(committed.new) == len(txns)
     return txns

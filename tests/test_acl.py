@@ -23,7 +23,9 @@ from txstream.deadletters import DeadLetters
 from txstream.keys import Keys
 from txstream.processes import ROOT, wait_until
 from txstream.ratelimit import FixedWindows
+from txstream.rebuild_redis import RedisRebuild
 from txstream.recent import RecentLists
+from txstream.store import Store
 from txstream.testing import (
     ADMIN_USER,
     EMITTER_USER,
@@ -66,6 +68,8 @@ CALLS: dict[str, Callable[[str | None], tuple]] = {
         "#!lua name=x\nredis.register_function('x', tostring)",
     ),
     "GET": lambda k: ("GET", k),
+    "EXISTS": lambda k: ("EXISTS", k),
+    "PEXPIRE": lambda k: ("PEXPIRE", k, 60_000),
     "HGETALL": lambda k: ("HGETALL", k),
     "HINCRBY": lambda k: ("HINCRBY", k, "stored", 5),
     "HMGET": lambda k: ("HMGET", k, "stored"),
@@ -234,7 +238,13 @@ def test_each_process_works_with_its_own_user(acl_redis, mysql_engine, run, tran
     for _ in range(2):  # the second answer comes from the top users' cache
         dashboard = api.get("/api/live")  # counters, rankings, the cache of the top users
         assert dashboard.status_code == 200, dashboard.json
-    assert dashboard.json["counts"] == {"stored": COUNT, "duplicates": 0, "dead_letters": 1}
+    assert dashboard.json["counts"] == {
+        "stored": COUNT,
+        "duplicates": 0,
+        "dead_letters": 1,
+        "since": {"duplicates": None, "dead_letters": None},  # Redis lost nothing
+        "rebuilding": False,
+    }
     assert sum(point["stored"] for point in dashboard.json["rate"]["series"]) == COUNT
     assert letter["raw"] == "not a transaction"
     revoked = web.test_cli_runner().invoke(args=["revoke-token", "acl"])
@@ -255,6 +265,41 @@ def test_the_subscriber_user_moves_the_old_layout(acl_redis):
     lists.migrate()
     assert lists.read(7) == [tx]
     assert not acl_redis.client().exists(keys.old_recent(7))
+    assert refusals(acl_redis) == []
+
+
+def test_the_subscriber_user_rebuilds_what_redis_lost(acl_redis, mysql_engine):
+    """The rebuild's scripts (GET, SET, DEL, EXISTS, TYPE, PEXPIRE, HSET, HINCRBY and the
+    merge) and the web app's read of a marker and a list, each with its own user."""
+    from datetime import datetime
+    from decimal import Decimal
+
+    from app import create_app  # here, not at the top: importing `app` builds an app
+
+    keys = Keys(PREFIX)
+    subscriber = client_of(acl_redis, SUBSCRIBER_USER)
+    rebuild = RedisRebuild(mysql_engine, subscriber, keys, "subscriber-a")
+    rebuild.check()
+    at = datetime(2026, 1, 1)
+    txns = [Transaction(f"t{i}", i % 3 + 1, Decimal(1), at.replace(minute=i)) for i in range(9)]
+    Store(mysql_engine, subscriber, keys, 6 * 3600).store(txns)
+    acl_redis.client().flushall()
+    web = create_app(
+        {
+            "TESTING": True,
+            "ENGINE": mysql_engine,
+            "REDIS_URL": acl_redis.url_for(WEB_USER),
+            "KEY_PREFIX": PREFIX,
+            "AUTH": False,
+        }
+    )
+    api = web.test_client()
+    from_database = api.get("/api/users/1/recent").json
+
+    assert rebuild.check().users == 3
+    assert_recent_lists_match_db(mysql_engine, subscriber, keys)
+    assert api.get("/api/users/1/recent").json == from_database
+    assert api.get("/api/live").json["counts"]["stored"] == 9
     assert refusals(acl_redis) == []
 
 
@@ -285,6 +330,9 @@ def test_the_subscriber_user_moves_the_old_layout(acl_redis):
         (WEB_USER, ("EVAL", "return redis.call('LPUSH', KEYS[1], 'x')", 1, "txstream:recent:1")),
         (WEB_USER, ("RPUSH", "txstream:dead", FORGED)),
         (WEB_USER, ("SET", "txstream:dead:count", "0")),
+        (WEB_USER, ("SET", "txstream:derived", "all")),  # a rebuild's marker
+        (WEB_USER, ("DEL", "txstream:derived")),
+        (WEB_USER, ("SET", "txstream:dead:since", "all")),
         (WEB_USER, ("KEYS", "*")),
         (WEB_USER, ("INCRBY", "txstream:rate:1700000000", 5)),
         (WEB_USER, ("HINCRBY", "txstream:counts", "stored", 5)),

@@ -298,3 +298,25 @@ def test_the_pages_fit_a_phone(browser, system, path):
         assert page.evaluate("document.documentElement.scrollWidth") <= 375
     finally:
         context.close()
+
+
+def test_the_console_says_since_when_it_counts_what_redis_lost(page, system):
+    """/api/live as after a loss of Redis's data: while it is rebuilt, then rebuilt."""
+    since = "2026-11-29T10:00:00.000000Z"
+    counts = {"since": {"duplicates": since, "dead_letters": None}, "rebuilding": True}
+
+    def after_a_loss(route):
+        body = route.fetch().json()
+        body["counts"].update(counts)
+        route.fulfill(json=body)
+
+    page.route("**/api/live*", after_a_loss)
+    page.goto(system.url + "/")
+    notes = {name: page.locator(f"#count-{name}-note") for name in ("stored", "duplicates", "dead")}
+    wait_until(lambda: notes["stored"].inner_text() == "rebuilding", LIVE, "rebuilding")
+    assert notes["duplicates"].inner_text() == notes["dead"].inner_text() == "rebuilding"
+    counts["rebuilding"] = False
+    wait_until(lambda: notes["stored"].inner_text() == "", LIVE * 2, "rebuilt")
+    shown = page.evaluate(f"window.txstream.formatTime({json.dumps(since)}).text")
+    assert notes["duplicates"].inner_text() == f"since {shown}"
+    assert notes["dead"].inner_text() == ""  # of all time

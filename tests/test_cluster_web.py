@@ -22,7 +22,9 @@ from jsonschema_rs import Draft202012Validator
 from tests.helpers import TEST_SECRET_KEY, line, signed_in_client
 from txstream import openapi, tokens
 from txstream.keys import Keys
+from txstream.rebuild_redis import ALL, RedisRebuild
 from txstream.store import RATE_BUCKET, Store, dead_letter, rate_bucket
+from txstream.testing import assert_recent_lists_match_db
 from txstream.times import format_time, from_micros, utcnow
 from txstream.transaction import to_json_text
 from txstream.wire import parse
@@ -83,9 +85,13 @@ def seed_rows(engine, *lines: str) -> list:
 
 
 def seed_recent(client, keys: Keys, txns) -> None:
-    """Each user's recent list, newest first, items as txstream.recent writes them."""
+    """Each user's recent list, newest first, items as txstream.recent writes them; and the
+    markers a subscriber writes on a new database (txstream.rebuild_redis)."""
     for tx in sorted(txns, key=lambda tx: (tx.ts, tx.txn_id)):
         client.lpush(keys.recent(tx.user_id), to_json_text(tx))
+    for partition in range(keys.partitions):
+        client.set(keys.derived(partition), ALL)
+    client.set(keys.dead_since, ALL)
 
 
 def seed_stream(client, keys: Keys, partition: int, entries: int, delivered: int) -> None:
@@ -164,7 +170,13 @@ def test_every_page_and_route_reads_the_partitions_of_a_cluster(cluster_app, cap
     assert_no_cross_slot(caplog)
 
     live = answers["/api/live"].json
-    assert live["counts"] == {"stored": 10 + 32, "duplicates": 1 + 2, "dead_letters": 2}
+    assert live["counts"] == {
+        "stored": 10 + 32,
+        "duplicates": 1 + 2,
+        "dead_letters": 2,
+        "since": {"duplicates": None, "dead_letters": None},
+        "rebuilding": False,
+    }
     series = {point["at"]: point["stored"] for point in live["rate"]["series"]}
     at = {bucket: format_time(from_micros(bucket * 10**6)) for bucket in (older, newer)}
     assert (series[at[older]], series[at[newer]]) == (5, 11 + 7)
@@ -204,6 +216,35 @@ def test_every_page_and_route_reads_the_partitions_of_a_cluster(cluster_app, cap
     }
     assert (stream["length"], stream["group_exists"], stream["pending"]) == (10, False, None)
     assert stream["consumers"][0]["pending"] == 3
+    assert_no_cross_slot(caplog)
+
+
+@pytest.mark.services
+def test_what_one_master_lost_is_rebuilt_in_its_partitions_slot(cluster_app, caplog):
+    """The rebuild's scripts and the web app's read of a marker with a list each touch one
+    partition's slot; `flask --app app rebuild-redis` runs on a cluster too."""
+    caplog.set_level(logging.DEBUG)
+    keys, redis = cluster_app.config["KEYS"], cluster_app.config["REDIS"]
+    engine = cluster_app.config["ENGINE"]
+    now = utcnow()
+    ago = [(u, timedelta(minutes=k), f"u{u}-{k}") for u in range(1, 7) for k in range(7)]
+    seed_rows(engine, *(line(u, "1.00", now - before, txn_id) for u, before, txn_id in ago))
+    rebuild = RedisRebuild(engine, redis, keys, "subscriber-a")
+    assert rebuild.check().users == 6
+    lost = [k for k in redis.scan_iter(match=f"{keys.prefix}*") if keys.tag(1).encode() in k]
+    redis.delete(*lost)  # partition 1's master lost its data (one by one: no CROSSSLOT)
+
+    client = signed_in_client(cluster_app)
+    from_database = [client.get(f"/api/users/{u}/recent").json for u in range(1, 7)]
+    assert rebuild.check().partitions == [1]
+    assert_recent_lists_match_db(engine, redis, keys)
+    assert [client.get(f"/api/users/{u}/recent").json for u in range(1, 7)] == from_database
+    result = cluster_app.test_cli_runner().invoke(args=["rebuild-redis"])
+    assert result.exit_code == 0, result.output
+    assert "Done: the recent lists of 6 users, 42 rows counted (partitions 0, 1, 2)" in (
+        result.output
+    )
+    assert client.get("/api/live").json["counts"]["stored"] == 42
     assert_no_cross_slot(caplog)
 
 

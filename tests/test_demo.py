@@ -6,6 +6,8 @@ import json
 import signal
 import urllib.request
 
+from sqlalchemy import func, select
+
 import models
 from txstream import tokens
 from txstream.processes import Script, free_port, wait_until
@@ -52,5 +54,60 @@ def test_demo_runs_emitter_subscriber_and_web_app_without_servers(tmp_path):
         engine = models.make_engine(f"sqlite:///{tmp_path / 'demo.sqlite3'}")
         assert tokens.listed(engine) == []  # the run's token is revoked with it
         engine.dispose()
+    finally:
+        demo.kill()
+
+
+def run_demo(tmp_path, rate: str, users: str) -> tuple[Script, str, str]:
+    """The demo on the data directory `tmp_path`: the script, its base URL and token."""
+    port = free_port()
+    demo = Script(
+        *("-m", "txstream.demo", "--port", str(port), "--data-dir", str(tmp_path)),
+        *("--rate", rate, "--users", users),
+        env={"REDIS_URL": "", "DATABASE_URL": "", "RATE_LIMIT": "100000/minute"},
+    )
+    curl = demo.wait_for_line(r'API +curl -H "Authorization: Bearer (txs_\S+)" http://\S+', 90)
+    return demo, f"http://127.0.0.1:{port}", curl.group(1)
+
+
+def test_a_restarted_demo_shows_the_lists_and_counts_its_new_redis_lost(tmp_path):
+    demo, base, token = run_demo(tmp_path, rate="100", users="5")
+    try:
+
+        def stored_enough() -> int | None:
+            stored = get_json(f"{base}/api/live", token)["counts"]["stored"]
+            return stored if stored >= 100 else None
+
+        wait_until(stored_enough, 30, "100 transactions stored")
+        assert demo.stop(signal.SIGINT, timeout=30) == 0, demo.output
+    finally:
+        demo.kill()
+    engine = models.make_engine(f"sqlite:///{tmp_path / 'demo.sqlite3'}")
+    with engine.connect() as conn:
+        before = conn.scalar(select(func.count()).select_from(models.transactions))
+    engine.dispose()
+
+    # The SQLite file is kept, the embedded Redis is new; a transaction every 10 s per user.
+    demo, base, token = run_demo(tmp_path, rate="0.5", users="5")
+    try:
+
+        def right() -> bool:
+            live = get_json(f"{base}/api/live", token)["counts"]
+            lists = [
+                (
+                    get_json(f"{base}/api/users/{user}/recent", token)["items"],
+                    get_json(f"{base}/api/users/{user}/transactions?limit=5", token)["items"],
+                )
+                for user in range(1, 6)
+            ]
+            rebuilt = live["stored"] >= before and not live["rebuilding"]
+            return rebuilt and all(recent == stored for recent, stored in lists)
+
+        wait_until(right, 15, "the lists and the stored count rebuilt from the SQLite file", 0.2)
+        since = get_json(f"{base}/api/live", token)["counts"]["since"]
+        assert since["duplicates"] and since["dead_letters"]  # this Redis's counts only
+        assert "rebuilt Redis's recent lists of 5 users" in demo.output
+        assert demo.stop(signal.SIGINT, timeout=30) == 0, demo.output
+        assert "Traceback" not in demo.output
     finally:
         demo.kill()

@@ -26,6 +26,7 @@ from tests.helpers import (
 from tests.test_api import get_json
 from txstream import live
 from txstream.keys import Keys
+from txstream.rebuild_redis import ALL, RedisRebuild
 from txstream.store import RATE_BUCKET, RATE_KEEP, Store, rate_bucket
 from txstream.times import format_time, from_micros, to_micros, utcnow
 from txstream.wire import parse
@@ -220,6 +221,7 @@ def test_the_batch_script_counts_new_rows_only(backend, key_prefix):
     engine, client = backend
     keys = Keys(key_prefix)
     store = Store(engine, client, keys, WINDOW_SECONDS)
+    RedisRebuild(engine, client, keys, "test").check()  # as a subscriber does at its start
     now = NOW
     batch = [parse(line(u, "1.25", now, f"r{u}")) for u in (1, 2, 3)]
 
@@ -231,7 +233,13 @@ def test_the_batch_script_counts_new_rows_only(backend, key_prefix):
     buckets = {rate_bucket(before), rate_bucket(after)}
     assert sum(int(client.get(keys.rate(b)) or 0) for b in buckets) == 4
     assert 0 < client.ttl(keys.rate(rate_bucket(after))) <= RATE_KEEP
-    assert live.counts(client, keys) == {"stored": 4, "duplicates": 2, "dead_letters": 0}
+    assert live.counts(client, keys) == {
+        "stored": 4,
+        "duplicates": 2,
+        "dead_letters": 0,
+        "since": {"duplicates": None, "dead_letters": None},  # of all time
+        "rebuilding": False,
+    }
     series = live.rate_series(client, keys, after)
     assert len(series) == live.RATE_BUCKETS and sum(p["stored"] for p in series) == 4
 
@@ -266,11 +274,20 @@ def test_the_rate_series_and_the_counts_add_up_the_partitions(fake_redis):
     fake_redis.hset(keys.counts(0), mapping={"stored": 4, "duplicates": 1})
     fake_redis.hset(keys.counts(2), mapping={"stored": 6, "duplicates": "-2"})
     fake_redis.set(keys.dead_count, 2)
+    for partition in range(3):
+        fake_redis.set(keys.derived(partition), ALL)
+    fake_redis.set(keys.dead_since, ALL)
 
     series = live.rate_series(fake_redis, keys, now)
 
     assert [p["stored"] for p in series[-3:]] == [0, 3, 7 + 5]
-    assert live.counts(fake_redis, keys) == {"stored": 10, "duplicates": 1, "dead_letters": 2}
+    assert live.counts(fake_redis, keys) == {
+        "stored": 10,
+        "duplicates": 1,
+        "dead_letters": 2,
+        "since": {"duplicates": None, "dead_letters": None},
+        "rebuilding": False,
+    }
 
 
 def test_top_users_are_ranked_and_exact(app, client):
@@ -314,7 +331,13 @@ def test_counts_health_and_shape(app, client):
     now = app.config["CLOCK"]()
     seed(app, line(1, "1.00", now, "one"))
     body = get_json(client, "/api/live")
-    assert body["counts"] == {"stored": 1, "duplicates": 0, "dead_letters": 0}
+    assert body["counts"] == {
+        "stored": 1,
+        "duplicates": 0,
+        "dead_letters": 0,
+        "since": {"duplicates": None, "dead_letters": None},
+        "rebuilding": False,
+    }
     assert body["health"] == {"redis": "ok", "database": "ok"}
     assert body["subscribers"] == 0
     assert body["rate"]["bucket_seconds"] == RATE_BUCKET
@@ -347,7 +370,7 @@ def test_forged_keys_are_not_a_500(app, client, forge):
     forge(app.config["REDIS"], keys_of(app), _epoch(now) // WINDOW_SECONDS * WINDOW_SECONDS)
     body = get_json(client, "/api/live")
     assert [u["user_id"] for u in body["top"]["by_sum"]] in ([1], [])
-    assert all(v >= 0 for v in body["counts"].values())
+    assert all(body["counts"][name] >= 0 for name in ("stored", "duplicates", "dead_letters"))
 
 
 def test_a_key_of_another_type_is_a_503(app, client):

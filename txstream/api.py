@@ -34,7 +34,6 @@ from txstream.recent import RECENT_SIZE, RecentLists
 from txstream.times import format_time
 from txstream.transaction import Transaction, to_json
 from txstream.windows import window_start
-from txstream.wrongtype import WrongType
 
 log = logging.getLogger(__name__)
 
@@ -111,22 +110,21 @@ def all_transactions():
 
 @bp.get("/api/users/<user_id>/recent")
 def user_recent(user_id: str):
-    """The user's latest transactions, read from its Redis list: what the list holds."""
+    """The user's latest transactions (`read_recent`)."""
     return {"items": [to_json(tx) for tx in read_recent(parse_user_id(user_id))]}
 
 
 def read_recent(user_id: int) -> list[Transaction]:
-    """The user's latest transactions, newest first (the API's and the page's): its Redis
-    list; while its key holds another type, until the next batch replaces it, the
-    database's newest, which the list holds otherwise."""
+    """The user's RECENT_SIZE newest transactions by (time, txn_id), newest first (the
+    API's and the page's): from the user's Redis list while Redis holds them; else, while
+    Redis rebuilds them or cannot be trusted with them, the same from the database."""
     lists = RecentLists(current_app.config["REDIS"], current_app.config["KEYS"])
-    try:
-        return lists.read(user_id)
-    except WrongType as exc:
-        log.error("recent list of user %d: %s; reading the database", user_id, exc)
-        return replica.read(
-            lambda conn: queries.transactions_page(conn, RECENT_SIZE, user_id=user_id)[0]
+    txns = lists.latest(user_id)
+    if txns is None:
+        txns, _ = replica.read(
+            lambda conn: queries.transactions_page(conn, RECENT_SIZE, user_id=user_id)
         )
+    return txns
 
 
 @bp.get("/api/users/<user_id>/windows")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ import redis
 
 from txstream import redisconn
 from txstream.keys import Keys
+from txstream.runtime import Background
 from txstream.times import epoch_seconds, format_time, parse_time, utcnow
 from txstream.wrongtype import is_wrong_type, replacing
 
@@ -184,20 +184,17 @@ class Heartbeat:
             "transport": transport,
             "started_at": format_time(utcnow()),
         }
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="heartbeat", daemon=True)
+        self._loop = Background(f"heartbeat of {name!r}", self._beat, interval, "heartbeat")
         self._last = (time.monotonic(), 0)
-        self._failing = False
+        self._next_chores = time.monotonic()
 
     def start(self) -> None:
         """Beat now and then every interval, in the background."""
-        self._thread.start()
+        self._loop.start()
 
     def stop(self) -> None:
         """Stop beating and delete the heartbeat: this subscriber is gone, not dead."""
-        self._stopping.set()
-        if self._thread.is_alive():
-            self._thread.join()
+        self._loop.stop()
         try:
             with self.client.pipeline(transaction=False) as pipe:
                 pipe.delete(self.keys.subscriber(self.name))
@@ -206,21 +203,13 @@ class Heartbeat:
         except redisconn.ERRORS as exc:
             log.warning("could not delete the heartbeat of %r: %s", self.name, exc)
 
-    def _run(self) -> None:
-        next_chores = time.monotonic()
-        while not self._stopping.is_set():
-            try:
-                self.beat()
-                if self.chores is not None and time.monotonic() >= next_chores:
-                    next_chores = time.monotonic() + self.chores_interval
-                    now = utcnow()
-                    self.chores({s.name for s in live_subscribers(self.client, self.keys, now)})
-                self._failing = False
-            except Exception as exc:  # the top of the thread's loop: log it, beat again
-                if not self._failing:
-                    log.warning("heartbeat of %r failed (retrying): %s", self.name, exc)
-                self._failing = True
-            self._stopping.wait(self.interval)
+    def _beat(self) -> None:
+        """A beat, and the chores when they are due."""
+        self.beat()
+        if self.chores is not None and time.monotonic() >= self._next_chores:
+            self._next_chores = time.monotonic() + self.chores_interval
+            now = utcnow()
+            self.chores({s.name for s in live_subscribers(self.client, self.keys, now)})
 
     def beat(self) -> None:
         """Write the heartbeat once: the hash, its expiry, and the index, tidied of

@@ -131,6 +131,24 @@ class Keys:
         `stored` and `duplicates` (the totals: their sums over partitions)."""
         return self._in(self.tag(partition), "counts")
 
+    def derived(self, partition: int = 0) -> str:
+        """The marker of a partition's derived state (its recent lists and `stored` count):
+        present once that state is complete, holding the time from which its Redis-only
+        counts (duplicates) count, or `all`. Missing: Redis lost it, or it is being rebuilt
+        from the database (txstream.rebuild_redis). In the partition's slot, so the marker
+        and a recent list are read in one call, and a master that loses them loses both."""
+        return self._in(self.tag(partition), "derived")
+
+    def derived_lock(self, partition: int = 0) -> str:
+        """Who is rebuilding a partition's derived state now (a name, expiring unless renewed)."""
+        return self._in(self.tag(partition), "derived:lock")
+
+    @property
+    def dead_since(self) -> str:
+        """The time from which `dead_count` counts, or `all` (in the dead letters' slot:
+        Redis loses them together; txstream.rebuild_redis)."""
+        return self._in("dead", "dead:since")
+
     def live_top(self, window: int) -> str:
         """The dashboard's top users of a window, cached a few seconds for every worker."""
         return f"{self.prefix}live:top:{window}"

@@ -13,7 +13,8 @@ Each part is a bounded read, whatever the volume stored:
   window), ranked by the database; cached a few seconds in Redis, so that open tabs share
   one read (docs/BENCHMARKS.md: what the index costs ingest, and why not Redis);
 - the counts ever stored, of duplicates and of dead letters (counters the batch script
-  keeps, per partition: added up), and the live subscribers.
+  keeps, per partition: added up), since when (after Redis lost them), and the live
+  subscribers.
 Redis or the database down raises, and the app answers 503.
 """
 
@@ -34,8 +35,9 @@ from txstream.heartbeats import count_live
 from txstream.keys import Keys
 from txstream.money import format_amount
 from txstream.queries import InvalidCursor, unwrap, wrap
+from txstream.rebuild_redis import ALL
 from txstream.store import RATE_BUCKET, rate_bucket
-from txstream.times import format_time, from_micros, to_micros, utcnow
+from txstream.times import format_time, from_micros, parse_time, to_micros, utcnow
 from txstream.transaction import Transaction, to_json
 from txstream.wrongtype import WrongType, is_wrong_type, replacing
 
@@ -130,15 +132,23 @@ def rate_series(client: redis.Redis, keys: Keys, now: float) -> list[dict]:
 
 def counts(client: redis.Redis, keys: Keys) -> dict:
     """The transactions ever stored, the duplicates (each partition's, added up) and the
-    dead letters. Raises `WrongType` when a partition's counts are of another type (the
+    dead letters; from when the last two count (null: all time), and whether Redis is
+    rebuilding its derived state (`stored` lacks rows stored before it lost it meanwhile).
+
+    Duplicates and dead letters are known to Redis only: after Redis lost them they count
+    from the time in the markers (txstream.rebuild_redis); a marker not written yet counts
+    as now. Raises `WrongType` when a partition's counts are of another type (the
     partition's next batch replaces them); a count of dead letters of another type is
     taken as the list's length, as the subscribers take it (txstream.store)."""
     with client.pipeline(transaction=False) as pipe:
         for partition in range(keys.partitions):
             pipe.hmget(keys.counts(partition), ["stored", "duplicates"])
+            pipe.get(keys.derived(partition))
         pipe.get(keys.dead_count)
-        *by_partition, dead_letters = pipe.execute(raise_on_error=False)
-    for partition, reply in enumerate(by_partition):
+        pipe.get(keys.dead_since)
+        *by_partition, dead_letters, dead_since = pipe.execute(raise_on_error=False)
+    hashes, markers = by_partition[::2], by_partition[1::2]
+    for partition, reply in enumerate(hashes):
         if is_wrong_type(reply):
             raise WrongType(keys.counts(partition))
     if is_wrong_type(dead_letters):
@@ -147,14 +157,32 @@ def counts(client: redis.Redis, keys: Keys) -> dict:
             dead_letters = client.llen(keys.dead)
         except redis.ResponseError as exc:
             raise WrongType(keys.dead) if is_wrong_type(exc) else exc from None
-    for reply in (*by_partition, dead_letters):
+    markers = [None if is_wrong_type(m) else m for m in markers]
+    dead_since = None if is_wrong_type(dead_since) else dead_since
+    for reply in (*hashes, *markers, dead_letters, dead_since):
         if isinstance(reply, Exception):
             raise reply
     return {
-        "stored": sum(_count(stored) for stored, _ in by_partition),
-        "duplicates": sum(_count(duplicates) for _, duplicates in by_partition),
+        "stored": sum(_count(stored) for stored, _ in hashes),
+        "duplicates": sum(_count(duplicates) for _, duplicates in hashes),
         "dead_letters": _count(dead_letters),
+        "since": {"duplicates": _since(markers), "dead_letters": _since([dead_since])},
+        "rebuilding": None in markers,
     }
+
+
+def _since(markers: list[bytes | None]) -> str | None:
+    """The latest time in `markers` (txstream.rebuild_redis; missing or unreadable: now),
+    or None when each says `all`."""
+    times = []
+    for marker in markers:
+        if marker == ALL.encode():
+            continue
+        try:
+            times.append(parse_time(marker.decode("ascii")) if marker else utcnow())
+        except (ValueError, UnicodeDecodeError):
+            times.append(utcnow())
+    return format_time(max(times)) if times else None
 
 
 def top_users(client: redis.Redis, keys: Keys, read: Reader, window_start: datetime) -> dict:

@@ -120,7 +120,7 @@ _SCHEMAS = {
             "type": "array",
             "items": _ref("schemas", "Transaction"),
             "maxItems": RECENT_SIZE,
-            "description": "Newest first, as the user's Redis list holds them",
+            "description": "Newest first by (time, txn_id), as the user's Redis list holds them",
         },
     ),
     "Sum": _object(
@@ -315,6 +315,10 @@ _CURSOR = {
 }
 _LIVE_POSITION = {**_CURSOR, "format": LIVE_POSITION_FORMAT}
 _COUNT = {"type": "integer", "minimum": 0}
+_SINCE = {
+    "oneOf": [_ref("schemas", "Time"), {"type": "null"}],
+    "description": "Counted since then (Redis, which alone keeps it, lost it); null: all time",
+}
 _TOP_USER = _object(user_id=_USER_ID, count=_COUNT, sum=_ref("schemas", "Total"))
 _TOP_LIST = {"type": "array", "items": _TOP_USER, "maxItems": TOP_USERS}
 _SCHEMAS["Live"] = _object(
@@ -349,7 +353,22 @@ _SCHEMAS["Live"] = _object(
         by_sum={**_TOP_LIST, "description": "The largest absolute sums of the window"},
         by_count={**_TOP_LIST, "description": "The most transactions in the window"},
     ),
-    counts=_object(stored=_COUNT, duplicates=_COUNT, dead_letters=_COUNT),
+    counts=_object(
+        stored=_COUNT,
+        duplicates=_COUNT,
+        dead_letters=_COUNT,
+        since=_object(
+            duplicates=_SINCE,
+            dead_letters=_SINCE,
+        ),
+        rebuilding={
+            "type": "boolean",
+            "description": (
+                "Redis is rebuilding what it lost from the database: `stored` lacks the "
+                "rows stored before the loss until it is done"
+            ),
+        },
+    ),
     subscribers={**_COUNT, "description": "Subscribers with a recent heartbeat"},
     health=_object(
         redis={"type": "string", "enum": ["ok"]}, database={"type": "string", "enum": ["ok"]}
@@ -582,10 +601,12 @@ def document(window_hours: Decimal) -> dict:
             ),
             "/api/users/{user_id}/recent": _operation(
                 "userRecent",
-                f"The user's latest {RECENT_SIZE} transactions, read from its Redis list",
+                f"The user's latest {RECENT_SIZE} transactions, read from its Redis list "
+                "(from the database while Redis rebuilds what it lost)",
                 "The user's recent list (empty for an unknown user)",
                 _json(_ref("schemas", "Recent")),
                 user_id,
+                replica_read=True,
             ),
             "/api/users/{user_id}/windows": _operation(
                 "userWindows",

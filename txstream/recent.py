@@ -12,6 +12,10 @@ JSON. The usual case is a new transaction newer than the list's head: one LPUSH 
 trim). Next, late transactions older than everything in a full list: left out, after one
 look at its last item. Otherwise the list and the new items are merged, repeats dropped,
 and written back only if something changed.
+
+The web app reads a list with its partition's marker, in one script call (`latest`): a
+Redis that lost its data has no marker, and the web app then reads the database until a
+subscriber has rebuilt the lists (txstream.rebuild_redis).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 
 import redis
+from redis.commands.core import Script
 
 from txstream.keys import Keys
 from txstream.times import parse_time
@@ -132,6 +137,18 @@ return {dropped, replaced}
 )
 
 
+# The web app's read: the partition's marker (KEYS[1]: txstream.rebuild_redis) and the list
+# (KEYS[2]) in one atomic call, so that a list is never taken for complete when Redis lost
+# the partition's state, even between the two reads. Nil while the marker is missing.
+_LATEST = Script(
+    None,
+    f"""
+if not redis.call('GET', KEYS[1]) then return false end
+return redis.call('LRANGE', KEYS[2], 0, {RECENT_SIZE - 1})
+""".encode(),
+)
+
+
 def _recency(tx: Transaction) -> tuple:
     return tx.ts, tx.txn_id
 
@@ -176,18 +193,45 @@ class RecentLists:
                 raise WrongType(key) from None
             log.error("recent list %s is unreadable (%s); showing none", key, exc)
             return []
-        txns = []
+        return self._parsed(key, user_id, items)[0]
+
+    def latest(self, user_id: int) -> list[Transaction] | None:
+        """The user's latest transactions, newest first, if Redis holds them all; else None,
+        and the caller reads them from the database.
+
+        None while the derived state of the user's partition is missing (Redis lost it, or
+        it is being rebuilt: txstream.rebuild_redis), or when the list holds anything but
+        the user's transactions as txstream writes them (logged). One round trip.
+        """
+        key = self.keys.recent(user_id)
+        marker = self.keys.derived(self.keys.partition_of(user_id))
+        try:
+            items = _LATEST(keys=[marker, key], client=self.client)
+        except redis.ResponseError as exc:
+            log.error("recent list %s is unreadable (%s); reading the database", key, exc)
+            return None
+        if items is None:
+            return None
+        txns, unreadable = self._parsed(key, user_id, items)
+        return None if unreadable else txns
+
+    @staticmethod
+    def _parsed(key: str, user_id: int, items: list[bytes]) -> tuple[list[Transaction], int]:
+        """The items that are the user's transactions, and how many others (each logged)."""
+        txns, unreadable = [], 0
         for item in items:
             try:
                 tx = from_json_text(item)
             except ValueError as exc:
                 log.error("recent list %s: skipping an unreadable item (%s)", key, exc)
+                unreadable += 1
                 continue
             if tx.user_id != user_id:
                 log.error("recent list %s: skipping a transaction of user %d", key, tx.user_id)
+                unreadable += 1
                 continue
             txns.append(tx)
-        return txns
+        return txns, unreadable
 
     def migrate(self) -> None:
         """Move the sorted sets of layout 1 into the lists, once per Redis (logged).

@@ -47,6 +47,48 @@ class StopFlag:
         return self._event.wait(max(seconds, 0))
 
 
+class Background:
+    """Calls `work()` now and then every `interval` s, in a daemon thread of its own, until
+    stopped: what the subscriber does beside storing, so that storing never waits for it.
+
+    A failure is logged once, as a WARNING naming `what`, until a call succeeds again; the
+    next call tries again.
+    """
+
+    def __init__(self, what: str, work: Callable[[], object], interval: float, name: str) -> None:
+        self.what = what
+        self.work = work
+        self.interval = interval
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._failing = False
+
+    def start(self) -> None:
+        """Call it now, then every interval."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop calling it; wait for a call under way (`stopping()` tells it to hurry)."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def stopping(self) -> bool:
+        """Whether `stop()` was called."""
+        return self._stopping.is_set()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                self.work()
+                self._failing = False
+            except Exception as exc:  # the top of the thread's loop: log it, call again
+                if not self._failing and not self._stopping.is_set():
+                    log.warning("%s failed (retrying): %s", self.what, exc)
+                self._failing = True
+            self._stopping.wait(self.interval)
+
+
 class Backoff:
     """Capped exponential delays: 0.1 s, 0.2 s, 0.4 s, ... up to `cap` seconds."""
 
