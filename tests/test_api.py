@@ -476,7 +476,7 @@ def test_a_wrongtype_no_reader_expected_is_a_503_any_other_refusal_a_500(
     def refused(self, user_id):
         raise redis.ResponseError(error)
 
-    monkeypatch.setattr(RecentLists, "read", refused)
+    monkeypatch.setattr(RecentLists, "latest", refused)
     app.config["PROPAGATE_EXCEPTIONS"] = False
 
     response = client.get("/api/users/1/recent")

@@ -33,6 +33,7 @@ from txstream import queries, tokens
 from txstream.heartbeats import Heartbeat
 from txstream.keys import Keys
 from txstream.processes import wait_until
+from txstream.rebuild_redis import RedisRebuild
 from txstream.recent import RECENT_SIZE, RecentLists
 from txstream.store import RATE_BUCKET, Store, dead_letter, rate_bucket
 from txstream.testing import (
@@ -82,6 +83,9 @@ KEYS: dict[str, tuple[Callable[[World], str], str]] = {
     "ratelimit": (lambda w: w.keys.rate_count(f"token:{w.token_id}", *RATE_LIMIT), "string"),
     "token-epoch": (lambda w: w.keys.token_epoch, "string"),
     "live-top": (lambda w: w.keys.live_top(w.window), "string"),
+    "derived": (lambda w: w.keys.derived(0), "string"),
+    "derived-lock": (lambda w: w.keys.derived_lock(0), "string"),
+    "dead-since": (lambda w: w.keys.dead_since, "string"),
 }
 # What may answer 503 (naming the key) while a key is of another type: nothing else may.
 MAY_BE_503 = {"counts": {"/api/live"}, "dead": {"/api/dead-letters", "/dead-letters"}}
@@ -156,6 +160,7 @@ def test_a_key_of_another_type_breaks_nothing_and_its_writer_replaces_it(
     store.store(new, [dead_letter(lines[2], "not a transaction")], {0: ids})
     RecentLists(redis_client, keys).migrate()
     heartbeat.beat()
+    RedisRebuild(mysql_engine, redis_client, keys, "sub-1").check()
 
     assert {tx.txn_id for tx in stored_transactions(mysql_engine)} == {
         tx.txn_id for tx in seeded + new
@@ -187,6 +192,9 @@ def test_the_subscriber_stores_and_acknowledges_everything_and_replaces_every_ke
         keys.dead_count: "string",
         keys.layout: "string",
         keys.subscribers: "zset",
+        keys.derived(0): "string",
+        keys.derived_lock(0): "string",
+        keys.dead_since: "string",
     }
     retyped = [key for key, own in derived.items() if own != kind]
     # The ingest-rate counters of the next two minutes: each one used is replaced.

@@ -47,6 +47,7 @@ from txstream.recent import MERGE_RECENT_LUA, RECENT_SIZE, merge_arguments
 from txstream.runtime import Background
 from txstream.times import format_time, utcnow
 from txstream.transaction import Transaction
+from txstream.wrongtype import REPLACE_LUA, log_replaced, replacing
 
 log = logging.getLogger(__name__)
 
@@ -57,18 +58,30 @@ ALL = "all"  # a marker's `since` when every count is of all time
 
 # Lua: KEYS: a partition's lock, marker, counts. ARGV: the rebuilder's name, the lock's
 # lifetime (ms), '1' to rebuild even a complete partition. Takes the lock (or finds it
-# its own), deletes the marker, zeroes `stored`: 1. Else the lock's holder, or 0 when
-# there is nothing to rebuild.
-_BEGIN = """
+# its own), deletes the marker, zeroes `stored`: {1, replaced}. Else {the lock's holder,
+# replaced}, or {0, replaced} when there is nothing to rebuild. A key of another type is
+# replaced (`replaced`: txstream.wrongtype); a marker of another type is no marker.
+_BEGIN = (
+    REPLACE_LUA
+    + """
+local function usable(key, kind)
+  local found = redis.call('TYPE', key)['ok']
+  if found == 'none' or found == kind then return found end
+  note(key, found)
+  redis.call('DEL', key)
+  return 'none'
+end
+usable(KEYS[1], 'string')
 local holder = redis.call('GET', KEYS[1])
-if holder and holder ~= ARGV[1] then return holder end
-if ARGV[3] ~= '1' and redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+if holder and holder ~= ARGV[1] then return {holder, replaced} end
+if usable(KEYS[2], 'string') == 'string' and ARGV[3] ~= '1' then return {0, replaced} end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 redis.call('DEL', KEYS[2])
-if redis.call('TYPE', KEYS[3])['ok'] ~= 'hash' then redis.call('DEL', KEYS[3]) end
+usable(KEYS[3], 'hash')
 redis.call('HSET', KEYS[3], 'stored', 0)
-return 1
+return {1, replaced}
 """
+)
 
 # KEYS: the lock, then recent lists (of one partition). ARGV: the rebuilder's name, the
 # lock's lifetime (ms), then for each list its number of items and the items, oldest
@@ -193,12 +206,14 @@ class RedisRebuild:
         letters' `since` is written if it is missing."""
         with self.client.pipeline(transaction=False) as pipe:
             for partition in range(self.keys.partitions):
-                pipe.exists(self.keys.derived(partition))
-            pipe.exists(self.keys.dead_since)
+                pipe.type(self.keys.derived(partition))
+            pipe.type(self.keys.dead_since)
             *markers, dead_since = pipe.execute()
-        if not dead_since:
-            self.client.set(self.keys.dead_since, self._since(), nx=True)
-        return [p for p, present in enumerate(markers) if not present]
+        if dead_since != b"string":  # missing, or of another type: replaced
+            if dead_since != b"none":
+                replacing(self.client, self.keys.dead_since)
+            self.client.set(self.keys.dead_since, self._since(), nx=dead_since == b"none")
+        return [p for p, kind in enumerate(markers) if kind != b"string"]
 
     def check(self, stopping: Callable[[], bool] = lambda: False) -> Rebuilt | None:
         """Rebuild the partitions whose derived state is missing, if any (`rebuild`)."""
@@ -222,9 +237,10 @@ class RedisRebuild:
         wanted = range(self.keys.partitions) if partitions is None else partitions
         held, mine = {}, []
         for p in wanted:
-            answer = self._begin(
+            answer, replaced = self._begin(
                 keys=self._state_keys(p), args=[self.owner, LOCK_MS, "1" if force else "0"]
             )
+            log_replaced(replaced)
             if answer == 1:
                 mine.append(p)
             elif answer != 0:
