@@ -11,7 +11,7 @@ import re
 import pytest
 import redis
 
-from tests.helpers import TEST_REDIS_URL
+from tests.helpers import KINDS, TEST_REDIS_URL, retype
 from txstream.keys import Keys
 from txstream.processes import wait_until
 from txstream.transport import (
@@ -248,21 +248,12 @@ def test_a_line_longer_than_the_cap_comes_cut_with_the_size_and_hash_of_the_whol
     assert message.whole == (len(line), hashlib.sha256(line).hexdigest())
 
 
-WRONG_TYPES = {
-    "string": lambda c, k: c.set(k, "gone"),
-    "list": lambda c, k: c.rpush(k, "a"),
-    "hash": lambda c, k: c.hset(k, "a", "b"),
-    "set": lambda c, k: c.sadd(k, "a"),
-    "zset": lambda c, k: c.zadd(k, {"a": 1}),
-}
-
-
 @pytest.mark.services
-@pytest.mark.parametrize("kind", WRONG_TYPES)
+@pytest.mark.parametrize("kind", [kind for kind in KINDS if kind != "stream"])
 def test_a_stream_key_of_another_type_is_logged_once_and_read_again_once_deleted(
     redis_client, stream, counts, caplog, kind
 ):
-    WRONG_TYPES[kind](redis_client, stream)
+    retype(redis_client, stream, kind)
     source = new_source(redis_client, stream, counts)  # starting: no error
 
     for _ in range(5):  # tried again with backoff, said once
