@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import urljoin, urlsplit
 
 import pytest
 import redis
@@ -188,14 +189,58 @@ def test_revoking_a_token_ends_its_sessions(app):
     assert client.get("/").status_code == 302
 
 
-@pytest.mark.parametrize(
-    "target", ["//evil.example/x", "https://evil.example/", "/\\evil.example", "javascript:x"]
-)
+def test_a_form_posted_without_a_session_csrf_value_is_refused(app, anonymous):
+    """Login CSRF: a cross-site POST carries no cookie, so no session's CSRF value to match."""
+    token = create_token(app, "attacker")
+    for csrf in ("x", "", "é"):
+        assert anonymous.post("/login", data={"csrf": csrf, "token": token}).status_code == 400
+    assert anonymous.get("/").status_code == 302  # not signed in
+    signed_in = signed_in_client(app)  # a session, but one without a CSRF value
+    assert signed_in.post("/logout", data={"csrf": "x"}).status_code == 400
+    assert signed_in.get("/").status_code == 200  # still signed in
+
+
+OTHER_HOSTS = [
+    "//evil.example/x",
+    "https://evil.example/",
+    "/\\evil.example",
+    "javascript:x",
+    "/\t/evil.example/phish",
+    "/\r/evil.example",
+    "/\n/evil.example",
+    "/users/7\r\nLocation: //evil.example",
+    "/\x0b/evil.example",
+    "/\x00/evil.example",
+    " //evil.example",
+    "/ /evil.example",
+    "\t//evil.example",
+    "\\\\evil.example",
+    "/\\/evil.example",
+    "%2F%2Fevil.example",
+    "http:evil.example",
+    "http:/evil.example",
+    "https:\\\\evil.example",
+    "///evil.example",
+    "/.//evil.example",
+    "/..//evil.example",
+    "/x/..//evil.example",
+    "//evil\uff0eexample",
+    "/\uff0f/evil.example",
+    "/\uff0e\uff0e/evil.example",
+]
+SAME_SITE = ["/users/7", "/users?user_id=1", "/%2F/evil.example", "/%5Cevil.example", "/%09/x"]
+
+
+@pytest.mark.parametrize("target", OTHER_HOSTS + SAME_SITE)
 def test_signing_in_never_redirects_to_another_host(app, anonymous, target):
     token = create_token(app, "redirected")
     fields = login_form(anonymous)
     response = anonymous.post("/login", data={**fields, "token": token, "next": target})
-    assert response.headers["Location"] == "/"
+    assert response.status_code == 302
+    location = response.headers["Location"]
+    assert location == (target if target in SAME_SITE else "/")
+    followed = urlsplit(urljoin("http://testserver/", location))  # as a browser resolves it
+    assert (followed.scheme, followed.netloc) == ("http", "testserver")
 
 
 def test_untrusted_host_headers_are_refused(app, client):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import secrets
 from dataclasses import dataclass
 
@@ -204,14 +205,26 @@ def csrf_token() -> str:
 
 
 def _check_csrf() -> None:
-    sent = request.form.get("csrf", "")
-    if not (isinstance(sent, str) and hmac.compare_digest(sent, session.get("csrf", "") or "x")):
+    """400 unless the form's CSRF field is this session's: a session without one (no cookie,
+    as in a cross-site sign-in) matches nothing. Compared as bytes: any text may be sent."""
+    sent, expected = request.form.get("csrf", "").encode(), session.get("csrf")
+    if not (
+        isinstance(expected, str) and expected and hmac.compare_digest(sent, expected.encode())
+    ):
         abort(400, description="the form has expired or did not come from this site; try again")
 
 
+# A path of this site: one "/", then only characters a URL carries as they are (no space,
+# control, back-slash or non-ASCII character, which browsers and Werkzeug drop or rewrite).
+_SAFE_NEXT = re.compile(r"/(?!/)[A-Za-z0-9\-._~!$&'()*+,;=:@/?%]*")
+_DOT_SEGMENT = re.compile(r"/\.\.?(?:/|$)")
+
+
 def _safe_next(target: str | None) -> str:
-    """`target` if it is a path of this site, else the start page: never another host."""
-    if target and target.startswith("/") and not target.startswith(("//", "/\\")):
+    """`target` if it is plainly a path of this site, else the start page: never another
+    host. An allow-list, because every encoding a browser normalises is a way out."""
+    path = (target or "").partition("?")[0]
+    if _SAFE_NEXT.fullmatch(target or "") and "//" not in path and not _DOT_SEGMENT.search(path):
         return target
     return url_for("pages.index")
 
