@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
 import os
 import socket
@@ -88,8 +89,7 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
         SECRET_KEY=settings.secret_key or None,
         RATE_LIMIT=settings.rate_limit,
         TRUSTED_HOSTS=list(settings.trusted_hosts) or None,
-        # Werkzeug refuses a longer body with a 413 as it reads one (a chunked one too);
-        # _refuse_long_bodies refuses a declared one before anything reads it.
+        # A longer body gets a 413 (_refuse_long_bodies)
         MAX_CONTENT_LENGTH=settings.max_content_length,
         PUBLIC_URL=settings.public_url,  # the API docs' examples name it; else no host
     )
@@ -237,11 +237,31 @@ def _layout(window_hours) -> Layout:
 
 
 def _refuse_long_bodies() -> None:
-    """A body declared longer than MAX_CONTENT_LENGTH: 413 at once, unread, whatever the
-    route (Werkzeug alone would refuse it only when a route reads the body)."""
+    """A body longer than MAX_CONTENT_LENGTH: 413, whatever the route. A declared one is
+    refused unread (Werkzeug alone would refuse it only when a route reads the body). A
+    chunked one is read here, at most a byte past the limit, and handed on as a body of
+    known length: Werkzeug alone would cut it at the limit and parse what it had read."""
     limit = current_app.config["MAX_CONTENT_LENGTH"]
-    if limit is not None and (request.content_length or 0) > limit:
+    environ = request.environ
+    if (request.content_length or 0) > limit:
         raise RequestEntityTooLarge(f"a request body may be {limit} bytes at most")
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower() and environ.get(
+        "wsgi.input_terminated"  # the server dechunks it (gunicorn); else Werkzeug reads none
+    ):
+        body = _read_at_most(environ["wsgi.input"], limit + 1)
+        if len(body) > limit:
+            raise RequestEntityTooLarge(f"a request body may be {limit} bytes at most")
+        del environ["HTTP_TRANSFER_ENCODING"]
+        environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))})
+
+
+def _read_at_most(stream, size: int) -> bytes:
+    """Up to `size` bytes of `stream`: fewer only at its end."""
+    parts, left = [], size
+    while left > 0 and (part := stream.read(left)):
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
 
 
 def _relative_redirects() -> None:

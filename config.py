@@ -76,8 +76,8 @@ class Settings:
     secret_key: str = field(default="", repr=False)  # signs the pages' session cookie
     rate_limit: str = "600/minute"  # API requests per token (`limits` notation)
     trusted_hosts: tuple[str, ...] = ()  # Host headers the web app answers; () = any
-    # The largest request body the web app takes, bytes (a sign-in form is under 1 KiB);
-    # a longer one gets a 413 before it is read.
+    # The largest request body the web app takes, bytes (its only form, the sign-in's, holds
+    # a token, a CSRF token and a path); a longer one gets a 413 before it is read.
     max_content_length: int = 64 * 1024
     public_url: str = ""  # the web app's address, for the API docs' examples; "" = none
     # The subscriber's Prometheus metrics port; 0 = none. 9108: in 9100-9999, where exporters
