@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import logging
 import os
 import socket
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import click
 import redis
@@ -26,7 +28,8 @@ from redis.cluster import RedisCluster
 from redis.exceptions import ClusterDownError, RedisClusterException
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
-from werkzeug.exceptions import HTTPException, ServiceUnavailable
+from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
+from werkzeug.routing import RequestRedirect
 
 import config
 import models
@@ -86,6 +89,9 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
         SECRET_KEY=settings.secret_key or None,
         RATE_LIMIT=settings.rate_limit,
         TRUSTED_HOSTS=list(settings.trusted_hosts) or None,
+        # A longer body gets a 413 (_refuse_long_bodies)
+        MAX_CONTENT_LENGTH=settings.max_content_length,
+        PUBLIC_URL=settings.public_url,  # the API docs' examples name it; else no host
     )
     if test_config is None:
         # A no-op when the host (pytest, gunicorn) has configured logging already.
@@ -116,6 +122,8 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
         _check_window(app)
 
     metrics.init_app(app)  # first: it times the requests that access.init_app refuses too
+    app.before_request(_refuse_long_bodies)
+    app.before_request(_relative_redirects)
     access.init_app(app)
     replica.init_app(app)
     app.register_blueprint(api.bp)
@@ -226,6 +234,43 @@ def _reads_from(app: Flask) -> str:
 
 def _layout(window_hours) -> Layout:
     return Layout.for_window(int(window_hours * 3600))
+
+
+def _refuse_long_bodies() -> None:
+    """A body longer than MAX_CONTENT_LENGTH: 413, whatever the route. A declared one is
+    refused unread (Werkzeug alone would refuse it only when a route reads the body). A
+    chunked one is read here, at most a byte past the limit, and handed on as a body of
+    known length: Werkzeug alone would cut it at the limit and parse what it had read."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    environ = request.environ
+    if (request.content_length or 0) > limit:
+        raise RequestEntityTooLarge(f"a request body may be {limit} bytes at most")
+    if "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower() and environ.get(
+        "wsgi.input_terminated"  # the server dechunks it (gunicorn); else Werkzeug reads none
+    ):
+        body = _read_at_most(environ["wsgi.input"], limit + 1)
+        if len(body) > limit:
+            raise RequestEntityTooLarge(f"a request body may be {limit} bytes at most")
+        del environ["HTTP_TRANSFER_ENCODING"]
+        environ.update({"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": str(len(body))})
+
+
+def _read_at_most(stream, size: int) -> bytes:
+    """Up to `size` bytes of `stream`: fewer only at its end."""
+    parts, left = [], size
+    while left > 0 and (part := stream.read(left)):
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+def _relative_redirects() -> None:
+    """Werkzeug's own redirects (`/users//1` to `/users/1`) name the request's Host: they
+    name none here, so that no Host header can send a browser (or a cache) elsewhere."""
+    exc = request.routing_exception
+    if isinstance(exc, RequestRedirect):
+        target = urlsplit(exc.new_url)
+        exc.new_url = urlunsplit(("", "", "/" + target.path.lstrip("/"), target.query, ""))
 
 
 def _http_error(exc: HTTPException):

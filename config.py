@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from urllib.parse import unquote_plus
+from urllib.parse import unquote_plus, urlsplit
 
 from dotenv import load_dotenv
 from limits import parse_many  # RATE_LIMIT's notation, e.g. 600/minute
@@ -76,6 +76,10 @@ class Settings:
     secret_key: str = field(default="", repr=False)  # signs the pages' session cookie
     rate_limit: str = "600/minute"  # API requests per token (`limits` notation)
     trusted_hosts: tuple[str, ...] = ()  # Host headers the web app answers; () = any
+    # The largest request body the web app takes, bytes (its only form, the sign-in's, holds
+    # a token, a CSRF token and a path); a longer one gets a 413 before it is read.
+    max_content_length: int = 64 * 1024
+    public_url: str = ""  # the web app's address, for the API docs' examples; "" = none
     # The subscriber's Prometheus metrics port; 0 = none. 9108: in 9100-9999, where exporters
     # listen (a firewall rule for them covers it), and none of the common ones' (9100, 9104).
     metrics_port: int = 9108
@@ -146,6 +150,8 @@ def load(env: dict[str, str] | None = None) -> Settings:
         trusted_hosts=tuple(
             h.strip() for h in env.get("TRUSTED_HOSTS", "").split(",") if h.strip()
         ),
+        max_content_length=_positive_int(env, "MAX_CONTENT_LENGTH", defaults.max_content_length),
+        public_url=_public_url(env.get("PUBLIC_URL", "")),
         metrics_port=_whole(env, "METRICS_PORT", defaults.metrics_port, 0, maximum=65535),
         metrics_bind=_text(env, "METRICS_BIND", defaults.metrics_bind),
         redis_cluster=_optional_flag(env, "REDIS_CLUSTER"),
@@ -348,6 +354,28 @@ def _rate_limit(raw: str) -> str:
             f"RATE_LIMIT must be a limit like 600/minute or 10/second;100/minute (got {raw!r})"
         ) from None
     return raw
+
+
+def _public_url(raw: str) -> str:
+    """PUBLIC_URL without its trailing slash: http(s)://host[:port][/path], nothing else."""
+    url = raw.strip().rstrip("/")
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError when the port is not one
+    except ValueError:  # "https://[x", "https://h:99999"
+        parts = None
+    if url and not (
+        parts
+        and parts.scheme in ("http", "https")
+        and parts.hostname
+        and not (parts.query or parts.fragment or parts.username)
+        and re.fullmatch(r"[A-Za-z0-9._~:/%\[\]-]+", url)
+    ):
+        raise ConfigError(
+            "PUBLIC_URL must be an address like https://txstream.bank.example "
+            f"(got {mask_url(raw)!r})"
+        )
+    return url
 
 
 def _log_level(raw: str) -> str:

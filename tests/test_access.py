@@ -3,6 +3,7 @@ and what every response tells browsers."""
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 from urllib.parse import urljoin, urlsplit
@@ -247,6 +248,67 @@ def test_untrusted_host_headers_are_refused(app, client):
     app.config["TRUSTED_HOSTS"] = ["txstream.bank.example"]
     assert client.get("/healthz", headers={"Host": "evil.example"}).status_code == 400
     assert client.get("/healthz", headers={"Host": "txstream.bank.example"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [("/users//1", "/users/1"), ("/api//transactions?limit=2", "/api/transactions?limit=2")],
+)
+def test_redirects_never_name_the_requests_host(anonymous, path, location):
+    response = anonymous.get(path, headers={"Host": "evil.example"})
+    assert response.status_code == 308
+    assert response.headers["Location"] == location
+
+
+# --- request bodies ------------------------------------------------------------------------
+
+
+class _Unreadable(io.RawIOBase):
+    """A request body that fails the test if anything reads it."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        raise AssertionError("the body was read")
+
+
+@pytest.mark.parametrize(("path", "json"), [("/login", False), ("/api/transactions", True)])
+def test_a_body_declared_too_long_is_refused_unread(app, anonymous, path, json):
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    assert limit == config.Settings().max_content_length == 64 * 1024
+    response = anonymous.post(
+        path,
+        content_type="application/x-www-form-urlencoded",
+        environ_overrides={"wsgi.input": _Unreadable(), "CONTENT_LENGTH": str(limit + 1)},
+    )
+    assert response.status_code == 413
+    assert response.is_json == json
+    assert f"{limit} bytes at most" in response.get_data(as_text=True)
+
+
+def chunked(client, body: bytes):
+    """POST `body` to /login as a chunked body that the server has dechunked (gunicorn)."""
+    environ = {"wsgi.input": io.BytesIO(body), "wsgi.input_terminated": True}
+    headers = {"Transfer-Encoding": "chunked"}
+    form = "application/x-www-form-urlencoded"
+    return client.post("/login", content_type=form, headers=headers, environ_overrides=environ)
+
+
+def test_a_chunked_body_is_refused_past_the_limit_and_read_within_it(app, anonymous):
+    limit = app.config["MAX_CONTENT_LENGTH"]
+    response = chunked(anonymous, b"token=" + b"A" * limit)
+    assert response.status_code == 413
+    csrf = login_form(anonymous)["csrf"]
+    body = f"csrf={csrf}&token=x&next=".encode()
+    assert chunked(anonymous, body.ljust(limit, b"A")).status_code == 401  # read whole
+
+
+def test_a_body_within_the_limit_is_read(app, anonymous):
+    fields = login_form(anonymous)
+    padding = "A" * (app.config["MAX_CONTENT_LENGTH"] // 2)
+    response = anonymous.post("/login", data={**fields, "token": "x", "next": padding})
+    assert response.status_code == 401
 
 
 # --- the API with a page session ---------------------------------------------------------

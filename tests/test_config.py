@@ -67,6 +67,16 @@ def test_metrics_port_and_bind():
     assert (settings.metrics_port, settings.metrics_bind) == (0, "0.0.0.0")  # nosec B104
 
 
+def test_max_content_length_in_bytes_and_public_url():
+    settings = config.load({})
+    assert (settings.max_content_length, settings.public_url) == (65536, "")
+    settings = config.load(
+        {"MAX_CONTENT_LENGTH": "1024", "PUBLIC_URL": "https://txstream.bank.example:8443/tx/"}
+    )
+    assert settings.max_content_length == 1024
+    assert settings.public_url == "https://txstream.bank.example:8443/tx"
+
+
 def test_dead_letters_max():
     assert config.load({}).dead_letters_max == 100_000
     assert config.load({"DEAD_LETTERS_MAX": "10"}).dead_letters_max == 10
@@ -116,6 +126,15 @@ def test_window_hours_in_whole_seconds(hours, seconds):
         ("READ_MAX_LAG_S", "inf", "READ_MAX_LAG_S must be a number of seconds > 0"),
         ("READ_MAX_LAG_S", "1e999", "READ_MAX_LAG_S must be a number of seconds > 0"),
         ("READ_MAX_LAG_S", "5s", "READ_MAX_LAG_S must be a number of seconds > 0 (got '5s')"),
+        ("MAX_CONTENT_LENGTH", "0", "MAX_CONTENT_LENGTH must be a whole number > 0 (got '0')"),
+        ("MAX_CONTENT_LENGTH", "64KiB", "MAX_CONTENT_LENGTH must be a whole number > 0"),
+        ("PUBLIC_URL", "txstream.bank.example", "PUBLIC_URL must be an address like https://"),
+        ("PUBLIC_URL", "ftp://txstream.bank.example", "PUBLIC_URL must be an address"),
+        ("PUBLIC_URL", "https://a.example/?x=1", "PUBLIC_URL must be an address"),
+        ("PUBLIC_URL", "https://u:pw@a.example", "PUBLIC_URL must be an address"),
+        ("PUBLIC_URL", 'https://a.example/"$(id)', "PUBLIC_URL must be an address"),
+        ("PUBLIC_URL", "https://[a.example", "PUBLIC_URL must be an address"),
+        ("PUBLIC_URL", "https://a.example:99999", "PUBLIC_URL must be an address"),
         ("DATABASE_READ_URL", "sqlite:///replica.sqlite3", "must name a MariaDB replica"),
         ("DATABASE_READ_URL", "postgresql://u:pw@h/db", "must name a MariaDB replica"),
         ("DATABASE_READ_URL", "replica:3306", "DATABASE_READ_URL is not a SQLAlchemy URL"),

@@ -7,6 +7,7 @@ document (status, content type, headers, body) and none may be a 5xx.
 
 from __future__ import annotations
 
+import http.client
 import json
 import secrets
 import urllib.request
@@ -138,3 +139,22 @@ def _modes(document: dict, path: str) -> list[GenerationMode]:
     if operation.get("parameters") or needs_token:
         return [GenerationMode.POSITIVE, GenerationMode.NEGATIVE]
     return [GenerationMode.POSITIVE]
+
+
+def test_the_live_app_refuses_long_bodies_unread(server):
+    """Under gunicorn, with a real client: a body declared longer than MAX_CONTENT_LENGTH
+    gets its 413 though none of it is sent; a chunked one, at the limit."""
+    url, _ = server
+    host, port = url.removeprefix("http://").split(":")
+    declared = http.client.HTTPConnection(host, int(port), timeout=10)
+    declared.putrequest("POST", "/login")
+    declared.putheader("Content-Type", "application/x-www-form-urlencoded")
+    declared.putheader("Content-Length", str(400 * 1024 * 1024))
+    declared.endheaders()  # and not a byte of the body: reading it would time out
+    response = declared.getresponse()
+    assert response.status == 413 and b"65536 bytes at most" in response.read()
+    chunked = http.client.HTTPConnection(host, int(port), timeout=10)
+    body = (b"A" * 1024 for _ in range(80))  # 80 KiB
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    chunked.request("POST", "/login", body=body, headers=headers, encode_chunked=True)
+    assert chunked.getresponse().status == 413

@@ -196,14 +196,21 @@ def test_the_docs_page_shows_every_path_and_loads_nothing_from_elsewhere(anonymo
         assert f"GET {path}</code>" in page
     for parameter in spec_of(app)["components"]["parameters"].values():
         assert f"<code>{parameter['name']}</code>" in page
-    example = (
-        """curl -H "Authorization: Bearer $TOKEN" 'http://localhost/api/users/1/sum?hours=6'"""
-    )
+    example = 'curl -H "Authorization: Bearer $TOKEN" "$TXSTREAM_URL/api/users/1/sum?hours=6"'
     assert example in html.unescape(page)
     assert_no_inline_code(page)
     for url in re.findall(r'(?:src|href|action)="([^"]*)"', page):
         assert url.startswith(("/", "#")) and not url.startswith("//"), url
     assert "default-src 'self'" in response.headers["Content-Security-Policy"]
+
+
+def test_the_docs_page_names_no_host_but_public_url(app, anonymous):
+    page = anonymous.get("/api/docs", headers={"Host": "evil.example"}).get_data(as_text=True)
+    assert "evil.example" not in page
+    app.config["PUBLIC_URL"] = "https://txstream.bank.example"
+    page = anonymous.get("/api/docs", headers={"Host": "evil.example"}).get_data(as_text=True)
+    assert "evil.example" not in page and "$TXSTREAM_URL" not in page
+    assert "https://txstream.bank.example/api/transactions" in page
 
 
 def test_a_changed_window_changes_the_documented_default(app, client):

@@ -202,7 +202,7 @@ def docs():
         spec=spec,
         operations=openapi.operations(spec),
         rule=openapi.rule,
-        base_url=request.host_url.rstrip("/"),
+        public_url=current_app.config["PUBLIC_URL"],
     )
 
 
