@@ -587,6 +587,15 @@ def test_with_redis_down_the_api_answers_503(app, client, closed_port):
     assert int(response.headers["Retry-After"]) >= 5
 
 
+def test_with_redis_down_a_wrong_token_or_sign_in_gets_503(app, anonymous, closed_port):
+    """Its failure cannot be counted: the answer says Redis is down, never a 500."""
+    fields = login_form(anonymous)
+    app.config["REDIS"] = redis.Redis(port=closed_port, socket_connect_timeout=1)
+    wrong = wrong_token()
+    assert anonymous.get("/api/users/1/sum", headers=bearer(wrong)).status_code == 503
+    assert anonymous.post("/login", data={**fields, "token": wrong}).status_code == 503
+
+
 @pytest.mark.parametrize("path", ["/api/users/1/sum", "/api/users/1/recent"])
 def test_with_redis_down_even_a_cached_token_gets_503(backend, key_prefix, closed_port, path):
     """Neither the rate limit nor a revocation can be checked: nothing is served."""
