@@ -59,11 +59,11 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
     Besides Flask's own keys, `test_config` may set ENGINE (a SQLAlchemy engine),
     DATABASE_READ_URL and READ_MAX_LAG_S (the replica that reads go to: txstream.replica),
     REDIS (a redis client), KEY_PREFIX, TRANSPORT, STREAM, GROUP, WINDOW_HOURS (a Decimal),
-    CLOCK (returns the current naive-UTC datetime), AUTH, SECRET_KEY and RATE_LIMIT. Only
-    the aggregates' layout is read at once (`_check_window`, unless `check_window` is
-    False), and Redis is asked whether it is a cluster (`_connect_redis`); nothing else
-    connects until a request needs it. KEYS holds the names of every Redis key, for every
-    blueprint. Raises `config.ConfigError` when the settings cannot work.
+    CLOCK (returns the current naive-UTC datetime), AUTH, SECRET_KEY, RATE_LIMIT and
+    AUTH_FAIL_LIMIT. Only the aggregates' layout is read at once (`_check_window`, unless
+    `check_window` is False), and Redis is asked whether it is a cluster (`_connect_redis`);
+    nothing else connects until a request needs it. KEYS holds the names of every Redis key,
+    for every blueprint. Raises `config.ConfigError` when the settings cannot work.
     """
     settings = config.load()
     app = Flask(__name__)
@@ -88,6 +88,7 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
         AUTH=settings.auth,
         SECRET_KEY=settings.secret_key or None,
         RATE_LIMIT=settings.rate_limit,
+        AUTH_FAIL_LIMIT=settings.auth_fail_limit,
         TRUSTED_HOSTS=list(settings.trusted_hosts) or None,
         # A longer body gets a 413 (_refuse_long_bodies)
         MAX_CONTENT_LENGTH=settings.max_content_length,

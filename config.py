@@ -75,6 +75,7 @@ class Settings:
     auth: bool = True  # the web app asks for a token; AUTH=off for local experiments only
     secret_key: str = field(default="", repr=False)  # signs the pages' session cookie
     rate_limit: str = "600/minute"  # API requests per token (`limits` notation)
+    auth_fail_limit: str = "20/minute"  # failed authentications per client address
     trusted_hosts: tuple[str, ...] = ()  # Host headers the web app answers; () = any
     # The largest request body the web app takes, bytes (its only form, the sign-in's, holds
     # a token, a CSRF token and a path); a longer one gets a 413 before it is read.
@@ -147,6 +148,9 @@ def load(env: dict[str, str] | None = None) -> Settings:
         auth=_choice(env, "AUTH", ("on", "off"), "on") == "on",
         secret_key=env.get("SECRET_KEY", ""),
         rate_limit=_rate_limit(env.get("RATE_LIMIT") or defaults.rate_limit),
+        auth_fail_limit=_rate_limit(
+            env.get("AUTH_FAIL_LIMIT") or defaults.auth_fail_limit, "AUTH_FAIL_LIMIT"
+        ),
         trusted_hosts=tuple(
             h.strip() for h in env.get("TRUSTED_HOSTS", "").split(",") if h.strip()
         ),
@@ -346,12 +350,12 @@ def _max_lag(raw: str | None, default: float) -> float:
     return seconds
 
 
-def _rate_limit(raw: str) -> str:
+def _rate_limit(raw: str, name: str = "RATE_LIMIT") -> str:
     try:
         parse_many(raw)
     except ValueError:
         raise ConfigError(
-            f"RATE_LIMIT must be a limit like 600/minute or 10/second;100/minute (got {raw!r})"
+            f"{name} must be a limit like 600/minute or 10/second;100/minute (got {raw!r})"
         ) from None
     return raw
 

@@ -6,10 +6,12 @@ from __future__ import annotations
 import io
 import logging
 import re
+import secrets
 from urllib.parse import urljoin, urlsplit
 
 import pytest
 import redis
+import sqlalchemy
 from sqlalchemy import select
 
 import config
@@ -545,6 +547,128 @@ def test_without_a_token_the_rate_limit_counts_per_address(backend, key_prefix):
     assert app.test_client().get("/api/openapi.json").status_code == 429  # the same address
 
 
+# --- failed authentication: limited per client address -------------------------------------
+
+
+def wrong_token() -> str:
+    """A token of the right form that was never made."""
+    return tokens.PREFIX + secrets.token_urlsafe(32)
+
+
+def from_address(app, address: str):
+    """A test client of `app` whose requests come from `address`."""
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = address
+    return client
+
+
+def test_wrong_tokens_get_429_after_the_address_limit_but_checked_tokens_are_served(
+    backend, key_prefix
+):
+    """The address's failures are limited, not its valid users: a token this worker has
+    checked is still served; one it has not is refused without a database query until the
+    window ends, and other addresses are not affected."""
+    app = make_app(backend, key_prefix, AUTH_FAIL_LIMIT="3/minute")
+    valid, later = create_token(app, "valid"), create_token(app, "later")
+    attacker = from_address(app, "10.0.0.1")
+    checked = [attacker.get("/api/users/1/sum", headers=bearer(valid)) for _ in range(2)]
+    assert [a.status_code for a in checked] == [200, 200]  # and cached (`cached`)
+    answers = [attacker.get("/api/users/1/sum", headers=bearer(wrong_token())) for _ in range(5)]
+    assert [a.status_code for a in answers] == [401, 401, 401, 429, 429]
+    assert 0 < int(answers[-1].headers["Retry-After"]) <= 60
+    assert "at most 3 per 1 minute" in answers[-1].get_json()["error"]
+    assert attacker.get("/api/users/1/sum", headers=bearer(valid)).status_code == 200
+    assert attacker.get("/api/users/1/sum", headers=bearer(later)).status_code == 429
+    assert attacker.get("/api/users/1/sum", headers=bearer("not-a-token")).status_code == 429
+    other = from_address(app, "10.0.0.2")
+    assert other.get("/api/users/1/sum", headers=bearer(later)).status_code == 200
+    assert other.get("/api/users/1/sum", headers=bearer(wrong_token())).status_code == 401
+
+
+def test_the_failure_limit_is_shared_by_every_app(backend, key_prefix):
+    """Two gunicorn workers count an address's failures together."""
+    apps = [make_app(backend, key_prefix, AUTH_FAIL_LIMIT="2/minute") for _ in range(2)]
+    clients = [from_address(app, "10.0.0.3") for app in (*apps, *apps)]
+    answers = [c.get("/api/users/1/sum", headers=bearer(wrong_token())) for c in clients]
+    assert [a.status_code for a in answers] == [401, 401, 429, 429]
+
+
+def test_failed_sign_ins_get_429_after_the_address_limit(backend, key_prefix):
+    app = make_app(backend, key_prefix, AUTH_FAIL_LIMIT="2/minute")
+    token = create_token(app, "person")
+    client = from_address(app, "10.0.0.4")
+    fields = login_form(client)
+    answers = [client.post("/login", data={**fields, "token": wrong_token()}) for _ in range(3)]
+    assert [a.status_code for a in answers] == [401, 401, 429]
+    assert int(answers[-1].headers["Retry-After"]) > 0
+    assert client.post("/login", data={**fields, "token": token}).status_code == 429
+    other = from_address(app, "10.0.0.5")
+    assert other.post("/login", data={**login_form(other), "token": token}).status_code == 302
+
+
+@pytest.fixture
+def token_queries(backend):
+    """The database queries of the tokens' table, as they run."""
+    engine = backend[0]
+    seen = []
+
+    def note(_conn, _cursor, statement, *_args):
+        if "api_tokens" in statement:
+            seen.append(statement)
+
+    sqlalchemy.event.listen(engine, "before_cursor_execute", note)
+    yield seen
+    sqlalchemy.event.remove(engine, "before_cursor_execute", note)
+
+
+def test_a_repeated_wrong_token_costs_one_database_query(backend, key_prefix, token_queries):
+    app = make_app(backend, key_prefix, AUTH_FAIL_LIMIT="100/minute")
+    client = from_address(app, "10.0.0.6")
+    wrong = wrong_token()
+    answers = [client.get("/api/users/1/sum", headers=bearer(wrong)) for _ in range(10)]
+    assert [a.status_code for a in answers] == [401] * 10
+    fields = login_form(client)
+    assert client.post("/login", data={**fields, "token": wrong}).status_code == 401
+    assert len(token_queries) == 1
+
+
+def test_the_wrong_tokens_of_an_address_over_its_limit_cost_no_query(
+    backend, key_prefix, token_queries
+):
+    app = make_app(backend, key_prefix, AUTH_FAIL_LIMIT="2/minute")
+    client = from_address(app, "10.0.0.7")
+    answers = [client.get("/api/users/1/sum", headers=bearer(wrong_token())) for _ in range(10)]
+    assert [a.status_code for a in answers] == [401, 401] + [429] * 8
+    assert len(token_queries) == 3  # the third is counted after its query, and refused
+
+
+def test_a_wrong_token_is_asked_again_after_a_minute(backend, key_prefix, monkeypatch):
+    """The cache of wrong tokens holds as long as that of valid ones, then the database is
+    asked again (a token brought back by restoring the database is then known)."""
+    app = make_app(backend, key_prefix)
+    token = create_token(app, "restored")
+    app.extensions["txstream_access"].cache.add_unknown(tokens.hash_of(token))
+    assert app.test_client().get("/api/users/1/sum", headers=bearer(token)).status_code == 401
+    clock = tokens.time.monotonic() + tokens.LAST_USED_EVERY.total_seconds()
+    monkeypatch.setattr(tokens.time, "monotonic", lambda: clock)
+    assert app.test_client().get("/api/users/1/sum", headers=bearer(token)).status_code == 200
+
+
+def test_the_cache_of_wrong_tokens_is_bounded():
+    cache = tokens.Cache()
+    hashes = [tokens.hash_of(wrong_token()) for _ in range(cache.MAX_ENTRIES + 1)]
+    for token_hash in hashes:
+        cache.add_unknown(token_hash)
+    assert len(cache._unknown) <= cache.MAX_ENTRIES
+    assert cache.unknown(hashes[-1])
+
+
+@pytest.mark.parametrize("value", ["many", "20/fortnight"])
+def test_auth_fail_limit_must_be_in_its_notation(value):
+    with pytest.raises(config.ConfigError, match="AUTH_FAIL_LIMIT"):
+        config.load({"AUTH_FAIL_LIMIT": value})
+
+
 # --- what every response says -------------------------------------------------------------
 
 
@@ -568,6 +692,15 @@ def test_with_redis_down_the_api_answers_503(app, client, closed_port):
     response = client.get("/api/users/1/recent")
     assert response.status_code == 503 and response.is_json
     assert int(response.headers["Retry-After"]) >= 5
+
+
+def test_with_redis_down_a_wrong_token_or_sign_in_gets_503(app, anonymous, closed_port):
+    """Its failure cannot be counted: the answer says Redis is down, never a 500."""
+    fields = login_form(anonymous)
+    app.config["REDIS"] = redis.Redis(port=closed_port, socket_connect_timeout=1)
+    wrong = wrong_token()
+    assert anonymous.get("/api/users/1/sum", headers=bearer(wrong)).status_code == 503
+    assert anonymous.post("/login", data={**fields, "token": wrong}).status_code == 503
 
 
 @pytest.mark.parametrize("path", ["/api/users/1/sum", "/api/users/1/recent"])

@@ -8,17 +8,21 @@ carry a CSRF token kept in the session. `/metrics` needs a bearer token like the
 counts against its rate limit: a scrape every 15 s is 4 of RATE_LIMIT's default 600 a
 minute (give Prometheus a token of its own, so that no API client uses its share up).
 `/healthz`, the API's description (/api/openapi.json, /api/docs), the login page and
-static files are open. With AUTH=off (local experiments only) nothing is asked, and every
-start says so.
+static files are open. A wrong token (API, session or sign-in) counts against its client
+address's AUTH_FAIL_LIMIT; over it, the address's failures and its tokens not yet checked by
+this worker get 429, while its tokens already checked are served. With AUTH=off (local
+experiments only) nothing is asked, and every start says so.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
+import math
 import re
 import secrets
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 from flask import (
     Blueprint,
@@ -68,17 +72,49 @@ def init_app(app: Flask) -> None:
     app.before_request(_guard)
     app.register_error_handler(RateLimited, _rate_limited)
     app.context_processor(lambda: {"csrf_token": csrf_token, "signed_in": g.get("token_name")})
+    keys = app.config["KEYS"]
     app.extensions["txstream_access"] = _Access(
-        FixedWindows(app.config["KEYS"], app.config["RATE_LIMIT"]), tokens.Cache()
+        FixedWindows(keys, app.config["RATE_LIMIT"]),
+        FixedWindows(keys, app.config["AUTH_FAIL_LIMIT"]),
+        tokens.Cache(),
     )
 
 
 @dataclass
 class _Access:
-    """An app's rate-limit counters and the tokens it has checked lately."""
+    """An app's rate-limit counters, the tokens it has checked lately, and the addresses
+    over their AUTH_FAIL_LIMIT: address -> (the refusal, until when on time.monotonic)."""
 
     limits: FixedWindows
+    failures: FixedWindows
     cache: tokens.Cache
+    blocked: dict[str, tuple[RateLimited, float]] = field(default_factory=dict)
+
+    MAX_BLOCKED = 10_000  # a bound: an attacker may have many addresses
+
+    def refuse_if_blocked(self, address: str) -> None:
+        """Raise RateLimited if `address` went over its failure limit lately: a token this
+        worker has not checked then costs no database query."""
+        entry = self.blocked.get(address)
+        if entry is None:
+            return
+        exceeded, until = entry
+        left = until - time.monotonic()
+        if left <= 0:
+            self.blocked.pop(address, None)
+            return
+        raise RateLimited(exceeded.limit, max(1, math.ceil(left)))
+
+    def failed(self, client, address: str) -> None:
+        """Count a failed authentication of `address`; raise RateLimited over the limit."""
+        hit = self.failures.hit(client, f"failed:{address}")
+        self.cache.saw(hit.epoch)
+        if hit.exceeded is not None:
+            if len(self.blocked) >= self.MAX_BLOCKED:
+                self.blocked.clear()
+            until = time.monotonic() + hit.exceeded.retry_after
+            self.blocked[address] = (hit.exceeded, until)
+        hit.check()
 
 
 def _guard():
@@ -112,7 +148,7 @@ def _api_guard():
     if scheme.lower() != "bearer" or not token:
         return _unauthorized("this API needs an Authorization: Bearer <token> header")
     if not tokens.looks_like_a_token(token):
-        return _unauthorized("the bearer token is not valid", invalid=True)
+        return _failed("the bearer token is not valid")
     return _admit(tokens.hash_of(token), "the bearer token is not valid (revoked?)")
 
 
@@ -128,7 +164,7 @@ def _api_session_guard():
         return _unauthorized("a page session reads this API from this site only")
     token_hash = session["token_hash"]
     if not isinstance(token_hash, str):
-        return _unauthorized("the session is not valid; sign in again")
+        return _failed("the session is not valid; sign in again")
     return _admit(token_hash, "the session's token is not valid (revoked?); sign in again")
 
 
@@ -137,7 +173,7 @@ def _admit(token_hash: str, refusal: str):
     refuse with `refusal`."""
     found = _checked(token_hash)
     if found is None:
-        return _unauthorized(refusal, invalid=True)
+        return _failed(refusal)
     g.token_name = found[0].name
     found[1].check()
     return None
@@ -156,13 +192,19 @@ def _checked(token_hash: str) -> tuple[tokens.Token, Hit] | None:
             known = hit.epoch  # a token was revoked since; this epoch is read before the look-up
             token = _find(token_hash)
         else:
+            if cache.unknown(token_hash):
+                return None
+            _access().refuse_if_blocked(request.remote_addr)
             known = cache.epoch  # read by an earlier request: before the look-up
             token = _find(token_hash)
             hit = _count(f"token:{token.id}") if token is not None else None
     except redisconn.ERRORS:
         cache.clear()  # revocations cannot be seen: trust no entry once Redis is back
         raise
-    if token is None or hit is None:
+    if token is None:
+        cache.add_unknown(token_hash)
+        return None
+    if hit is None:
         return None
     if known is not None:
         cache.add(token_hash, token, known)
@@ -185,6 +227,13 @@ def _find(token_hash: str) -> tokens.Token | None:
 
 def _access() -> _Access:
     return current_app.extensions["txstream_access"]
+
+
+def _failed(refusal: str):
+    """Refuse a wrong token with 401, counted against its address's AUTH_FAIL_LIMIT (429
+    over it)."""
+    _access().failed(current_app.config["REDIS"], request.remote_addr)
+    return _unauthorized(refusal, invalid=True)
 
 
 def _unauthorized(message: str, invalid: bool = False):
@@ -236,15 +285,31 @@ def login():
         return render_template("login.html", next=request.args.get("next", ""), error=None)
     _check_csrf()
     token = request.form.get("token", "").strip()
-    found = _find(tokens.hash_of(token)) if tokens.looks_like_a_token(token) else None
+    found = _signed_in(token)
     if found is None:
         log.warning("sign-in refused from %s", request.remote_addr)
+        _access().failed(current_app.config["REDIS"], request.remote_addr)
         page = render_template("login.html", next=request.form.get("next", ""), error=True)
         return page, 401
     session.clear()  # a new session: nothing from before survives a sign-in
     session["token_hash"] = tokens.hash_of(token)
     log.info("signed in with token %r", found.name)
     return redirect(_safe_next(request.form.get("next")))
+
+
+def _signed_in(token: str) -> tokens.Token | None:
+    """The token pasted in the sign-in form, or None: no database query for one known
+    wrong lately, or from an address over its AUTH_FAIL_LIMIT."""
+    if not tokens.looks_like_a_token(token):
+        return None
+    access, token_hash = _access(), tokens.hash_of(token)
+    if access.cache.unknown(token_hash):
+        return None
+    access.refuse_if_blocked(request.remote_addr)
+    found = _find(token_hash)
+    if found is None:
+        access.cache.add_unknown(token_hash)
+    return found
 
 
 @bp.post("/logout")

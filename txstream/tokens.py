@@ -134,12 +134,19 @@ class Cache:
     LAST_USED_EVERY, so that the database is asked again and `last_used_at` stays
     current. Finding an entry by its hash tells an attacker nothing about a token, like
     the database's index; the hashes are compared in constant time all the same.
+
+    The hashes the database did not know are kept too, for as long (`unknown`): a client
+    repeating a wrong token then costs no database query. A token made later never has one
+    of these hashes (it holds 256 random bits nobody asked for before), so making a token
+    needs no new epoch, and a revocation makes no unknown token known; a token brought back
+    by restoring the database is known again after LAST_USED_EVERY at most.
     """
 
     MAX_ENTRIES = 10_000  # far more tokens than anyone makes; a bound all the same
 
     def __init__(self) -> None:
         self._entries: dict[str, tuple[str, Token, bytes, float]] = {}
+        self._unknown: dict[str, float] = {}  # hash -> when the database did not know it
         self.epoch: bytes | None = None  # the latest epoch a request read
 
     def get(self, token_hash: str) -> tuple[Token, bytes] | None:
@@ -163,15 +170,32 @@ class Cache:
             self._entries.clear()
         self._entries[token_hash] = (token_hash, token, epoch, time.monotonic())
 
+    def unknown(self, token_hash: str) -> bool:
+        """Whether the database did not know this hash lately."""
+        added = self._unknown.get(token_hash)
+        if added is None:
+            return False
+        if time.monotonic() - added >= _LAST_USED_SECONDS:
+            self._unknown.pop(token_hash, None)
+            return False
+        return True
+
+    def add_unknown(self, token_hash: str) -> None:
+        """Keep a hash the database did not know (bounded: an attacker sends many)."""
+        if len(self._unknown) >= self.MAX_ENTRIES:
+            self._unknown.clear()
+        self._unknown[token_hash] = time.monotonic()
+
     def saw(self, epoch: bytes) -> None:
         """Note the epoch a request read; a new one drops every entry."""
         if epoch != self.epoch:
-            self._entries.clear()
+            self._entries.clear()  # a revocation makes no unknown token known: _unknown stays
             self.epoch = epoch
 
     def clear(self) -> None:
         """Forget everything (Redis could not be read: nothing is known about revocations)."""
         self._entries.clear()
+        self._unknown.clear()
         self.epoch = None
 
 
