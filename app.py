@@ -106,7 +106,7 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
         app.config.update(test_config)
     if app.config["AUTH"] and not app.config["SECRET_KEY"]:
         raise config.ConfigError(
-            "SECRET_KEY must be set: it signs the pages' session cookies (make one with "
+            "SECRET_KEY must be set: Flask's secret (make one with "
             "`python -c 'import secrets; print(secrets.token_hex(32))'`), or set AUTH=off "
             "for a local experiment without tokens"
         )
