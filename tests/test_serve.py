@@ -26,7 +26,7 @@ SLOW_CLIENTS, REQUESTS = 50, 20
 NGINX_MADE = {  # what makes nginx itself answer, before gunicorn sees anything
     414: ("GET", "/" + "a" * 9000, {}),
     400: ("GET", "/healthz", {"X-Big": "a" * 9000}),
-    413: ("POST", "/api/v1/transactions", {"Content-Length": str(65 * 1024)}),
+    413: ("POST", "/api/transactions", {"Content-Length": str(65 * 1024)}),
 }
 
 
@@ -34,7 +34,7 @@ NGINX_MADE = {  # what makes nginx itself answer, before gunicorn sees anything
 def served(run, mysql_engine, key_prefix):
     """(the launcher, host, port): `python -m txstream.serve`, once /healthz answers."""
     port = free_port()
-    env = stream_env(TEST_REDIS_URL, TEST_DATABASE_URL, key_prefix)
+    env = stream_env(TEST_REDIS_URL, TEST_DATABASE_URL, key_prefix, AUTH_FAIL_LIMIT="3/minute")
     server = run("-m", "txstream.serve", env={**env, "WEB_BIND": f"127.0.0.1:{port}"})
     wait_healthy(server, f"http://127.0.0.1:{port}", timeout=60)
     return server, "127.0.0.1", port
@@ -84,6 +84,22 @@ def test_the_apps_answers_carry_each_security_header_once(served):
     assert response.status == 200
     for name, value in _app_headers().items():
         assert response.headers.get_all(name) == [value], name
+
+
+def test_failed_authentication_is_counted_per_client_not_per_nginx(served):
+    _server, host, port = served
+    wrong = {"Authorization": "Bearer txs_" + "A" * 43}
+
+    def status_from(source: str) -> int:
+        conn = http.client.HTTPConnection(host, port, timeout=10, source_address=(source, 0))
+        conn.request("GET", "/api/transactions", headers=wrong)
+        status = conn.getresponse().status
+        conn.close()
+        return status
+
+    statuses = [status_from("127.0.0.2") for _ in range(5)]  # over AUTH_FAIL_LIMIT 3/minute
+    assert statuses[-1] == 429, statuses
+    assert status_from("127.0.0.1") == 401  # another client: its own count
 
 
 def _app_headers() -> dict[str, str]:

@@ -70,7 +70,9 @@ def main() -> int:
     status = 0
     try:
         # Each in a session of its own: Ctrl-C reaches this process, which stops both.
-        gunicorn = Script(*SERVE, env={"WEB_BIND": upstream}, echo_as="gunicorn", new_session=True)
+        # PROXY_HOPS: the app takes the client's address from nginx's X-Forwarded-For.
+        env = {"WEB_BIND": upstream, "PROXY_HOPS": str(settings.proxy_hops or 1)}
+        gunicorn = Script(*SERVE, env=env, echo_as="gunicorn", new_session=True)
         children.append(gunicorn.proc)
         wait_for(lambda: accepts(upstream), "gunicorn listening", 60, [gunicorn])
         nginx = subprocess.Popen(  # nosec B603 # nginx, with the configuration written above
