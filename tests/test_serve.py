@@ -23,6 +23,10 @@ from txstream.testing import stream_env
 pytestmark = pytest.mark.services
 
 SLOW_CLIENTS, REQUESTS = 50, 20
+HALF_REQUESTS = (  # half the headers; all the headers and half the body
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\n",
+    b"POST /login HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\ntoken=",
+)
 NGINX_MADE = {  # what makes nginx itself answer, before gunicorn sees anything
     414: ("GET", "/" + "a" * 9000, {}),
     400: ("GET", "/healthz", {"X-Big": "a" * 9000}),
@@ -42,19 +46,21 @@ def served(run, mysql_engine, key_prefix):
 
 def _get(host: str, port: int, method: str, path: str, headers: dict) -> http.client.HTTPResponse:
     conn = http.client.HTTPConnection(host, port, timeout=10)
-    conn.request(method, path, headers=headers)
-    response = conn.getresponse()
-    response.read()
-    conn.close()
-    return response
+    try:
+        conn.request(method, path, headers=headers)
+        response = conn.getresponse()
+        response.read()
+        return response
+    finally:
+        conn.close()
 
 
 def test_slow_clients_do_not_hold_the_workers(served):
     _server, host, port = served
     with ExitStack() as stack:
-        for _ in range(SLOW_CLIENTS):  # half a request each, never finished
+        for i in range(SLOW_CLIENTS):  # half a request each, never finished
             sock = stack.enter_context(socket.create_connection((host, port), timeout=10))
-            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            sock.sendall(HALF_REQUESTS[i % len(HALF_REQUESTS)])
         took = []
         for _ in range(REQUESTS):
             start = time.monotonic()

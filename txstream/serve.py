@@ -91,6 +91,9 @@ def main() -> int:
         status = 1
     except KeyboardInterrupt:
         log.info("stopping nginx and gunicorn")
+    except OSError as exc:  # no nginx: README, "Serve with gunicorn"
+        log.error("cannot start nginx (apt-get install nginx-light, or set NGINX): %s", exc)
+        status = 1
     except (RuntimeError, TimedOut) as exc:
         log.error("%s", exc)
         status = 1
