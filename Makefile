@@ -32,10 +32,10 @@ format: $(READY)
 init-db: $(READY)         ## create the database and tables named by DATABASE_URL
 	$(BIN)/flask --app app init-db
 
-serve: $(READY)           ## the web app under gunicorn (WEB_BIND, WEB_WORKERS, WEB_THREADS)
+serve: $(READY)           ## the web app: nginx on WEB_BIND, gunicorn behind it (WEB_WORKERS, WEB_THREADS)
 	rm -rf var/prometheus && mkdir -p var/prometheus  # the workers' metrics: from zero
 	PROMETHEUS_MULTIPROC_DIR=$(CURDIR)/var/prometheus \
-	  $(BIN)/python -m gunicorn --config gunicorn.conf.py app:app
+	  $(BIN)/python -m txstream.serve  # nginx on WEB_BIND, gunicorn behind it
 
 screenshots: $(READY)     ## docs/screenshot-*.png of the pages, with demo data (needs Redis, MariaDB, chromium)
 	$(BIN)/python docs/screenshots.py

@@ -29,6 +29,7 @@ from redis.exceptions import ClusterDownError, RedisClusterException
 from sqlalchemy import Engine, inspect
 from sqlalchemy.exc import InterfaceError, OperationalError, ProgrammingError
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge, ServiceUnavailable
+from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.routing import RequestRedirect
 
 import config
@@ -125,6 +126,9 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
     if check_window:
         _check_window(app)
 
+    if settings.proxy_hops:  # behind nginx (`make serve`): the client's address, not nginx's
+        hops = settings.proxy_hops
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=hops, x_proto=hops)
     metrics.init_app(app)  # first: it times the requests that access.init_app refuses too
     app.before_request(_refuse_long_bodies)
     app.before_request(_relative_redirects)

@@ -83,6 +83,9 @@ class Settings:
     # The largest request body the web app takes, bytes (its only form, the sign-in's, holds
     # a token, a CSRF token and a path); a longer one gets a 413 before it is read.
     max_content_length: int = 64 * 1024
+    # Proxies in front of the web app whose X-Forwarded-For/-Proto it believes (the client's
+    # address, for AUTH_FAIL_LIMIT); `make serve` sets 1, its nginx. 0 = the peer's address.
+    proxy_hops: int = 0
     public_url: str = ""  # the web app's address, for the API docs' examples; "" = none
     # The subscriber's Prometheus metrics port; 0 = none. 9108: in 9100-9999, where exporters
     # listen (a firewall rule for them covers it), and none of the common ones' (9100, 9104).
@@ -162,6 +165,7 @@ def load(env: dict[str, str] | None = None) -> Settings:
             h.strip() for h in env.get("TRUSTED_HOSTS", "").split(",") if h.strip()
         ),
         max_content_length=_positive_int(env, "MAX_CONTENT_LENGTH", defaults.max_content_length),
+        proxy_hops=_whole(env, "PROXY_HOPS", defaults.proxy_hops, 0, maximum=10),
         public_url=_public_url(env.get("PUBLIC_URL", "")),
         metrics_port=_whole(env, "METRICS_PORT", defaults.metrics_port, 0, maximum=65535),
         metrics_bind=_text(env, "METRICS_BIND", defaults.metrics_bind),

@@ -1,6 +1,7 @@
 """gunicorn's settings for `make serve` and bench/api.py, from the environment or `.env`.
 
-WEB_BIND (default 127.0.0.1:8000), WEB_WORKERS (processes, default 2) and WEB_THREADS (per
+WEB_BIND (default 127.0.0.1:8000; `make serve` puts nginx there and gunicorn on a loopback
+port of its own: txstream/serve.py), WEB_WORKERS (processes, default 2) and WEB_THREADS (per
 process, default 1: sync workers; more make them gthread workers). On the 2-core benchmark
 machine 2 sync workers served the most requests/s; 3-4 of them, or gthread workers, fewer
 (bench/api.py). `GUNICORN_CMD_ARGS` and flags still override these, as gunicorn documents.

@@ -77,6 +77,11 @@ def test_max_content_length_in_bytes_and_public_url():
     assert settings.public_url == "https://txstream.bank.example:8443/tx"
 
 
+def test_proxy_hops():
+    assert config.load({}).proxy_hops == 0
+    assert config.load({"PROXY_HOPS": "2"}).proxy_hops == 2
+
+
 def test_dead_letters_max():
     assert config.load({}).dead_letters_max == 100_000
     assert config.load({"DEAD_LETTERS_MAX": "10"}).dead_letters_max == 10
@@ -136,6 +141,7 @@ def test_window_hours_in_whole_seconds(hours, seconds):
         ("READ_MAX_LAG_S", "1e999", "READ_MAX_LAG_S must be a number of seconds > 0"),
         ("READ_MAX_LAG_S", "5s", "READ_MAX_LAG_S must be a number of seconds > 0 (got '5s')"),
         ("MAX_CONTENT_LENGTH", "0", "MAX_CONTENT_LENGTH must be a whole number > 0 (got '0')"),
+        ("PROXY_HOPS", "-1", "PROXY_HOPS must be a whole number from 0 to 10"),
         ("MAX_CONTENT_LENGTH", "64KiB", "MAX_CONTENT_LENGTH must be a whole number > 0"),
         ("PUBLIC_URL", "txstream.bank.example", "PUBLIC_URL must be an address like https://"),
         ("PUBLIC_URL", "ftp://txstream.bank.example", "PUBLIC_URL must be an address"),
