@@ -3,12 +3,10 @@ and what every response tells browsers."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import re
 import secrets
-import time
 from urllib.parse import urljoin, urlsplit
 
 import pytest
@@ -724,78 +722,3 @@ def test_with_the_database_down_the_api_and_pages_answer_503(app, client, closed
     assert page.status_code == 503 and page.mimetype == "text/html"
     assert "unavailable" in page.get_data(as_text=True)
     app.config["ENGINE"].dispose()
-
-
-# --- server-side sessions ----------------------------------------------------------------
-
-
-def signed_in(app, token: str):
-    """A client of `app` signed in through the login form, and its session's Redis key."""
-    client = app.test_client()
-    fields = login_form(client)
-    assert client.post("/login", data={**fields, "token": token}).status_code == 302
-    sid = client.get_cookie("session").value
-    return client, app.config["KEYS"].session(hashlib.sha256(sid.encode()).hexdigest())
-
-
-def wait_until(condition, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def test_the_old_cookie_opens_nothing_after_signing_out(app):
-    client, key = signed_in(app, create_token(app, "leaving"))
-    cookie = client.get_cookie("session").value
-    page = client.get("/").get_data(as_text=True)
-    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
-    assert client.post("/logout", data={"csrf": csrf}).status_code == 302
-    assert not app.config["REDIS"].exists(key)
-    replay = app.test_client()
-    replay.set_cookie("session", cookie)
-    response = replay.get("/")
-    assert response.status_code == 302 and response.headers["Location"].startswith("/login")
-
-
-def test_the_cookie_holds_only_a_random_id(app):
-    token = create_token(app, "cookie")
-    client, key = signed_in(app, token)
-    sid = client.get_cookie("session").value
-    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", sid)
-    assert tokens.hash_of(token) not in sid and "." not in sid  # not signed data
-    assert app.config["REDIS"].pttl(key) > 0
-    again, _ = signed_in(app, token)
-    assert again.get_cookie("session").value != sid  # every sign-in a new id
-
-
-def test_a_revoked_tokens_session_goes_to_the_login(app):
-    client, key = signed_in(app, create_token(app, "revoked"))
-    assert client.get("/").status_code == 200
-    tokens.revoke(app.config["ENGINE"], "revoked")
-    response = client.get("/")
-    assert response.status_code == 302 and response.headers["Location"].startswith("/login")
-    assert not app.config["REDIS"].exists(key)
-
-
-def test_an_idle_session_ends(backend, key_prefix):
-    app = make_app(backend, key_prefix, SESSION_IDLE_TIMEOUT=1)
-    client, key = signed_in(app, create_token(app, "idle"))
-    assert client.get("/").status_code == 200
-    wait_until(lambda: not app.config["REDIS"].exists(key))
-    assert client.get("/").status_code == 302
-
-
-def test_a_session_ends_after_its_lifetime_even_in_use(backend, key_prefix):
-    app = make_app(backend, key_prefix, SESSION_LIFETIME=1)
-    client, _ = signed_in(app, create_token(app, "busy"))
-    assert client.get("/").status_code == 200
-    wait_until(lambda: client.get("/").status_code == 302)
-
-
-def test_with_redis_down_a_page_with_a_session_gets_503(app, client, closed_port):
-    assert client.get("/").status_code == 200
-    app.config["REDIS"] = redis.Redis(port=closed_port, socket_connect_timeout=1)
-    page = client.get("/")
-    assert page.status_code == 503 and page.mimetype == "text/html"
-    assert app.test_client().get("/login").status_code == 503

@@ -87,7 +87,6 @@ def test_user_page_shows_sum_recent_list_and_windows(app, client):
 
 def test_user_page_without_redis_still_shows_the_database_parts(app, client, closed_port):
     seed(app, line(5, "12.34", app.config["CLOCK"](), "stored-one"))
-    app.config["AUTH"] = False  # a page session lives in Redis: with one, the page is a 503
     app.config["REDIS"] = redis.Redis.from_url(f"redis://127.0.0.1:{closed_port}/0")
 
     page = get_page(client, "/users/5")

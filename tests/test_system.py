@@ -162,7 +162,6 @@ def test_forged_heartbeats_are_shown_as_text(app, client, fields):
 
 def test_the_system_page_says_redis_is_down_and_shows_the_rest(app, client, closed_port):
     app.config["WINDOW_HOURS"] = 6
-    app.config["AUTH"] = False  # a page session lives in Redis: with one, the page is a 503
     app.config["REDIS"] = redis.Redis.from_url(f"redis://127.0.0.1:{closed_port}/0")
 
     page = client.get("/system")

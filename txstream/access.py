@@ -2,10 +2,9 @@
 
 Every `/api/...` request needs `Authorization: Bearer <token>` (txstream.tokens), or else
 a page session and the method GET or HEAD, from this site; a page needs a session, made by
-pasting a token into /login. Sessions live in Redis (`_Sessions`): the cookie holds only a
-random id; signing out deletes the session, revoking its token ends it at the next request,
-and it ends after SESSION_IDLE_TIMEOUT unused or SESSION_LIFETIME in all. Forms carry a CSRF
-token kept in the session. `/metrics` needs a bearer token like the API, and
+pasting a token into /login. The session cookie is signed with
+SECRET_KEY and holds the token's hash, so revoking the token ends the session too. Forms
+carry a CSRF token kept in the session. `/metrics` needs a bearer token like the API, and
 counts against its rate limit: a scrape every 15 s is 4 of RATE_LIMIT's default 600 a
 minute (give Prometheus a token of its own, so that no API client uses its share up).
 `/healthz`, the API's description (/api/openapi.json, /api/docs), the login page and
@@ -17,7 +16,6 @@ experiments only) nothing is asked, and every start says so.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import logging
 import math
@@ -39,7 +37,7 @@ from flask import (
     session,
     url_for,
 )
-from flask.sessions import SecureCookieSession, SessionInterface, session_json_serializer
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from flask.wrappers import Request
 
 from txstream import queries, redisconn, tokens
@@ -52,120 +50,23 @@ SESSION_METHODS = ("GET", "HEAD")  # what a page session may ask of the API
 OPEN_ENDPOINTS = {"access.login", "static", "api.healthz", "api.openapi_document", "api.docs"}
 
 
-class _ServerSession(SecureCookieSession):
-    """A session's data, with its id (None until saved), when it ends for good (time.time),
-    when it was last written, and the Redis error that kept it from being read, if any."""
-
-    def __init__(self, data=None, sid=None, expires=0.0, seen=0.0, error=None) -> None:
-        super().__init__(data or {})
-        self.sid, self.expires, self.seen, self.error = sid, expires, seen, error
-        self.renew = False  # sign-in: a new id, so that an id set before it is worth nothing
-
-
-class _Sessions(SessionInterface):
-    """Server-side sessions: the cookie (HttpOnly, SameSite=Lax, Secure when the page came
-    over https) holds 256 random bits; the session's data is in Redis under the SHA-256 of
-    them (`Keys.session`: who reads Redis learns no cookie), for SESSION_IDLE_TIMEOUT after
-    its last write, never past SESSION_LIFETIME. A session used but not changed is written
-    again at most every REFRESH_EVERY seconds, so it may end that much before its idle
-    timeout. Redis down: the session is unreadable, and what needs it answers 503."""
-
-    REFRESH_EVERY = 60.0
-    serializer = session_json_serializer
+class _Session(SecureCookieSessionInterface):
+    """The session cookie: HttpOnly, SameSite=Lax, and Secure when the page came over https."""
 
     def get_cookie_secure(self, app: Flask) -> bool:
         return request.is_secure or super().get_cookie_secure(app)
 
-    def open_session(self, app: Flask, incoming: Request) -> _ServerSession:
-        sid = incoming.cookies.get(self.get_cookie_name(app), "")
-        if not sid or len(sid) > 64:  # every API client sends none: no Redis call
-            return _ServerSession()
-        try:
-            raw = app.config["REDIS"].get(_session_key(app, sid))
-        except redisconn.ERRORS as exc:
-            return _ServerSession(error=exc)
-        try:
-            state = self.serializer.loads(raw) if raw is not None else None
-            data, expires, seen = state["data"], float(state["expires"]), float(state["seen"])
-        except (ValueError, KeyError, TypeError):  # gone, or not written by this class
-            return _ServerSession()
-        if time.time() >= expires or not isinstance(data, dict):
-            return _ServerSession()
-        return _ServerSession(data, sid, expires, seen)
-
-    def save_session(self, app: Flask, session: _ServerSession, response) -> None:
-        if session.error is not None:
-            return
-        now, redis = time.time(), app.config["REDIS"]
-        old = session.sid
-        try:
-            if old is not None and (not session or session.renew):
-                redis.delete(_session_key(app, old))
-                session.sid = None
-            if not session:
-                if old is not None:
-                    response.delete_cookie(
-                        self.get_cookie_name(app),
-                        domain=self.get_cookie_domain(app),
-                        path=self.get_cookie_path(app),
-                    )
-                return
-            if session.sid is None:
-                session.sid = secrets.token_urlsafe(32)
-                session.expires = now + app.config["SESSION_LIFETIME"]
-            elif not session.modified and now - session.seen < self._refresh_every(app):
-                return
-            ttl = min(app.config["SESSION_IDLE_TIMEOUT"], session.expires - now)
-            state = {"data": dict(session), "expires": session.expires, "seen": now}
-            redis.set(
-                _session_key(app, session.sid),
-                self.serializer.dumps(state),
-                px=max(1, int(ttl * 1000)),
-            )
-        except redisconn.ERRORS as exc:
-            _unsaved(response, exc)
-            return
-        if session.sid != old:
-            response.set_cookie(
-                self.get_cookie_name(app),
-                session.sid,
-                max_age=app.config["SESSION_LIFETIME"],
-                domain=self.get_cookie_domain(app),
-                path=self.get_cookie_path(app),
-                secure=self.get_cookie_secure(app),
-                httponly=True,
-                samesite="Lax",
-            )
-        response.vary.add("Cookie")
-
-    def _refresh_every(self, app: Flask) -> float:
-        return min(self.REFRESH_EVERY, app.config["SESSION_IDLE_TIMEOUT"] / 10)
-
-
-def _unsaved(response, exc: Exception) -> None:
-    """Redis failed while a session was saved: the answer becomes a 503, never a page or a
-    sign-in that a lost session would contradict at the next request."""
-    log.error("%s %s: the session could not be saved: %s", request.method, request.path, exc)
-    response.status_code = 503
-    response.headers.pop("Location", None)
-    response.headers["Retry-After"] = "5"
-    response.mimetype = "text/plain"
-    response.set_data("Redis is unavailable; try again shortly\n")
-
-
-def _session_key(app: Flask, sid: str) -> str:
-    return app.config["KEYS"].session(hashlib.sha256(sid.encode()).hexdigest())
-
-
-def _need_session() -> None:
-    """Raise the Redis error that kept this request's session from being read (503)."""
-    if session.error is not None:
-        raise session.error
+    def open_session(self, app: Flask, incoming: Request) -> SecureCookieSession | None:
+        # No cookie (every API client): an empty session, without building the signer
+        # that Flask would make first, a twentieth of an API request's time.
+        if app.secret_key and not incoming.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, incoming)
 
 
 def init_app(app: Flask) -> None:
     """Guard every request of `app`, and set up its sessions and rate limits."""
-    app.session_interface = _Sessions()
+    app.session_interface = _Session()
     app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
     app.register_blueprint(bp)
     app.before_request(_guard)
@@ -241,8 +142,6 @@ def _count(who: str) -> Hit:
 
 def _api_guard():
     header = request.headers.get("Authorization")
-    if header is None:
-        _need_session()
     if header is None and "token_hash" in session:
         return _api_session_guard()
     scheme, _, token = (header or "").partition(" ")
@@ -313,11 +212,10 @@ def _checked(token_hash: str) -> tuple[tokens.Token, Hit] | None:
 
 
 def _page_guard():
-    _need_session()
     token_hash = session.get("token_hash")
     token = _find(token_hash) if isinstance(token_hash, str) else None
     if token is None:
-        session.clear()  # revoked, or never signed in: the session ends
+        session.pop("token_hash", None)
         return redirect(url_for("access.login", next=request.full_path.rstrip("?")))
     g.token_name = token.name
     return None
@@ -350,7 +248,6 @@ def _unauthorized(message: str, invalid: bool = False):
 
 def csrf_token() -> str:
     """This session's CSRF token, for a hidden field of every form that changes something."""
-    _need_session()
     if "csrf" not in session:
         session["csrf"] = secrets.token_urlsafe(32)
     return session["csrf"]
@@ -359,7 +256,6 @@ def csrf_token() -> str:
 def _check_csrf() -> None:
     """400 unless the form's CSRF field is this session's: a session without one (no cookie,
     as in a cross-site sign-in) matches nothing. Compared as bytes: any text may be sent."""
-    _need_session()
     sent, expected = request.form.get("csrf", "").encode(), session.get("csrf")
     if not (
         isinstance(expected, str) and expected and hmac.compare_digest(sent, expected.encode())
@@ -396,7 +292,6 @@ def login():
         page = render_template("login.html", next=request.form.get("next", ""), error=True)
         return page, 401
     session.clear()  # a new session: nothing from before survives a sign-in
-    session.renew = True
     session["token_hash"] = tokens.hash_of(token)
     log.info("signed in with token %r", found.name)
     return redirect(_safe_next(request.form.get("next")))
@@ -419,7 +314,7 @@ def _signed_in(token: str) -> tokens.Token | None:
 
 @bp.post("/logout")
 def logout():
-    """Sign out: the session is deleted from Redis; its cookie opens nothing any more."""
+    """Sign out: the session is forgotten."""
     _check_csrf()
     session.clear()
     return redirect(url_for("access.login"))

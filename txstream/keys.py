@@ -115,10 +115,6 @@ class Keys:
         slot of `token_epoch`: one script reads both)."""
         return self._in("auth", f"ratelimit:{who}:{amount}/{seconds}s")
 
-    def session(self, digest: str) -> str:
-        """A page session's data (txstream.access), by the SHA-256 of its cookie's id."""
-        return f"{self.prefix}session:{digest}"
-
     @property
     def token_epoch(self) -> str:
         """A random value that each token revocation changes: the web workers then forget
