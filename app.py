@@ -60,7 +60,8 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
     Besides Flask's own keys, `test_config` may set ENGINE (a SQLAlchemy engine),
     DATABASE_READ_URL and READ_MAX_LAG_S (the replica that reads go to: txstream.replica),
     REDIS (a redis client), KEY_PREFIX, TRANSPORT, STREAM, GROUP, WINDOW_HOURS (a Decimal),
-    CLOCK (returns the current naive-UTC datetime), AUTH, SECRET_KEY, RATE_LIMIT and
+    CLOCK (returns the current naive-UTC datetime), AUTH, SECRET_KEY, SESSION_IDLE_TIMEOUT,
+    SESSION_LIFETIME, RATE_LIMIT and
     AUTH_FAIL_LIMIT. Only the aggregates' layout is read at once (`_check_window`, unless
     `check_window` is False), and Redis is asked whether it is a cluster (`_connect_redis`);
     nothing else connects until a request needs it. KEYS holds the names of every Redis key,
@@ -88,6 +89,8 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
         LAYOUT=KnownLayout(),  # the aggregates' lengths, read from the database
         AUTH=settings.auth,
         SECRET_KEY=settings.secret_key or None,
+        SESSION_IDLE_TIMEOUT=settings.session_idle_timeout,  # txstream.access
+        SESSION_LIFETIME=settings.session_lifetime,
         RATE_LIMIT=settings.rate_limit,
         AUTH_FAIL_LIMIT=settings.auth_fail_limit,
         TRUSTED_HOSTS=list(settings.trusted_hosts) or None,
@@ -104,7 +107,7 @@ def create_app(test_config: dict | None = None, check_window: bool = True) -> Fl
         app.config.update(test_config)
     if app.config["AUTH"] and not app.config["SECRET_KEY"]:
         raise config.ConfigError(
-            "SECRET_KEY must be set: it signs the pages' session cookies (make one with "
+            "SECRET_KEY must be set: it signs the sign-in form's cookie (make one with "
             "`python -c 'import secrets; print(secrets.token_hex(32))'`), or set AUTH=off "
             "for a local experiment without tokens"
         )

@@ -73,7 +73,10 @@ class Settings:
     max_clock_skew: int = DEFAULT_MAX_CLOCK_SKEW  # seconds: latest event time is now + this
     dead_letters_max: int = DEFAULT_DEAD_LETTERS_MAX  # the dead-letter list's cap
     auth: bool = True  # the web app asks for a token; AUTH=off for local experiments only
-    secret_key: str = field(default="", repr=False)  # signs the pages' session cookie
+    secret_key: str = field(default="", repr=False)  # signs the sign-in form's cookie
+    # A page session ends unused this long, and this long after its sign-in in any case (s)
+    session_idle_timeout: int = 30 * 60
+    session_lifetime: int = 12 * 3600
     rate_limit: str = "600/minute"  # API requests per token (`limits` notation)
     auth_fail_limit: str = "20/minute"  # failed authentications per client address
     trusted_hosts: tuple[str, ...] = ()  # Host headers the web app answers; () = any
@@ -150,6 +153,10 @@ def load(env: dict[str, str] | None = None) -> Settings:
         dead_letters_max=_positive_int(env, "DEAD_LETTERS_MAX", defaults.dead_letters_max),
         auth=_choice(env, "AUTH", ("on", "off"), "on") == "on",
         secret_key=env.get("SECRET_KEY", ""),
+        session_idle_timeout=_positive_int(
+            env, "SESSION_IDLE_TIMEOUT", defaults.session_idle_timeout
+        ),
+        session_lifetime=_positive_int(env, "SESSION_LIFETIME", defaults.session_lifetime),
         rate_limit=_rate_limit(env.get("RATE_LIMIT") or defaults.rate_limit),
         auth_fail_limit=_rate_limit(
             env.get("AUTH_FAIL_LIMIT") or defaults.auth_fail_limit, "AUTH_FAIL_LIMIT"

@@ -149,8 +149,35 @@ class ApiToken(Base):
     )
 
 
+class WebSession(Base):
+    """A signed-in page session (txstream.sessions): the browser's cookie holds its id,
+    the table only the id's SHA-256."""
+
+    __tablename__ = "web_sessions"
+    __table_args__ = (Index("ix_web_sessions_token_id", "token_id"), _TABLE_OPTIONS)
+
+    id_hash: Mapped[str] = mapped_column(
+        String(64).with_variant(
+            mysql.CHAR(64, charset="ascii", collation="ascii_bin"), *MYSQL_NAMES
+        ),
+        primary_key=True,
+        comment="hex SHA-256 of the cookie's id",
+    )
+    token_id: Mapped[int] = mapped_column(BigInteger, comment="api_tokens.id")
+    csrf: Mapped[str] = mapped_column(
+        String(64).with_variant(
+            mysql.VARCHAR(64, charset="ascii", collation="ascii_bin"), *MYSQL_NAMES
+        ),
+        comment="the value its forms carry",
+    )
+    created_at: Mapped[datetime] = mapped_column(Timestamp, comment="signed in at, UTC")
+    seen_at: Mapped[datetime] = mapped_column(Timestamp, comment="last used, UTC, to the minute")
+    expires_at: Mapped[datetime] = mapped_column(Timestamp, comment="ends at the latest, UTC")
+
+
 transactions = StoredTransaction.__table__
 api_tokens = ApiToken.__table__
+web_sessions = WebSession.__table__
 user_window_totals = UserWindowTotal.__table__
 user_bucket_totals = UserBucketTotal.__table__
 settings = Setting.__table__

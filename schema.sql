@@ -66,3 +66,16 @@ CREATE TABLE IF NOT EXISTS api_tokens (
   UNIQUE KEY uq_api_tokens_name (name),
   UNIQUE KEY uq_api_tokens_token_hash (token_hash)
 ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;
+
+-- The pages' signed-in sessions (txstream.sessions): the browser's cookie holds a random id,
+-- this table only its SHA-256. Signing out or revoking the session's token deletes its rows.
+CREATE TABLE IF NOT EXISTS web_sessions (
+  id_hash    CHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL COMMENT 'hex SHA-256 of the cookie''s id',
+  token_id   BIGINT NOT NULL COMMENT 'api_tokens.id',
+  csrf       VARCHAR(64) CHARACTER SET ascii COLLATE ascii_bin NOT NULL COMMENT 'the value its forms carry',
+  created_at DATETIME(6) NOT NULL COMMENT 'signed in at, UTC',
+  seen_at    DATETIME(6) NOT NULL COMMENT 'last used, UTC, to the minute',
+  expires_at DATETIME(6) NOT NULL COMMENT 'ends at the latest, UTC',
+  PRIMARY KEY (id_hash),
+  KEY ix_web_sessions_token_id (token_id)
+) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4;

@@ -90,10 +90,17 @@ def retype(client, key: str, kind: str) -> None:
 def signed_in_client(app):
     """A test client of `app` that sends a valid bearer token and has a page session."""
     token = tokens.create(app.config["ENGINE"], f"test-{secrets.token_hex(6)}")
-    client = app.test_client()
+    client = sign_in(app.test_client(), token)
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
-    with client.session_transaction() as session:
-        session["token_hash"] = tokens.hash_of(token)
+    return client
+
+
+def sign_in(client, token: str):
+    """`client`, signed in to the pages with `token` through the sign-in form."""
+    page = client.get("/login").get_data(as_text=True)
+    csrf = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+    response = client.post("/login", data={"csrf": csrf, "token": token})
+    assert response.status_code == 302, response.get_data(as_text=True)
     return client
 
 

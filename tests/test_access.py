@@ -3,10 +3,12 @@ and what every response tells browsers."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import re
 import secrets
+from datetime import datetime, timedelta
 from urllib.parse import urljoin, urlsplit
 
 import pytest
@@ -16,8 +18,14 @@ from sqlalchemy import select
 
 import config
 import models
-from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL, TEST_SECRET_KEY, signed_in_client
-from txstream import tokens
+from tests.helpers import (
+    TEST_DATABASE_URL,
+    TEST_REDIS_URL,
+    TEST_SECRET_KEY,
+    sign_in,
+    signed_in_client,
+)
+from txstream import access, tokens
 from txstream.keys import Keys
 from txstream.rebuild_redis import RedisRebuild
 
@@ -203,6 +211,155 @@ def test_a_form_posted_without_a_session_csrf_value_is_refused(app, anonymous):
     assert signed_in.get("/").status_code == 200  # still signed in
 
 
+# --- sessions ------------------------------------------------------------------------------
+
+
+def session_cookie(client) -> str | None:
+    cookie = client.get_cookie(access.SESSION_COOKIE)
+    return cookie.value if cookie is not None else None
+
+
+def session_rows(app) -> list:
+    with app.config["ENGINE"].connect() as conn:
+        return conn.execute(sqlalchemy.select(models.web_sessions)).all()
+
+
+def test_the_cookie_holds_only_a_random_id_and_the_table_only_its_hash(app, anonymous):
+    token = create_token(app, "cookie")
+    sign_in(anonymous, token)
+    cookie = session_cookie(anonymous)
+    assert re.fullmatch(r"[A-Za-z0-9_-]{43}", cookie)  # 256 random bits, nothing else
+    assert tokens.hash_of(token) not in cookie and token not in cookie
+    (row,) = session_rows(app)
+    assert row.id_hash == hashlib.sha256(cookie.encode()).hexdigest()
+    assert cookie not in repr(row) and token not in repr(row)
+
+
+def test_signing_out_ends_the_session_for_every_copy_of_its_cookie(app):
+    """The stolen copy of a cookie opens nothing once its owner has signed out."""
+    client = sign_in(app.test_client(), create_token(app, "owner"))
+    copy = app.test_client()
+    copy.set_cookie(access.SESSION_COOKIE, session_cookie(client))
+    assert copy.get("/").status_code == 200
+    csrf = re.search(r'name="csrf" value="([^"]+)"', client.get("/").get_data(as_text=True))[1]
+    assert client.post("/logout", data={"csrf": csrf}).status_code == 302
+    assert session_cookie(client) is None  # the browser is told to drop it
+    assert session_rows(app) == []
+    assert copy.get("/").status_code == 302
+    assert copy.get("/api/users/1/sum").status_code == 401
+
+
+def test_revoking_a_token_deletes_its_sessions_and_no_other(app):
+    revoked, kept = sign_in(app.test_client(), create_token(app, "revoked")), None
+    kept = sign_in(app.test_client(), create_token(app, "kept"))
+    sign_in(app.test_client(), create_token(app, "revoked-2"))
+    result = app.test_cli_runner().invoke(args=["revoke-token", "revoked"])
+    assert result.exit_code == 0, result.output
+    assert revoked.get("/").status_code == 302
+    assert revoked.get("/api/users/1/sum").status_code == 401
+    assert kept.get("/").status_code == 200
+    assert len(session_rows(app)) == 2
+
+
+class Clock:
+    """A clock the test moves: the app's CLOCK."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 12, 8, 9, 0)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def test_a_session_ends_after_its_idle_timeout_unless_used(backend, key_prefix):
+    clock = Clock()
+    app = make_app(backend, key_prefix, CLOCK=clock, SESSION_IDLE_TIMEOUT=60)
+    client = sign_in(app.test_client(), create_token(app, "idle"))
+    for _ in range(5):  # used every 50 s: 250 s in all, more than 60
+        clock.advance(50)
+        assert client.get("/api/users/1/sum").status_code == 200
+    clock.advance(59)
+    assert client.get("/").status_code == 200
+    clock.advance(61)
+    assert client.get("/").status_code == 302
+    assert client.get("/api/users/1/sum").status_code == 401
+
+
+def test_a_session_ends_after_its_lifetime_however_much_it_is_used(backend, key_prefix):
+    clock = Clock()
+    app = make_app(backend, key_prefix, CLOCK=clock, SESSION_IDLE_TIMEOUT=60, SESSION_LIFETIME=300)
+    client = sign_in(app.test_client(), create_token(app, "busy"))
+    for _ in range(5):
+        clock.advance(59)
+        assert client.get("/").status_code == 200
+    clock.advance(5)  # 300 s after the sign-in
+    assert client.get("/").status_code == 302
+    sign_in(client, create_token(app, "busy-again"))  # signing in again opens a new one
+    assert client.get("/").status_code == 200
+
+
+def test_sessions_that_ended_leave_the_table_at_the_next_sign_in(backend, key_prefix):
+    clock = Clock()
+    app = make_app(backend, key_prefix, CLOCK=clock, SESSION_IDLE_TIMEOUT=60)
+    token = create_token(app, "many")
+    for _ in range(3):
+        sign_in(app.test_client(), token)
+    clock.advance(61)
+    sign_in(app.test_client(), token)
+    assert len(session_rows(app)) == 1
+
+
+def test_signing_in_again_ends_the_browsers_previous_session(app):
+    client = sign_in(app.test_client(), create_token(app, "first"))
+    before = session_cookie(client)
+    sign_in(client, create_token(app, "second"))
+    assert session_cookie(client) != before
+    assert len(session_rows(app)) == 1
+    stale = app.test_client()
+    stale.set_cookie(access.SESSION_COOKIE, before)
+    assert stale.get("/").status_code == 302
+
+
+@pytest.mark.parametrize("cookie", ["x", "A" * 43, "A" * 3000, "é", ""])
+def test_an_unknown_session_cookie_signs_in_nobody_and_is_dropped(app, anonymous, cookie):
+    anonymous.set_cookie(access.SESSION_COOKIE, cookie)
+    response = anonymous.get("/users/1")
+    assert response.status_code == 302 and response.headers["Location"].startswith("/login")
+    assert anonymous.get("/api/users/1/sum").status_code == 401
+    if cookie:
+        assert session_cookie(anonymous) is None
+
+
+def test_a_session_is_kept_in_the_database_so_redis_down_does_not_sign_out(app, closed_port):
+    """A signed-in operator still sees the System page, which says Redis is down."""
+    client = sign_in(app.test_client(), create_token(app, "operator"))
+    app.config["REDIS"] = redis.Redis(port=closed_port, socket_connect_timeout=1)
+    page = client.get("/system")
+    assert page.status_code == 200
+    assert '<th>Redis</th><td class="down">down</td>' in page.get_data(as_text=True)
+
+
+def test_the_sign_in_forms_cookie_is_signed(app, anonymous):
+    """A CSRF cookie planted by a neighbouring site (same domain) does not match a form."""
+    token = create_token(app, "planted")
+    anonymous.set_cookie(access.LOGIN_COOKIE, "chosen", path="/login")
+    response = anonymous.post("/login", data={"csrf": "chosen", "token": token})
+    assert response.status_code == 400
+    assert anonymous.get("/").status_code == 302
+
+
+def test_flask_s_own_session_cookie_is_neither_read_nor_written(app, anonymous):
+    """The session of before this change (a signed cookie with the token's hash) opens
+    nothing, and no answer sets one."""
+    anonymous.set_cookie("session", "eyJ0b2tlbl9oYXNoIjoiYWJjIn0.forged.sig")
+    assert anonymous.get("/").status_code == 302
+    sign_in(anonymous, create_token(app, "plain"))
+    assert anonymous.get_cookie("session").value.startswith("eyJ")  # untouched, unused
+
+
 OTHER_HOSTS = [
     "//evil.example/x",
     "https://evil.example/",
@@ -318,10 +475,7 @@ def test_a_body_within_the_limit_is_read(app, anonymous):
 
 def session_client(app, token: str):
     """A client of `app` signed in to the pages with `token`, sending no Authorization."""
-    client = app.test_client()
-    with client.session_transaction() as session:
-        session["token_hash"] = tokens.hash_of(token)
-    return client
+    return sign_in(app.test_client(), token)
 
 
 def with_a_post_route(app):
@@ -680,8 +834,9 @@ def test_every_response_carries_the_security_headers(client, path):
     assert "unsafe-inline" not in csp
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert headers["Referrer-Policy"] == "no-referrer"
-    json_api = path.startswith("/api/") or path == "/healthz"
-    assert (headers.get("Cache-Control") == "no-store") == json_api
+    # No cache keeps the API's answers, nor a page made for a signed-in session.
+    private = path.startswith("/api/") or path in ("/healthz", "/")
+    assert (headers.get("Cache-Control") == "no-store") == private
 
 
 # --- outages --------------------------------------------------------------------------------

@@ -497,7 +497,9 @@ def test_init_db_creates_the_tables_once(app, tmp_path):
     second = runner.invoke(args=["init-db"])
 
     assert first.exit_code == 0, first.output
-    tables = "api_tokens, settings, transactions, user_bucket_totals, user_window_totals"
+    tables = (
+        "api_tokens, settings, transactions, user_bucket_totals, user_window_totals, web_sessions"
+    )
     assert f"Created tables {tables} in sqlite:///" in first.output
     assert set(inspect(engine).get_table_names()) == set(tables.split(", "))
     assert "Aggregates: windows of 6 h, buckets of 60 s" in first.output

@@ -87,6 +87,15 @@ def test_dead_letters_max():
     assert config.load({"DEAD_LETTERS_MAX": "10"}).dead_letters_max == 10
 
 
+def test_session_timeouts_in_seconds():
+    defaults = config.load({})
+    assert (defaults.session_idle_timeout, defaults.session_lifetime) == (1800, 43200)
+    chosen = config.load({"SESSION_IDLE_TIMEOUT": "60", "SESSION_LIFETIME": "600"})
+    assert (chosen.session_idle_timeout, chosen.session_lifetime) == (60, 600)
+    with pytest.raises(config.ConfigError, match="SESSION_LIFETIME must be a whole number > 0"):
+        config.load({"SESSION_LIFETIME": "0"})
+
+
 @pytest.mark.parametrize(
     ("hours", "seconds"),
     [("1", 3600), ("0.25", 900), ("0.01", 36), ("24", 86400), ("8760", 31536000), ("6.0", 21600)],

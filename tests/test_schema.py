@@ -111,6 +111,7 @@ def test_schema_sql_equals_models(server, databases, query):
         "transactions",
         "user_bucket_totals",
         "user_window_totals",
+        "web_sessions",
     }
     assert actual == expected
 

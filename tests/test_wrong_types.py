@@ -27,6 +27,7 @@ from tests.helpers import (
     TEST_SECRET_KEY,
     line,
     retype,
+    sign_in,
 )
 from tests.test_cluster_web import documented_routes
 from txstream import queries, tokens
@@ -93,10 +94,8 @@ MAY_BE_503 = {"counts": {"/api/live"}, "dead": {"/api/dead-letters", "/dead-lett
 
 def answers(app, token: str) -> dict:
     """Every API route (the OpenAPI document's, user 1) and every page, signed in."""
-    client = app.test_client()
+    client = sign_in(app.test_client(), token)
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {token}"
-    with client.session_transaction() as session:
-        session["token_hash"] = tokens.hash_of(token)
     paths = [*documented_routes(app, user_id=1), *PAGES]
     return {path: client.get(path) for path in paths}
 

@@ -2,16 +2,18 @@
 
 Every `/api/...` request needs `Authorization: Bearer <token>` (txstream.tokens), or else
 a page session and the method GET or HEAD, from this site; a page needs a session, made by
-pasting a token into /login. The session cookie is signed with
-SECRET_KEY and holds the token's hash, so revoking the token ends the session too. Forms
-carry a CSRF token kept in the session. `/metrics` needs a bearer token like the API, and
-counts against its rate limit: a scrape every 15 s is 4 of RATE_LIMIT's default 600 a
-minute (give Prometheus a token of its own, so that no API client uses its share up).
-`/healthz`, the API's description (/api/openapi.json, /api/docs), the login page and
-static files are open. A wrong token (API, session or sign-in) counts against its client
-address's AUTH_FAIL_LIMIT; over it, the address's failures and its tokens not yet checked by
-this worker get 429, while its tokens already checked are served. With AUTH=off (local
-experiments only) nothing is asked, and every start says so.
+pasting a token into /login. Sessions are kept in the database (txstream.sessions): the
+cookie holds only a random id; signing out or revoking the token ends a session at once, and
+it ends after SESSION_IDLE_TIMEOUT unused or SESSION_LIFETIME in all. Its forms carry its CSRF
+value; the sign-in form's is in a cookie of its own, signed with SECRET_KEY.
+
+`/metrics` needs a bearer token like the API, and counts against its rate limit: a scrape
+every 15 s is 4 of RATE_LIMIT's default 600 a minute (give Prometheus a token of its own, so
+that no API client uses its share up). `/healthz`, the API's description (/api/openapi.json,
+/api/docs), the login page and static files are open. A wrong token (API or sign-in) counts
+against its client address's AUTH_FAIL_LIMIT; over it, the address's failures and its tokens
+not yet checked by this worker get 429, while its tokens already checked are served. With
+AUTH=off (local experiments only) nothing is asked, and every start says so.
 """
 
 from __future__ import annotations
@@ -31,45 +33,45 @@ from flask import (
     current_app,
     g,
     jsonify,
+    make_response,
     redirect,
     render_template,
     request,
-    session,
     url_for,
 )
-from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
-from flask.wrappers import Request
+from flask.sessions import SessionInterface
+from itsdangerous import BadSignature, Signer
 
-from txstream import queries, redisconn, tokens
+from txstream import queries, redisconn, sessions, tokens
 from txstream.ratelimit import FixedWindows, Hit, RateLimited
 
 log = logging.getLogger(__name__)
 bp = Blueprint("access", __name__)
 
 SESSION_METHODS = ("GET", "HEAD")  # what a page session may ask of the API
+SESSION_COOKIE = "txs_session"  # a page session's random id (txstream.sessions)
+LOGIN_COOKIE = "txs_login"  # the sign-in form's CSRF value, signed with SECRET_KEY
+LOGIN_FORM_LIFETIME = 3600  # seconds a sign-in form may be left open
 OPEN_ENDPOINTS = {"access.login", "static", "api.healthz", "api.openapi_document", "api.docs"}
 
 
-class _Session(SecureCookieSessionInterface):
-    """The session cookie: HttpOnly, SameSite=Lax, and Secure when the page came over https."""
+class _NoFlaskSession(SessionInterface):
+    """Flask's own session is not used (the pages' are txstream.sessions): no cookie of its
+    is read or written, and writing to `flask.session` fails loudly."""
 
-    def get_cookie_secure(self, app: Flask) -> bool:
-        return request.is_secure or super().get_cookie_secure(app)
+    def open_session(self, app, request):
+        return self.make_null_session(app)
 
-    def open_session(self, app: Flask, incoming: Request) -> SecureCookieSession | None:
-        # No cookie (every API client): an empty session, without building the signer
-        # that Flask would make first, a twentieth of an API request's time.
-        if app.secret_key and not incoming.cookies.get(self.get_cookie_name(app)):
-            return self.session_class()
-        return super().open_session(app, incoming)
+    def save_session(self, app, session, response) -> None:
+        return None
 
 
 def init_app(app: Flask) -> None:
     """Guard every request of `app`, and set up its sessions and rate limits."""
-    app.session_interface = _Session()
-    app.config.update(SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax")
+    app.session_interface = _NoFlaskSession()
     app.register_blueprint(bp)
     app.before_request(_guard)
+    app.after_request(_private_if_signed_in)
     app.register_error_handler(RateLimited, _rate_limited)
     app.context_processor(lambda: {"csrf_token": csrf_token, "signed_in": g.get("token_name")})
     keys = app.config["KEYS"]
@@ -77,6 +79,7 @@ def init_app(app: Flask) -> None:
         FixedWindows(keys, app.config["RATE_LIMIT"]),
         FixedWindows(keys, app.config["AUTH_FAIL_LIMIT"]),
         tokens.Cache(),
+        sessions.Limits(app.config["SESSION_IDLE_TIMEOUT"], app.config["SESSION_LIFETIME"]),
     )
 
 
@@ -88,6 +91,7 @@ class _Access:
     limits: FixedWindows
     failures: FixedWindows
     cache: tokens.Cache
+    session_limits: sessions.Limits
     blocked: dict[str, tuple[RateLimited, float]] = field(default_factory=dict)
 
     MAX_BLOCKED = 10_000  # a bound: an attacker may have many addresses
@@ -142,7 +146,7 @@ def _count(who: str) -> Hit:
 
 def _api_guard():
     header = request.headers.get("Authorization")
-    if header is None and "token_hash" in session:
+    if header is None and SESSION_COOKIE in request.cookies:
         return _api_session_guard()
     scheme, _, token = (header or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
@@ -162,10 +166,12 @@ def _api_session_guard():
         )
     if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
         return _unauthorized("a page session reads this API from this site only")
-    token_hash = session["token_hash"]
-    if not isinstance(token_hash, str):
-        return _failed("the session is not valid; sign in again")
-    return _admit(token_hash, "the session's token is not valid (revoked?); sign in again")
+    found = page_session()
+    if found is None:
+        return _forget_session(_unauthorized("the session has ended; sign in again"))
+    g.token_name = found.token_name
+    _count(f"token:{found.token_id}").check()
+    return None
 
 
 def _admit(token_hash: str, refusal: str):
@@ -212,13 +218,43 @@ def _checked(token_hash: str) -> tuple[tokens.Token, Hit] | None:
 
 
 def _page_guard():
-    token_hash = session.get("token_hash")
-    token = _find(token_hash) if isinstance(token_hash, str) else None
-    if token is None:
-        session.pop("token_hash", None)
-        return redirect(url_for("access.login", next=request.full_path.rstrip("?")))
-    g.token_name = token.name
+    found = page_session()
+    if found is None:
+        login = redirect(url_for("access.login", next=request.full_path.rstrip("?")))
+        return _forget_session(login)
+    g.token_name = found.token_name
     return None
+
+
+def page_session() -> sessions.PageSession | None:
+    """This request's signed-in session, or None: looked up once per request. A session id
+    is 256 random bits, so a wrong one is not counted as a failed authentication: guessing
+    is hopeless, and each look-up is one primary-key read."""
+    if "page_session" not in g:
+        session_id = request.cookies.get(SESSION_COOKIE, "")
+        g.page_session = None
+        if session_id:
+            now, limits = current_app.config["CLOCK"](), _access().session_limits
+            g.page_session = queries.read(
+                current_app.config["ENGINE"],
+                lambda conn: sessions.find(conn, session_id, now, limits),
+            )
+    return g.page_session
+
+
+def _forget_session(response):
+    """`response`, telling the browser to drop a session cookie that opens nothing."""
+    if SESSION_COOKIE in request.cookies:
+        response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="Lax")
+    return response
+
+
+def _private_if_signed_in(response):
+    """A page or answer made for a session is no one else's: not stored by any cache."""
+    if g.get("page_session") is not None:
+        response.headers["Cache-Control"] = "no-store"
+        response.vary.add("Cookie")
+    return response
 
 
 def _find(token_hash: str) -> tokens.Token | None:
@@ -247,20 +283,30 @@ def _unauthorized(message: str, invalid: bool = False):
 
 
 def csrf_token() -> str:
-    """This session's CSRF token, for a hidden field of every form that changes something."""
-    if "csrf" not in session:
-        session["csrf"] = secrets.token_urlsafe(32)
-    return session["csrf"]
+    """This session's CSRF value, for a hidden field of every form that changes something."""
+    found = page_session()
+    return found.csrf if found is not None else ""
 
 
-def _check_csrf() -> None:
-    """400 unless the form's CSRF field is this session's: a session without one (no cookie,
-    as in a cross-site sign-in) matches nothing. Compared as bytes: any text may be sent."""
-    sent, expected = request.form.get("csrf", "").encode(), session.get("csrf")
-    if not (
-        isinstance(expected, str) and expected and hmac.compare_digest(sent, expected.encode())
-    ):
+def _check_csrf(expected: str | None) -> None:
+    """400 unless the form's CSRF field is `expected`: none (no cookie, as in a cross-site
+    sign-in) matches nothing. Compared as bytes: any text may be sent."""
+    sent = request.form.get("csrf", "").encode()
+    if not (expected and hmac.compare_digest(sent, expected.encode())):
         abort(400, description="the form has expired or did not come from this site; try again")
+
+
+def _login_signer() -> Signer:
+    return Signer(current_app.secret_key, salt="txstream-login-form")
+
+
+def _login_form_csrf() -> str | None:
+    """The sign-in form's CSRF value, from its signed cookie (None: no cookie, or forged).
+    Signed, so that a cookie set by a neighbouring site of the same domain is worth nothing."""
+    try:
+        return _login_signer().unsign(request.cookies.get(LOGIN_COOKIE, "")).decode()
+    except (BadSignature, UnicodeDecodeError):
+        return None
 
 
 # A path of this site: one "/", then only characters a URL carries as they are (no space,
@@ -280,21 +326,46 @@ def _safe_next(target: str | None) -> str:
 
 @bp.route("/login", methods=["GET", "POST"])
 def login():
-    """Sign in by pasting a token."""
+    """Sign in by pasting a token: a new session, whatever the browser had before."""
+    if not current_app.config["AUTH"]:
+        return redirect(url_for("pages.index"))  # nobody signs in: every page is open
     if request.method == "GET":
-        return render_template("login.html", next=request.args.get("next", ""), error=None)
-    _check_csrf()
+        csrf = secrets.token_urlsafe(32)
+        response = make_response(_login_page(request.args.get("next", ""), csrf))
+        response.set_cookie(
+            LOGIN_COOKIE,
+            _login_signer().sign(csrf).decode(),
+            max_age=LOGIN_FORM_LIFETIME,
+            path=url_for("access.login"),
+            secure=request.is_secure,
+            httponly=True,
+            samesite="Lax",
+        )
+        return response
+    csrf = _login_form_csrf()
+    _check_csrf(csrf)
     token = request.form.get("token", "").strip()
     found = _signed_in(token)
     if found is None:
         log.warning("sign-in refused from %s", request.remote_addr)
         _access().failed(current_app.config["REDIS"], request.remote_addr)
-        page = render_template("login.html", next=request.form.get("next", ""), error=True)
-        return page, 401
-    session.clear()  # a new session: nothing from before survives a sign-in
-    session["token_hash"] = tokens.hash_of(token)
+        return _login_page(request.form.get("next", ""), csrf, error=True), 401
+    engine = current_app.config["ENGINE"]
+    sessions.end(engine, request.cookies.get(SESSION_COOKIE, ""))  # the browser's previous
+    session_id = sessions.begin(
+        engine, found.id, current_app.config["CLOCK"](), _access().session_limits
+    )
     log.info("signed in with token %r", found.name)
-    return redirect(_safe_next(request.form.get("next")))
+    response = redirect(_safe_next(request.form.get("next")))
+    response.set_cookie(
+        SESSION_COOKIE, session_id, secure=request.is_secure, httponly=True, samesite="Lax"
+    )
+    response.delete_cookie(LOGIN_COOKIE, path=url_for("access.login"))
+    return response
+
+
+def _login_page(next_path: str, csrf: str, error: bool = False) -> str:
+    return render_template("login.html", next=next_path, csrf=csrf, error=error)
 
 
 def _signed_in(token: str) -> tokens.Token | None:
@@ -314,10 +385,13 @@ def _signed_in(token: str) -> tokens.Token | None:
 
 @bp.post("/logout")
 def logout():
-    """Sign out: the session is forgotten."""
-    _check_csrf()
-    session.clear()
-    return redirect(url_for("access.login"))
+    """Sign out: the session is deleted; its cookie opens nothing any more."""
+    if not current_app.config["AUTH"]:
+        return redirect(url_for("pages.index"))
+    _check_csrf(csrf_token())
+    sessions.end(current_app.config["ENGINE"], request.cookies.get(SESSION_COOKIE, ""))
+    g.page_session = None
+    return _forget_session(redirect(url_for("access.login")))
 
 
 def _rate_limited(exc: RateLimited):

@@ -20,6 +20,7 @@ from sqlalchemy import Connection, Engine, bindparam, delete, insert, select, up
 from sqlalchemy.exc import IntegrityError
 
 from models import api_tokens
+from txstream import sessions
 from txstream.keys import Keys
 from txstream.ratelimit import new_epoch
 from txstream.times import utcnow
@@ -72,9 +73,15 @@ def create(engine: Engine, name: str) -> str:
 
 
 def revoke(engine: Engine, name: str) -> bool:
-    """Delete the token called `name`; whether there was one. Then call `announce_revocation`."""
+    """Delete the token called `name` and its page sessions; whether there was one. Then call
+    `announce_revocation`."""
     with engine.begin() as conn:
-        return conn.execute(delete(api_tokens).where(api_tokens.c.name == name)).rowcount > 0
+        token_id = conn.scalar(select(api_tokens.c.id).where(api_tokens.c.name == name))
+        if token_id is None:
+            return False
+        sessions.end_all(conn, token_id)
+        conn.execute(delete(api_tokens).where(api_tokens.c.id == token_id))
+        return True
 
 
 def announce_revocation(client: redis.Redis, keys: Keys) -> None:
