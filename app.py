@@ -47,6 +47,7 @@ from txstream import (
     tokens,
 )
 from txstream.aggregates import BadLayout, KnownLayout, Layout, LayoutMismatch, recorded_layout
+from txstream.headers import SECURITY_HEADERS
 from txstream.store import ensure_layout
 from txstream.times import format_time, utcnow
 from txstream.wrongtype import WrongType, is_wrong_type
@@ -317,15 +318,10 @@ def _503(message: str):
 
 
 def _security_headers(response: Response) -> Response:
-    """What every response says to browsers: run nothing foreign, frame nothing, sniff nothing."""
+    """What every response says to browsers (txstream.headers); the API's are not cached."""
     headers = response.headers
-    headers.setdefault(
-        "Content-Security-Policy",
-        "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-    )
-    headers.setdefault("X-Content-Type-Options", "nosniff")
-    headers.setdefault("X-Frame-Options", "DENY")
-    headers.setdefault("Referrer-Policy", "no-referrer")
+    for name, value in SECURITY_HEADERS.items():
+        headers.setdefault(name, value)
     if api.owns(request.path):
         headers["Cache-Control"] = "no-store"
     return response

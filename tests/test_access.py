@@ -760,6 +760,28 @@ def test_failed_sign_ins_get_429_after_the_address_limit(backend, key_prefix):
     assert other.post("/login", data={**login_form(other), "token": token}).status_code == 302
 
 
+def test_a_sign_in_over_the_limit_answers_the_login_page_and_the_api_json(backend, key_prefix):
+    """A person signing in reads why and for how long (the third wrong token, then even a
+    valid one); an API client still gets JSON."""
+    app = make_app(backend, key_prefix, AUTH_FAIL_LIMIT="2/minute")
+    token = create_token(app, "person")
+    client = from_address(app, "10.0.0.7")
+    fields = login_form(client, "/login?next=/users/7")
+    sent = [wrong_token(), wrong_token(), wrong_token(), token]
+    answers = [client.post("/login", data={**fields, "token": t}) for t in sent]
+    assert [a.status_code for a in answers] == [401, 401, 429, 429]
+    for refused in answers[2:]:
+        seconds = int(refused.headers["Retry-After"])
+        page = refused.get_data(as_text=True)
+        assert refused.mimetype == "text/html" and seconds > 0
+        assert "Too many failed sign-ins from your address; try again in " in page
+        assert re.search(rf"try again in {seconds} seconds?\.", page)
+        assert 'name="token"' in page and 'name="next" value="/users/7"' in page
+    api = client.get("/api/users/1/sum", headers=bearer(wrong_token()))
+    assert api.status_code == 429 and api.is_json and api.get_json()["error"]
+    assert int(api.headers["Retry-After"]) > 0
+
+
 @pytest.fixture
 def token_queries(backend):
     """The database queries of the tokens' table, as they run."""

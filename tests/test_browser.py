@@ -12,6 +12,7 @@ import re
 import secrets
 from datetime import datetime, timedelta
 from decimal import Decimal
+from urllib.parse import urljoin, urlsplit
 
 import pytest
 from sqlalchemy import insert
@@ -72,6 +73,91 @@ def test_sign_in_with_a_token(anonymous_page, system):
     page.wait_for_url(system.url + "/")
     assert page.locator("h1").inner_text() == "Console"
     assert page.locator("form.logout button").is_visible()
+
+
+# `next` as it stands in a link to /login (the browser sends it, the app decodes it): ways
+# that Werkzeug or a browser could turn into another site (issue 20: the tab did).
+NASTY_NEXTS = (
+    "/%09/evil.example/x",  # a tab: Werkzeug drops it, leaving //evil.example/x
+    "/\\evil.example",  # a back-slash: browsers read /\ as //
+    "//evil.example",  # scheme-relative
+    "/%5Cevil.example",  # an encoded back-slash
+    "https:evil.example",  # a scheme without slashes
+    "/%0D%0A/evil.example",  # CR LF
+    "%2F%2Fevil.example",  # encoded slashes
+    "/%2F/evil.example",
+    "///evil.example",
+    "/.//evil.example",
+    "/%20/evil.example",  # a space
+    "/%E3%80%82/evil%EF%BC%8Eexample",  # full-width dots
+)
+
+
+def origin(url: str) -> tuple[str, str]:
+    """(scheme, host:port) of `url`."""
+    parts = urlsplit(url)
+    return parts.scheme, parts.netloc
+
+
+@pytest.fixture
+def page_without_csp(browser):
+    """A new page that ignores the CSP: Chromium's form-action 'self' alone would stop a
+    sign-in's redirect to another site, and not every browser does; the app must not ask."""
+    context = browser.new_context(viewport=DESKTOP, bypass_csp=True)
+    yield context.new_page()
+    context.close()
+
+
+def sign_in_from(page, url: str, token: str) -> str:
+    """Open `url` (a /login link) and sign in with `token`: the URL the app's redirect
+    sends the browser to, once loaded if it is on this site."""
+    page.goto(url)
+    page.fill("#token", token)
+    with page.expect_response(lambda r: r.request.method == "POST") as answered:
+        page.click("form.login button[type=submit]")
+    response = answered.value
+    assert response.status == 302, f"{response.status} {response.url}"
+    target = urljoin(response.url, response.headers["location"])
+    if origin(target) == origin(page.url):
+        page.wait_for_url(target)
+    return target
+
+
+@pytest.mark.parametrize("nasty", NASTY_NEXTS)
+def test_signing_in_never_leads_to_another_site(page_without_csp, system, nasty):
+    page, elsewhere = page_without_csp, []
+    page.on("request", lambda r: origin(r.url) != origin(system.url) and elsewhere.append(r.url))
+    target = sign_in_from(page, f"{system.url}/login?next={nasty}", system.token)
+    assert origin(target) == origin(page.url) == origin(system.url), target
+    assert not elsewhere
+
+
+def test_signing_in_goes_on_to_the_page_asked_for(anonymous_page, system):
+    target = sign_in_from(anonymous_page, f"{system.url}/login?next=/users/7", system.token)
+    assert target == anonymous_page.url == f"{system.url}/users/7"
+
+
+def test_a_copy_of_the_session_cookie_is_no_use_after_signing_out(browser, system):
+    context = browser.new_context(viewport=DESKTOP)
+    try:
+        page = context.new_page()
+        sign_in(page, system.url, system.token)
+        assert page.locator("form.logout button").is_visible()
+        cookies = context.cookies(system.url)
+        assert cookies  # the session's
+        page.click("form.logout button")
+        page.wait_for_url(f"{system.url}/login")
+    finally:
+        context.close()
+    replay = browser.new_context(viewport=DESKTOP)  # an attacker's, with the copied cookie
+    try:
+        replay.add_cookies(cookies)
+        page = replay.new_page()
+        page.goto(system.url + "/")
+        assert urlsplit(page.url).path == "/login", page.url
+        assert page.locator("form.logout").count() == 0
+    finally:
+        replay.close()
 
 
 def test_a_wrong_token_is_refused(anonymous_page, system):

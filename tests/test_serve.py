@@ -2,13 +2,22 @@
 
 gunicorn's sync workers alone were held by two half-sent requests (/healthz then took 31.7 s);
 nginx reads whole requests first, and its own error answers carry the app's security headers.
+`make serve` also runs as an ordinary user (nobody), writing nothing outside its own directory.
 """
 
 from __future__ import annotations
 
 import http.client
+import os
+import pwd
+import re
+import shutil
 import signal
 import socket
+import subprocess  # nosec B404 # setpriv, by a fixed argument list
+import sys
+import sysconfig
+import tempfile
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -17,7 +26,9 @@ import pytest
 
 from app import create_app
 from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL
-from txstream.processes import free_port, wait_healthy, wait_until
+from txstream import headers
+from txstream.processes import ROOT, Script, free_port, wait_healthy, wait_until
+from txstream.serve import CONF, nginx_conf
 from txstream.testing import stream_env
 
 pytestmark = pytest.mark.services
@@ -29,17 +40,22 @@ HALF_REQUESTS = (  # half the headers; all the headers and half the body
 )
 NGINX_MADE = {  # what makes nginx itself answer, before gunicorn sees anything
     414: ("GET", "/" + "a" * 9000, {}),
-    400: ("GET", "/healthz", {"X-Big": "a" * 9000}),
+    400: ("GET", "/healthz", {"X-Big": "a" * 64 * 1024}),  # no 431: nginx has none
     413: ("POST", "/api/transactions", {"Content-Length": str(65 * 1024)}),
 }
+
+
+def serve_env(key_prefix: str, port: int) -> dict[str, str]:
+    """`make serve`'s environment for this test: the test servers, nginx on `port`."""
+    env = stream_env(TEST_REDIS_URL, TEST_DATABASE_URL, key_prefix, AUTH_FAIL_LIMIT="3/minute")
+    return {**env, "WEB_BIND": f"127.0.0.1:{port}"}
 
 
 @pytest.fixture
 def served(run, mysql_engine, key_prefix):
     """(the launcher, host, port): `python -m txstream.serve`, once /healthz answers."""
     port = free_port()
-    env = stream_env(TEST_REDIS_URL, TEST_DATABASE_URL, key_prefix, AUTH_FAIL_LIMIT="3/minute")
-    server = run("-m", "txstream.serve", env={**env, "WEB_BIND": f"127.0.0.1:{port}"})
+    server = run("-m", "txstream.serve", env=serve_env(key_prefix, port))
     wait_healthy(server, f"http://127.0.0.1:{port}", timeout=60)
     return server, "127.0.0.1", port
 
@@ -108,6 +124,16 @@ def test_failed_authentication_is_counted_per_client_not_per_nginx(served):
     assert status_from("127.0.0.1") == 401  # another client: its own count
 
 
+def test_nginx_conf_takes_the_security_headers_from_the_app(monkeypatch, tmp_path):
+    monkeypatch.setattr(headers, "CONTENT_SECURITY_POLICY", "default-src 'none'")
+    text = nginx_conf("127.0.0.1:1", "127.0.0.1:2", tmp_path, 1024)
+    assert "add_header Content-Security-Policy \"default-src 'none'\" always;" in text
+    assert 'add_header X-Content-Type-Options "nosniff" always;' in text
+    directives = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    assert not re.findall(r"@[A-Z_]+@", "\n".join(directives))  # every name filled in
+    assert "default-src" not in CONF.read_text()  # written once: in txstream/headers.py
+
+
 def _app_headers() -> dict[str, str]:
     """The headers that nginx's own answers must repeat, as the app sends them."""
     app = create_app({"TESTING": True, "AUTH": False})
@@ -142,11 +168,97 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def test_ctrl_c_stops_nginx_and_gunicorn(served):
-    server, _host, _port = served
+def _ctrl_c_stops_everything(server: Script) -> None:
+    """Ctrl-C (SIGINT) stops `make serve`: it exits 0, and nginx and gunicorn with it."""
     children = _descendants(server.proc.pid)
     names = {Path(f"/proc/{pid}/comm").read_text().strip() for pid in children}
     assert any(name.startswith("nginx") for name in names), names
     server.proc.send_signal(signal.SIGINT)
     assert server.wait(30) == 0, server.output
     wait_until(lambda: not any(map(_alive, children)), 30, "nginx and gunicorn to exit")
+
+
+def test_ctrl_c_stops_nginx_and_gunicorn(served):
+    server, _host, _port = served
+    _ctrl_c_stops_everything(server)
+
+
+# --- as an ordinary user ------------------------------------------------------------------
+
+SKIPPED_IN_THE_COPY = (".git", ".venv", "var", ".env", "__pycache__", ".*_cache")
+NOT_NEEDED_TO_RUN = ("site-packages", "test", "idlelib", "tkinter", "turtledemo", "__pycache__")
+
+
+def _as_user(name: str) -> tuple[str, ...]:
+    """The command prefix that runs a program as user `name`, without any group or
+    capability of root's."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("setpriv (util-linux) is not installed")
+    user = pwd.getpwnam(name)
+    return setpriv, f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups"
+
+
+def _readable_copy(source: Path, target: Path, ignore) -> None:
+    """`source` copied to `target`, every file readable and every folder open to all."""
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns(*ignore), symlinks=True)
+    for path in [target, *target.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | (0o055 if path.is_dir() else 0o044))
+
+
+def _python_for(as_user: tuple[str, ...], where: Path) -> tuple[tuple[str, ...], dict]:
+    """(command, environment): this Python with this run's packages, as the user of
+    `as_user`. When that user may not read this interpreter (pyenv's under /root, say),
+    a copy of it and its standard library in `where`, the packages on PYTHONPATH."""
+    same = f"import sys, flask, gunicorn, redis; sys.exit(sys.hexversion != {sys.hexversion})"
+    probe = [*as_user, sys.executable, "-c", same]
+    if subprocess.run(probe, capture_output=True, check=False).returncode == 0:  # nosec B603
+        return (*as_user, sys.executable), {}
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for folder in ("bin", "lib"):
+        (where / folder).mkdir(parents=True)
+    shutil.copy2(Path(sysconfig.get_config_var("BINDIR")) / version, where / "bin")
+    for library in Path(sysconfig.get_config_var("LIBDIR")).glob("libpython*.so*"):
+        shutil.copy2(library, where / "lib", follow_symlinks=False)
+    _readable_copy(
+        Path(sysconfig.get_paths()["stdlib"]), where / "lib" / version, NOT_NEEDED_TO_RUN
+    )
+    packages = dict.fromkeys(sysconfig.get_paths()[kind] for kind in ("purelib", "platlib"))
+    env = {
+        "PYTHONHOME": str(where),
+        "PYTHONPATH": os.pathsep.join(packages),
+        "LD_LIBRARY_PATH": str(where / "lib"),  # its libpython
+    }
+    return (*as_user, str(where / "bin" / version)), env
+
+
+def _uids(pid: int) -> set[int]:
+    """The real, effective, saved and file-system user ids of process `pid`."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    return set(map(int, re.search(r"^Uid:(.*)$", status, re.MULTILINE).group(1).split()))
+
+
+def test_serve_runs_as_an_ordinary_user(mysql_engine, key_prefix):
+    """As `nobody`: nginx ignores no `user` directive (there is none), and opens nothing of
+    its own outside serve's temporary directory (no /var/log/nginx, no /run/nginx.pid)."""
+    if os.geteuid() != 0:
+        pytest.skip("not root: every other test of this module runs serve as an ordinary user")
+    as_nobody = _as_user("nobody")
+    with tempfile.TemporaryDirectory(prefix="txstream-as-nobody-") as temporary:
+        where = Path(temporary)
+        where.chmod(0o755)
+        _readable_copy(ROOT, where / "repo", SKIPPED_IN_THE_COPY)
+        python, python_env = _python_for(as_nobody, where / "python")
+        port = free_port()
+        env = {**serve_env(key_prefix, port), **python_env, "HOME": str(where)}
+        server = Script("-m", "txstream.serve", env=env, cwd=where / "repo", python=python)
+        try:
+            wait_healthy(server, f"http://127.0.0.1:{port}", timeout=60)
+            processes = {server.proc.pid, *_descendants(server.proc.pid)}
+            assert {uid for pid in processes for uid in _uids(pid)} == {
+                pwd.getpwnam("nobody").pw_uid
+            }
+            _ctrl_c_stops_everything(server)
+        finally:
+            server.kill()

@@ -395,8 +395,14 @@ def logout():
 
 
 def _rate_limited(exc: RateLimited):
-    """429 as JSON, with Retry-After: the seconds until the limit's window resets."""
-    response = jsonify(error=str(exc))
-    response.status_code = 429
+    """429 with Retry-After, the seconds until the limit's window resets: as the login page
+    to a person signing in, as JSON to everything else."""
+    if request.endpoint == "access.login":
+        next_ = request.values.get("next", "")
+        page = render_template("login.html", next=next_, retry_after=exc.retry_after)
+        response = make_response(page, 429)
+    else:
+        response = jsonify(error=str(exc))
+        response.status_code = 429
     response.headers["Retry-After"] = str(exc.retry_after)
     return response

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
@@ -64,6 +64,7 @@ class Script:
     `env` is added to this process's environment. `echo_as`: print each line with this
     name in front instead of keeping it (the demo runs for hours). `new_session`: start
     it in a session of its own, so that Ctrl-C reaches only the parent, which stops it.
+    `python`: the command that runs Python, when not this one (e.g. as another user).
     """
 
     def __init__(
@@ -73,12 +74,13 @@ class Script:
         cwd: Path = ROOT,
         echo_as: str | None = None,
         new_session: bool = False,
+        python: Sequence[str] = (sys.executable,),
     ) -> None:
         self.name = echo_as or " ".join(args)  # for messages
         self.echo_as = echo_as
         self.lines: list[str] = []
         self.proc = subprocess.Popen(  # nosec B603 # this Python and the repository's scripts
-            [sys.executable, *args],
+            [*python, *args],
             cwd=cwd,
             env={**os.environ, **env},
             stdout=subprocess.PIPE,

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import config
+from txstream import headers
 from txstream.demo import interrupt, wait_for
 from txstream.processes import ROOT, SERVE, Script, TimedOut, free_port
 
@@ -27,13 +28,16 @@ CONF = ROOT / "deploy" / "nginx.conf"
 
 
 def nginx_conf(listen: str, upstream: str, run_dir: Path, max_body: int) -> str:
-    """deploy/nginx.conf with its @NAMES@ filled in."""
+    """deploy/nginx.conf with its @NAMES@ filled in; the security headers of nginx's own
+    answers are the app's (txstream.headers), written in one place."""
     text = CONF.read_text()
     for name, value in {
         "LISTEN": listen,
         "UPSTREAM": upstream,
         "RUN_DIR": str(run_dir),
         "MAX_BODY": str(max_body),
+        "CSP": headers.CONTENT_SECURITY_POLICY,
+        "NOSNIFF": headers.NOSNIFF,
     }.items():
         text = text.replace(f"@{name}@", value)
     return text
