@@ -777,6 +777,7 @@ def test_a_sign_in_over_the_limit_answers_the_login_page_and_the_api_json(backen
         assert "Too many failed sign-ins from your address; try again in " in page
         assert re.search(rf"try again in {seconds} seconds?\.", page)
         assert 'name="token"' in page and 'name="next" value="/users/7"' in page
+        assert f'name="csrf" value="{fields["csrf"]}"' in page  # usable once the wait is over
     api = client.get("/api/users/1/sum", headers=bearer(wrong_token()))
     assert api.status_code == 429 and api.is_json and api.get_json()["error"]
     assert int(api.headers["Retry-After"]) > 0

@@ -364,8 +364,10 @@ def login():
     return response
 
 
-def _login_page(next_path: str, csrf: str, error: bool = False) -> str:
-    return render_template("login.html", next=next_path, csrf=csrf, error=error)
+def _login_page(next_path: str, csrf: str, error: bool = False, retry_after: int = 0) -> str:
+    return render_template(
+        "login.html", next=next_path, csrf=csrf, error=error, retry_after=retry_after
+    )
 
 
 def _signed_in(token: str) -> tokens.Token | None:
@@ -398,8 +400,8 @@ def _rate_limited(exc: RateLimited):
     """429 with Retry-After, the seconds until the limit's window resets: as the login page
     to a person signing in, as JSON to everything else."""
     if request.endpoint == "access.login":
-        next_ = request.values.get("next", "")
-        page = render_template("login.html", next=next_, retry_after=exc.retry_after)
+        csrf = _login_form_csrf() or ""  # the form still works once the wait is over
+        page = _login_page(request.values.get("next", ""), csrf, retry_after=exc.retry_after)
         response = make_response(page, 429)
     else:
         response = jsonify(error=str(exc))
