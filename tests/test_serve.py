@@ -18,6 +18,7 @@ import pytest
 from app import create_app
 from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL
 from txstream.processes import free_port, wait_healthy, wait_until
+from txstream.serve import accepts
 from txstream.testing import stream_env
 
 pytestmark = pytest.mark.services
@@ -150,3 +151,13 @@ def test_ctrl_c_stops_nginx_and_gunicorn(served):
     server.proc.send_signal(signal.SIGINT)
     assert server.wait(30) == 0, server.output
     wait_until(lambda: not any(map(_alive, children)), 30, "nginx and gunicorn to exit")
+
+
+def test_accepts_tells_when_a_unix_socket_listens(tmp_path):
+    """serve.py waits on gunicorn's Unix socket (cheaper for nginx than a loopback port)."""
+    path = tmp_path / "gunicorn.sock"
+    assert not accepts(f"unix:{path}")
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(path))
+        listening.listen()
+        assert accepts(f"unix:{path}")
