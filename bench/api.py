@@ -2,14 +2,25 @@
 
 Seeds `--rows` transactions of `--users` users (uniformly) over the last `--days` days, with
 their window and bucket totals and recent lists, unless that seed is there already and less
-than a day old (`--reseed` forces it). Then starts the web app as `make serve` does, runs
-wrk on each endpoint at each concurrency, and prints a Markdown table for docs/BENCHMARKS.md.
+than a day old (`--reseed` forces it). Then starts the web app, runs wrk on each endpoint at
+each concurrency, and prints a Markdown table for docs/BENCHMARKS.md.
+
+`--serve`: gunicorn alone (the default), and/or `serve`, as `make serve` runs it
+(txstream/serve.py: nginx in front of gunicorn). `--baseline REV`: the web app of REV too,
+checked out into a temporary git worktree (bench/trees.py), gunicorn alone if REV has no
+serve.py. All the web apps run at once, each on a port of its own, and take turns run by run
+(`--runs`), so the machine's noise hits each alike; the table gives each one's requests/s as
+a ratio to the first's (the baseline's). "CPU ms/request" is the web app's own processes'
+(gunicorn's, and nginx's behind `serve`), not MariaDB's, Redis's nor wrk's: it is the figure
+that other work on the machine changes least.
 
     .venv/bin/python bench/api.py [--rows 10000000] [--users 100000] [--duration 10]
+    .venv/bin/python bench/api.py --concurrency 8 --serve gunicorn serve --baseline 6004828
 
 Uses the database `txstream_bench_api` (or BENCH_API_DATABASE_URL) and Redis db 12 (or
-BENCH_API_REDIS_URL), keys `benchapi:`. Needs wrk (`apt-get install wrk`) and a server
-with local_infile on (the default).
+BENCH_API_REDIS_URL), keys `benchapi:`. Needs wrk (`apt-get install wrk`), nginx for
+`--serve serve` (`apt-get install nginx-light`), and a server with local_infile on (the
+default).
 """
 
 from __future__ import annotations
@@ -19,14 +30,18 @@ import math
 import os
 import random
 import shutil
+import signal
+import statistics
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import astuple
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import NamedTuple
 
 import redis
 from sqlalchemy import create_engine, func, select, text
@@ -34,11 +49,25 @@ from sqlalchemy.schema import CreateIndex, DropIndex
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from apibench import add_server_flags, mark_seeded, print_setup, seed_found, serving, wrk  # noqa: E402
+from apibench import (  # noqa: E402
+    SERVERS,
+    add_server_flags,
+    app_env,
+    bench_token,
+    mark_seeded,
+    print_setup,
+    seed_found,
+    serves,
+    tree_cpu_s,
+    web_server,
+    wrk,
+)
+from trees import checkouts  # noqa: E402
 
 import config  # noqa: E402
 import models  # noqa: E402
 from txstream.keys import Keys  # noqa: E402
+from txstream.processes import Script  # noqa: E402
 from txstream.rebuild_redis import RedisRebuild  # noqa: E402
 from txstream.times import to_micros, utcnow  # noqa: E402
 from txstream.transaction import Transaction  # noqa: E402
@@ -54,7 +83,9 @@ ENDPOINTS = {
     "recent": "/api/users/{user}/recent",
     "windows": "/api/users/{user}/windows",
 }
-ROW = "| `{}` | {} | {:,.0f} | {:.2f} | {:.2f} | {} |"  # of the Markdown table
+P50_P99 = ("p50_us", "p99_us")  # the latencies of the table, from wrk
+# What the table calls each of apibench.SERVERS.
+SERVED = {"gunicorn": "gunicorn alone", "serve": "make serve (nginx + gunicorn)"}
 BUCKET_GRAIN = 60  # seconds: a bucket is gcd(window, this) long, as the subscriber makes them
 LOAD_ROWS = 1_000_000  # rows per generated file and LOAD DATA: two files on disk at most
 FILL_ROWS = 50_000  # about this many rows per windows/recent-lists statement: sorts fit in memory
@@ -263,38 +294,128 @@ def seed_layout(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+class Setup(NamedTuple):
+    """A web app to measure: the code of `tree` (labelled `label`), served by `server`."""
+
+    label: str
+    tree: Path
+    server: str
+
+    def name(self) -> str:
+        """How the table names it."""
+        served = SERVED[self.server]
+        return f"{self.label}, {served}" if self.label else served
+
+
+def setups(trees: dict[str, Path], servers: list[str]) -> list[Setup]:
+    """Each tree served each way it can be (a tree from before serve.py: gunicorn only)."""
+    return [
+        Setup(label, tree, server)
+        for label, tree in trees.items()
+        for server in servers
+        if serves(tree, server)
+    ]
+
+
+Rows = dict[tuple[str, int, Setup], list[dict]]  # wrk's results by (endpoint, concurrency, setup)
+
+
+def measure(servers: dict[Setup, tuple[Script, str]], args, token: str) -> Rows:
+    """wrk on every endpoint at every concurrency, `args.runs` runs of each web app, taking
+    turns (in reverse order every other round), so that the machine's noise hits each alike.
+
+    Adds "cpu_ms" to wrk's figures: the web app's own CPU (all its processes) a request.
+    """
+    results: Rows = {}
+    for name in args.endpoints:
+        path = ENDPOINTS[name]
+        for _process, url in servers.values():
+            wrk(url, path, args.users, 8, 1, token)  # warm-up, not reported
+        for connections in args.concurrency:
+            for i in range(args.runs):
+                for setup in list(servers)[:: -1 if i % 2 else 1]:
+                    process, url = servers[setup]
+                    cpu = tree_cpu_s(process.proc.pid)
+                    r = wrk(url, path, args.users, connections, args.duration, token)
+                    r["cpu_ms"] = (tree_cpu_s(process.proc.pid) - cpu) * 1e3 / r["requests"]
+                    results.setdefault((path, connections, setup), []).append(r)
+                    print(
+                        f"{name} x {connections}, {setup.name()}, run {i + 1}: "
+                        f"{r['rps']:,.0f} requests/s",
+                        file=sys.stderr,
+                    )
+    return results
+
+
+def table(results: Rows) -> str:
+    """The Markdown table: a row per endpoint, concurrency and web app, the medians of its
+    runs; with several web apps, which one, and its requests/s as a ratio to the first's:
+    the median of the ratios round by round, as the machine's load drifts between rounds."""
+    several = len({setup for _, _, setup in results}) > 1
+    head = ["endpoint", "concurrency", "requests/s", "p50 ms", "p99 ms", "CPU ms/request"]
+    head.append("errors")
+    align = ["---"] + ["--:"] * (len(head) - 1)
+    if several:
+        head[2:2], align[2:2] = ["served by"], ["---"]
+        head += ["x first", "runs (requests/s)"]
+        align += ["--:", "--:"]
+    lines = [f"| {' | '.join(head)} |", f"|{'|'.join(align)}|"]
+    first: dict[tuple[str, int], list[dict]] = {}
+    for (path, connections, setup), runs in results.items():
+        rps = statistics.median(r["rps"] for r in runs)
+        p50, p99 = (statistics.median(r[key] for r in runs) / 1e3 for key in P50_P99)
+        cpu = statistics.median(r["cpu_ms"] for r in runs)
+        cells = [f"`{path}`", str(connections), f"{rps:,.0f}", f"{p50:.2f}", f"{p99:.2f}"]
+        cells += [f"{cpu:.2f}", str(sum(r["errors"] for r in runs))]
+        if several:
+            base = first.setdefault((path, connections), runs)
+            ratio = statistics.median(r["rps"] / b["rps"] for r, b in zip(runs, base, strict=True))
+            cells[2:2] = [setup.name()]
+            cells += [f"x{ratio:.2f}", ", ".join(f"{r['rps']:,.0f}" for r in runs)]
+        lines.append(f"| {' | '.join(cells)} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     number = config.positive_int_flag
     add_seed_flags(parser, users=100_000)
     parser.add_argument("--reseed", action="store_true", help="seed even if seeded already")
     parser.add_argument("--duration", type=number, default=10, help="seconds per run")
+    parser.add_argument("--runs", type=number, default=1, help="runs per cell, in turns")
     parser.add_argument("--concurrency", type=number, nargs="+", default=[1, 8, 32])
     parser.add_argument("--endpoints", nargs="+", choices=ENDPOINTS, default=list(ENDPOINTS))
+    parser.add_argument(
+        "--serve",
+        nargs="+",
+        choices=SERVERS,
+        default=["gunicorn"],
+        help="gunicorn alone, and/or as `make serve` does (txstream/serve.py: nginx in front)",
+    )
+    parser.add_argument(
+        "--baseline", metavar="REV", help="also serve the web app of this git revision, in turns"
+    )
     add_server_flags(parser)
     args = seed_layout(parser.parse_args())
     if not shutil.which("wrk"):
         raise SystemExit("wrk is missing: apt-get install wrk")
+    # A plain `kill` cleans up as Ctrl-C does: servers stopped, worktree removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     engine = create_engine(DATABASE_URL, connect_args={"local_infile": True})
     client = redis.Redis.from_url(REDIS_URL)
     if args.reseed or not seeded(engine, client, args):
         seed(engine, client, args)
-    rows = []
-    with serving(engine, REDIS_URL, KEYS.prefix, args) as (url, token):
-        for name in args.endpoints:
-            wrk(url, ENDPOINTS[name], args.users, 8, 1, token)  # warm-up, not reported
-            for connections in args.concurrency:
-                r = wrk(url, ENDPOINTS[name], args.users, connections, args.duration, token)
-                rows.append(
-                    (ENDPOINTS[name], connections, r["rps"], r["p50_us"], r["p99_us"], r["errors"])
-                )
-                print(f"{name} x {connections}: {r['rps']:,.0f} requests/s", file=sys.stderr)
+    env = app_env(engine, REDIS_URL, KEYS.prefix, args)
+    with checkouts(args.baseline) as trees, bench_token(engine) as token, ExitStack() as stack:
+        # All at once, on ports of their own: an idle one costs the measured one nothing.
+        servers = {
+            setup: stack.enter_context(web_server(env, setup.tree, setup.server))
+            for setup in setups(trees, args.serve)
+        }
+        results = measure(servers, args, token)
     print_setup(engine, args, describe(args))
-    print("| endpoint | concurrency | requests/s | p50 ms | p99 ms | errors |")
-    print("|---|--:|--:|--:|--:|--:|")
-    for path, connections, rps, p50, p99, errors in rows:
-        print(ROW.format(path, connections, rps, p50 / 1e3, p99 / 1e3, errors))
-    if any(row[-1] for row in rows):
+    print(table(results))
+    if any(r["errors"] for runs in results.values() for r in runs):
         raise SystemExit("some requests failed: errors are non-2xx responses and socket errors")
 
 

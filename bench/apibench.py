@@ -1,6 +1,6 @@
 """What the API benchmarks (bench/api.py, bench/heavy_user.py) share: the mark of the seed
-a database holds, and the web app under gunicorn as `make serve` runs it, with a token of
-its own, measured by wrk (api.lua).
+a database holds, and the web app under gunicorn alone or as `make serve` runs it (nginx in
+front), with a token of its own, measured by wrk (api.lua) and by its processes' CPU.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import platform
 import runpy
 import secrets
 import shlex
-import subprocess  # nosec B404 # runs wrk, by fixed argument lists
+import subprocess  # nosec B404 # runs wrk and nginx -v, by fixed argument lists
 import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -25,10 +25,13 @@ from sqlalchemy.exc import SQLAlchemyError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ingest import pid_cpu_s  # noqa: E402
+
 import config  # noqa: E402
 import models  # noqa: E402
 from txstream import tokens  # noqa: E402
-from txstream.processes import ROOT, web_app  # noqa: E402
+from txstream.processes import ROOT, SERVE, Script, web_app  # noqa: E402
+from txstream.serve import nginx_binary  # noqa: E402
 from txstream.times import utcnow  # noqa: E402
 
 # Which seed the database holds; written last, so a seed that stopped half-way has none.
@@ -67,27 +70,77 @@ def add_server_flags(parser: argparse.ArgumentParser) -> None:
     )
 
 
-@contextlib.contextmanager
-def serving(engine: Engine, redis_url: str, key_prefix: str, args) -> Iterator[tuple[str, str]]:
-    """(base URL, bearer token) of the web app serving `engine`'s database, on a free port.
+# How bench/api.py can serve the web app: the command, run in the tree being measured.
+SERVERS = {
+    "gunicorn": SERVE,  # gunicorn alone: what `make serve` ran before issue #20
+    "serve": ("-m", "txstream.serve"),  # `make serve` since: nginx in front of gunicorn
+}
 
-    With tokens required, as by default; the rate limit is set far above what wrk sends
-    (each request still counts itself in Redis, as in production). The server is
-    stopped and the token revoked on the way out.
-    """
+
+def serves(tree: Path, server: str) -> bool:
+    """Whether the checkout `tree` can be served by `server` (older ones have no serve.py)."""
+    return server == "gunicorn" or (tree / "txstream" / "serve.py").exists()
+
+
+def app_env(engine: Engine, redis_url: str, key_prefix: str, args) -> dict[str, str]:
+    """The web app's environment: `engine`'s database, tokens required (as by default),
+    the rate limit far above what wrk sends (each request still counts itself in Redis,
+    as in production)."""
     env = {"DATABASE_URL": engine.url.render_as_string(hide_password=False)}
     env |= {"REDIS_URL": redis_url, "KEY_PREFIX": key_prefix}
     env |= {"SECRET_KEY": secrets.token_hex(32), "RATE_LIMIT": "100000000/minute"}
-    env["AUTH"] = args.auth
+    env |= {"AUTH": args.auth, "LOG_LEVEL": "WARNING"}
     env |= {"WEB_WORKERS": str(args.workers), "WEB_THREADS": str(args.threads)}
+    return env
+
+
+@contextlib.contextmanager
+def bench_token(engine: Engine) -> Iterator[str]:
+    """A bearer token of its own for the run, revoked on the way out."""
     token_name = f"bench-{os.getpid()}"
     models.create_schema(engine)  # a seed older than the tokens has no table for them
     token = tokens.create(engine, token_name)
     try:
-        with web_app({**env, "LOG_LEVEL": "WARNING"}) as (_server, url):
-            yield url, token
+        yield token
     finally:
         tokens.revoke(engine, token_name)
+
+
+@contextlib.contextmanager
+def web_server(
+    env: dict[str, str], tree: Path = ROOT, server: str = "gunicorn"
+) -> Iterator[tuple[Script, str]]:
+    """(the process, its base URL): the web app of the checkout `tree`, served by `server`
+    (SERVERS) on a free port, with `env`; stopped on the way out."""
+    env = {**env, "PYTHONPATH": str(tree)}  # that tree's code, whatever runs it
+    with web_app(env, command=SERVERS[server], cwd=tree) as served:
+        yield served
+
+
+def tree_cpu_s(pid: int) -> float:
+    """The CPU seconds process `pid` and its descendants alive now have used so far: a web
+    app's own cost (gunicorn's master and workers, nginx's), whatever else the machine runs."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):  # exited meanwhile
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            children.setdefault(parent, []).append(int(stat.parent.name))
+    pids, spent = [pid], 0.0
+    while pids:
+        pid = pids.pop()
+        pids += children.get(pid, [])
+        with contextlib.suppress(OSError):
+            spent += pid_cpu_s(pid)
+    return spent
+
+
+@contextlib.contextmanager
+def serving(engine: Engine, redis_url: str, key_prefix: str, args) -> Iterator[tuple[str, str]]:
+    """(base URL, bearer token) of this tree's web app under gunicorn, serving `engine`'s
+    database (`app_env`), on a free port; stopped and the token revoked on the way out."""
+    with bench_token(engine) as token:
+        with web_server(app_env(engine, redis_url, key_prefix, args)) as (_process, url):
+            yield url, token
 
 
 def wrk(url: str, path: str, users: int, connections: int, seconds: int, token: str) -> dict:
@@ -124,11 +177,20 @@ def context(engine: Engine, args, data: str) -> str:
         f"(1 thread) on the same machine; {data}; {args.duration} s per run; "
         f"AUTH={args.auth}."
     )
+    if "serve" in getattr(args, "serve", ()):
+        words += f" `make serve`: {nginx_version()} in front of gunicorn."
     if size > pool:
         words += (
             f" The tables ({size >> 20:,} MiB) outgrow InnoDB's buffer pool ({pool >> 20:,} MiB)."
         )
     return words
+
+
+def nginx_version() -> str:
+    """What `nginx -v` says of the nginx that txstream/serve.py starts, e.g. nginx/1.22.1."""
+    # bandit B603: the nginx serve.py runs, by a fixed argument list
+    done = subprocess.run([nginx_binary(), "-v"], capture_output=True, text=True)  # nosec B603
+    return done.stderr.strip().rpartition(": ")[2]
 
 
 def print_setup(engine: Engine, args, data: str) -> None:

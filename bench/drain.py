@@ -27,8 +27,10 @@ from sqlalchemy import make_url, text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from ingest import redis_cpu_s  # noqa: E402
+from trees import checkouts  # noqa: E402
+
 import models  # noqa: E402
-from bench.ingest import checkouts, redis_cpu_s  # noqa: E402
 from txstream.processes import Script  # noqa: E402
 
 DATABASE_URL = os.environ.get(

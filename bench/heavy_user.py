@@ -41,7 +41,8 @@ from sqlalchemy import text
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from apibench import add_server_flags, mark_seeded, print_setup, seed_found, serving, wrk  # noqa: E402
-from ingest import check_exactly_once, git  # noqa: E402
+from ingest import check_exactly_once  # noqa: E402
+from trees import git  # noqa: E402
 
 import config  # noqa: E402
 import models  # noqa: E402

@@ -34,18 +34,14 @@ BENCH_DATABASE_URL / BENCH_REDIS_URL.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import multiprocessing
 import os
 import platform
 import random
-import shutil
 import signal
 import statistics
-import subprocess  # nosec B404 # runs git, by fixed argument lists
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -58,6 +54,8 @@ from sqlalchemy import func, inspect, select, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from trees import AFTER, checkouts  # noqa: E402
 
 import config  # noqa: E402
 import models  # noqa: E402
@@ -79,7 +77,6 @@ DAY_MICROS = 86_400 * 10**6
 BATCH = config.Settings.batch_size  # rows per transaction of the raw ceiling, as the subscriber
 CHART = ROOT / "docs" / "ingest.png"
 PER = 200_000  # Redis CPU is also shown per this many transactions
-AFTER = "after"  # the current tree's label when there is a baseline
 # The tables that count each transaction once, besides the rows: (name, table).
 TOTALS = (("windows", models.user_window_totals), ("buckets", models.user_bucket_totals))
 
@@ -430,39 +427,6 @@ def chart(results: dict[str, list[Run]], title: str) -> None:
     ax.set_xlim(0, max(medians) * 1.18)
     fig.tight_layout()
     fig.savefig(CHART, dpi=110)
-
-
-def git(*args: str) -> str:
-    """Run git in this repository; its output, or exit with git's own message."""
-    # bandit B603: git from PATH, as the developer runs it
-    command = ["git", "-C", str(ROOT), *args]
-    done = subprocess.run(command, capture_output=True, text=True)  # nosec B603
-    if done.returncode != 0:
-        raise SystemExit(f"git {' '.join(args)}: {done.stderr.strip()}")
-    return done.stdout.strip()
-
-
-@contextlib.contextmanager
-def checkouts(baseline: str | None) -> Iterator[dict[str, Path]]:
-    """The trees whose scripts to run, by label: this one, and `baseline`'s if given.
-
-    Without a baseline: {"": this tree}. With one: {"before (REV)": REV checked out,
-    detached, in a temporary git worktree; "after": this tree}. The worktree is removed
-    on the way out, also after Ctrl-C or a failed run.
-    """
-    if not baseline:
-        yield {"": ROOT}
-        return
-    rev = git("rev-parse", "--short", "--verify", f"{baseline}^{{commit}}")
-    tmp = Path(tempfile.mkdtemp(prefix=f"txstream-{rev}-"))
-    tree = tmp / "tree"
-    try:
-        git("worktree", "add", "--detach", "--quiet", str(tree), rev)
-        yield {f"before ({rev})": tree, AFTER: ROOT}
-    finally:
-        if tree.exists():
-            git("worktree", "remove", "--force", str(tree))
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def row_name(key: str, label: str) -> str:

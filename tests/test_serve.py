@@ -28,7 +28,7 @@ from app import create_app
 from tests.helpers import TEST_DATABASE_URL, TEST_REDIS_URL
 from txstream import headers
 from txstream.processes import ROOT, Script, free_port, wait_healthy, wait_until
-from txstream.serve import CONF, nginx_conf
+from txstream.serve import CONF, accepts, nginx_conf
 from txstream.testing import stream_env
 
 pytestmark = pytest.mark.services
@@ -262,3 +262,13 @@ def test_serve_runs_as_an_ordinary_user(mysql_engine, key_prefix):
             _ctrl_c_stops_everything(server)
         finally:
             server.kill()
+
+
+def test_accepts_tells_when_a_unix_socket_listens(tmp_path):
+    """serve.py waits on gunicorn's Unix socket (cheaper for nginx than a loopback port)."""
+    path = tmp_path / "gunicorn.sock"
+    assert not accepts(f"unix:{path}")
+    with socket.socket(socket.AF_UNIX) as listening:
+        listening.bind(str(path))
+        listening.listen()
+        assert accepts(f"unix:{path}")

@@ -150,11 +150,14 @@ class Script:
                 self.proc.wait()
 
 
-def start_web_app(env: dict[str, str]) -> tuple[Script, str]:
-    """(the process, its base URL): the web app under gunicorn as `make serve` runs it, with
-    `env`, on a free local port; `wait_healthy` waits for it to answer."""
+def start_web_app(
+    env: dict[str, str], command: tuple[str, ...] = SERVE, cwd: Path = ROOT
+) -> tuple[Script, str]:
+    """(the process, its base URL): the web app under gunicorn (or `command`, e.g.
+    txstream/serve.py's nginx in front of it), with `env`, on a free local port, run from
+    the repository `cwd`; `wait_healthy` waits for it to answer."""
     bind = f"127.0.0.1:{free_port()}"
-    return Script(*SERVE, env={**env, "WEB_BIND": bind}), f"http://{bind}"
+    return Script(*command, env={**env, "WEB_BIND": bind}, cwd=cwd), f"http://{bind}"
 
 
 def wait_healthy(server: Script, url: str, timeout: float = 30) -> None:
@@ -163,7 +166,7 @@ def wait_healthy(server: Script, url: str, timeout: float = 30) -> None:
 
     def healthy() -> bool:
         if server.proc.poll() is not None:
-            raise AssertionError(f"gunicorn exited:\n{server.output}")
+            raise AssertionError(f"the web app exited:\n{server.output}")
         try:
             # bandit B310: an http:// URL made by start_web_app
             with urllib.request.urlopen(health, timeout=1) as response:  # nosec B310
@@ -175,10 +178,12 @@ def wait_healthy(server: Script, url: str, timeout: float = 30) -> None:
 
 
 @contextmanager
-def web_app(env: dict[str, str], timeout: float = 30) -> Iterator[tuple[Script, str]]:
+def web_app(
+    env: dict[str, str], timeout: float = 30, command: tuple[str, ...] = SERVE, cwd: Path = ROOT
+) -> Iterator[tuple[Script, str]]:
     """(the process, its base URL): the web app (`start_web_app`), once /healthz answers
     200; stopped on the way out."""
-    server, url = start_web_app(env)
+    server, url = start_web_app(env, command, cwd)
     try:
         wait_healthy(server, url, timeout)
         yield server, url

@@ -2,7 +2,8 @@
 
 gunicorn's sync workers serve one request each at a time, so a few clients sending half a
 request would hold them all. nginx (deploy/nginx.conf) listens on WEB_BIND, reads whole
-requests with timeouts, and passes them to gunicorn on a loopback port only it uses.
+requests with timeouts, and passes them to gunicorn on a Unix socket in its own temporary
+directory.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import config
 from txstream import headers
 from txstream.demo import interrupt, wait_for
-from txstream.processes import ROOT, SERVE, Script, TimedOut, free_port
+from txstream.processes import ROOT, SERVE, Script, TimedOut
 
 log = logging.getLogger(__name__)
 CONF = ROOT / "deploy" / "nginx.conf"
@@ -49,13 +50,19 @@ def nginx_binary() -> str:
 
 
 def accepts(address: str) -> bool:
-    """Whether HOST:PORT accepts a connection (the app answers 503 while a server is down)."""
-    host, _, port = address.rpartition(":")
+    """Whether HOST:PORT or unix:PATH accepts a connection (the app answers 503 while a
+    server is down)."""
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=1):
-            return True
+        if address.startswith("unix:"):
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.settimeout(1)
+                sock.connect(address.removeprefix("unix:"))
+        else:
+            host, _, port = address.rpartition(":")
+            socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
     except OSError:
         return False
+    return True
 
 
 def main() -> int:
@@ -64,9 +71,11 @@ def main() -> int:
     signal.signal(signal.SIGTERM, interrupt)
     settings = config.load(os.environ)
     listen = os.environ.get("WEB_BIND") or "127.0.0.1:8000"
-    upstream = f"127.0.0.1:{free_port()}"
     run_dir = Path(tempfile.mkdtemp(prefix="txstream-nginx-"))
     run_dir.chmod(0o755)  # nginx's workers (user nobody when started as root) write under it
+    # A Unix socket, not a loopback port: no TCP handshake, nor TIME_WAIT, a request
+    # (gunicorn's sync workers close each connection), and nothing else can take it.
+    upstream = f"unix:{run_dir / 'gunicorn.sock'}"
     (run_dir / "nginx.conf").write_text(
         nginx_conf(listen, upstream, run_dir, settings.max_content_length)
     )
