@@ -94,6 +94,10 @@ AGGREGATE_CHUNK = 100_000  # users per INSERT ... SELECT of their aggregates
 DAYS_AHEAD = 2  # partitions made ahead of today
 READ_SAMPLES = 200  # users per timed read
 ROCKSDB_PLUGIN_DIRS = ("/usr/lib/mysql/plugin", "/tmp/layout-lab-rocks/root/usr/lib/mysql/plugin")
+BLOOM = (
+    "--rocksdb-default-cf-options=block_based_table_factory={filter_policy=bloomfilter:10:false;"
+    "whole_key_filtering=1};prefix_extractor=capped:20"
+)
 INNODB_READS, ROCKSDB_READS = "Innodb_buffer_pool_reads", "Rocksdb_block_cache_miss"
 SEED = 21
 
@@ -164,6 +168,7 @@ class Candidate:
     engine: str
     keys: dict[str, Keys3]
     by_day: bool  # RANGE partitions by day on each table's time column
+    server_options: tuple[str, ...] = ()
 
     @property
     def rocksdb(self) -> bool:
@@ -182,6 +187,16 @@ CANDIDATES = {
     ),
     "D": Candidate("MyRocks, today's keys", "ROCKSDB", TODAY_KEYS, False),
     "E": Candidate("MyRocks, B's keys and day partitions", "ROCKSDB", DAY_KEYS, True),
+    # E with Bloom filters: a key that is nowhere (a new txn_id, a new window or bucket) is
+    # then known absent without reading the files' blocks; the prefix one serves the
+    # unique key's look-ups, which are by its first columns, not by a whole key.
+    "F": Candidate(
+        "E with Bloom filters (whole keys, and 20-byte prefixes)",
+        "ROCKSDB",
+        DAY_KEYS,
+        True,
+        (BLOOM,),
+    ),
 }
 
 
@@ -241,9 +256,16 @@ class LabServer(PrivateMariaDB):
     INNODB = ("--innodb-buffer-pool-size=128M", "--innodb-log-file-size=96M")
     COLD = ("--innodb-buffer-pool-dump-at-shutdown=OFF", "--innodb-buffer-pool-load-at-startup=OFF")
 
-    def __init__(self, directory: Path, template: Path, rocksdb_plugin_dir: str | None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        template: Path,
+        rocksdb_plugin_dir: str | None,
+        options: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(directory, template)
         self.rocksdb_plugin_dir = rocksdb_plugin_dir
+        self.options = options
 
     def command(self) -> list[str]:
         """mariadbd's command line, with the lab's options."""
@@ -257,7 +279,7 @@ class LabServer(PrivateMariaDB):
             if self.rocksdb_plugin_dir
             else ()
         )
-        return [*super().command(), *self.COLD, *rocks, "--max-allowed-packet=256M"]
+        return [*super().command(), *self.COLD, *rocks, *self.options, "--max-allowed-packet=256M"]
 
     def engine(self):
         """A SQLAlchemy engine on the database `lab`."""
@@ -281,7 +303,9 @@ def lab_server(args, candidate: Candidate) -> Iterator[LabServer]:
     """A started private server for one run, its files removed afterwards."""
     plugin_dir = rocksdb_plugin_dir(args) if candidate.rocksdb else None
     with tempfile.TemporaryDirectory(prefix="txstream-layouts-", dir=args.workdir) as tmp:
-        server = LabServer(Path(tmp) / "server", args.template, plugin_dir)
+        server = LabServer(
+            Path(tmp) / "server", args.template, plugin_dir, candidate.server_options
+        )
         server.start()
         try:
             yield server
