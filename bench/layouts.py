@@ -89,7 +89,7 @@ LAYOUT = Layout.for_window(WINDOW_SECONDS)
 DAY = 86_400 * 10**6  # microseconds
 FEED_RATE = 1000  # live transactions per second of event time
 HISTORY_DAYS = (2, 60)  # history is dated this many days ago
-HISTORY_CHUNK = 500_000  # history rows per INSERT ... SELECT (MyRocks locks every row)
+HISTORY_CHUNK = 100_000  # history rows per INSERT ... SELECT (MyRocks locks each key of each row)
 AGGREGATE_CHUNK = 100_000  # users per INSERT ... SELECT of their aggregates
 DAYS_AHEAD = 2  # partitions made ahead of today
 READ_SAMPLES = 200  # users per timed read
@@ -564,7 +564,7 @@ def timed_reads(
         }
         figures = {name: timed(server, candidate, fn, sample) for name, fn in per_user.items()}
         figures |= {name: timed(server, candidate, fn, sample[:20]) for name, fn in shared.items()}
-        figures["explain"] = explained(conn, end)
+        figures["explain"] = explained(conn, end, checked)
     return figures
 
 
@@ -579,34 +579,45 @@ def timed(server: LabServer, candidate: Candidate, fn, sample: list[int]) -> dic
     return {"ms": ms, "reads": (server.counter(candidate.reads_counter) - reads) / len(calls)}
 
 
-def stored_near(conn, txns: list[Transaction]) -> int:
+def near_query(txns: list[Transaction]):
     """The duplicate check bounded by the horizon: a stored txn_id counts only if its event
     time is within a day of the batch's, so only those days' partitions are probed."""
     t = models.transactions
     low = min(tx.ts for tx in txns) - dt.timedelta(days=1)
     high = max(tx.ts for tx in txns) + dt.timedelta(days=1)
-    query = select(t.c.txn_id, t.c.user_id, t.c.amount, t.c.ts).where(
+    return select(t.c.txn_id, t.c.user_id, t.c.amount, t.c.ts).where(
         and_(t.c.txn_id.in_([tx.txn_id for tx in txns]), t.c.ts.between(low, high))
     )
-    return len(conn.execute(query).all())
 
 
-def explained(conn, end: dt.datetime) -> dict:
-    """EXPLAIN PARTITIONS of the 24 h and 720 h sums read from the aggregates: partitions
-    read per table."""
-    result = {}
+def stored_near(conn, txns: list[Transaction]) -> int:
+    """How many of `txns` are stored, by the bounded duplicate check."""
+    return len(conn.execute(near_query(txns)).all())
+
+
+def explained(conn, end: dt.datetime, txns: list[Transaction]) -> dict:
+    """Partitions read per table (EXPLAIN PARTITIONS) by the 24 h and 720 h sums from the
+    aggregates, and by the duplicate check of `txns`, bounded and not."""
+    statements = {}
     for hours in (24, 720):
         parts = queries.split_range(end - dt.timedelta(hours=hours), end, LAYOUT)._asdict()
         params = {"user_id": 1, "window_seconds": str(WINDOW_SECONDS), **parts}
-        compiled = queries._AGGREGATE_SUM.compile(dialect=conn.dialect)
-        rows = (
-            conn.exec_driver_sql(
-                "EXPLAIN PARTITIONS " + compiled.string, compiled.construct_params(params)
-            )
-            .mappings()
-            .all()
+        statements[f"{hours} h"] = (queries._AGGREGATE_SUM, params)
+    t = models.transactions
+    statements["dup check"] = (near_query(txns), {})
+    statements["dup check, all"] = (
+        select(t.c.txn_id).where(t.c.txn_id.in_([x.txn_id for x in txns])),
+        {},
+    )
+    result = {}
+    for name, (statement, params) in statements.items():
+        compiled = statement.compile(
+            dialect=conn.dialect, compile_kwargs={"render_postcompile": True}
         )
-        result[f"{hours} h"] = [
+        rows = conn.exec_driver_sql(
+            "EXPLAIN PARTITIONS " + compiled.string, compiled.construct_params(params)
+        ).mappings()
+        result[name] = [
             f"{SHORT[r['table']]}:{len(r['partitions'].split(','))}"
             for r in rows
             if r["table"] in TABLES and r["partitions"]
@@ -728,6 +739,9 @@ def history_table(latest: dict) -> list[str]:
     return lines
 
 
+EXPLAINED = ("24 h", "720 h", "dup check", "dup check, all")
+
+
 def reads_table(latest: dict) -> list[str]:
     rows = [(k, r) for k, r in sorted(latest.items()) if k[0] == "H" and "reads" in r]
     if not rows:
@@ -736,7 +750,7 @@ def reads_table(latest: dict) -> list[str]:
     lines = [
         "| reads on H's tables: ms (engine reads) | "
         + " | ".join(names)
-        + " | partitions read, sum 24 h / 720 h |",
+        + " | partitions read: sum 24 h / 720 h / dup check +-1 day / all |",
         "|---|" + "--:|" * len(names) + "---|",
     ]
     for (_, key, ids), r in rows:
@@ -745,7 +759,9 @@ def reads_table(latest: dict) -> list[str]:
         lines.append(
             f"| {key} {ids} | "
             + " | ".join(cells)
-            + f" | {' '.join(ex['24 h'])} / {' '.join(ex['720 h'])} |"
+            + " | "
+            + " / ".join(" ".join(ex.get(name, ["?"])) for name in EXPLAINED)
+            + " |"
         )
     return lines
 
