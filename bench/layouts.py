@@ -760,7 +760,7 @@ def reads_table(latest: dict) -> list[str]:
             f"| {key} {ids} | "
             + " | ".join(cells)
             + " | "
-            + " / ".join(" ".join(ex.get(name, ["?"])) for name in EXPLAINED)
+            + " / ".join(" ".join(ex.get(name, ["–"])) for name in EXPLAINED)
             + " |"
         )
     return lines
