@@ -31,7 +31,8 @@ time first), the same form in the history the server makes.
 Candidates: A today's layout (models.py); B day partitions on every table (RANGE on
 TO_DAYS of the time column, keys with the time column as MariaDB requires); C B with
 transactions clustered by (user_id, ts, txn_id); D MyRocks with today's keys; E MyRocks
-with B's keys and partitions. MyRocks needs Debian's `mariadb-plugin-rocksdb`: installed,
+with B's keys and partitions; F E with Bloom filters (only when named: --candidates F).
+MyRocks needs Debian's `mariadb-plugin-rocksdb`: installed,
 or its package only unpacked (`apt-get download mariadb-plugin-rocksdb; dpkg -x *.deb DIR`,
 then --rocksdb-plugin-dir DIR/usr/lib/mysql/plugin), which leaves the system's servers as
 they are.
