@@ -94,7 +94,7 @@ HISTORY_CHUNK = 100_000  # history rows per INSERT ... SELECT (MyRocks locks eac
 AGGREGATE_CHUNK = 100_000  # users per INSERT ... SELECT of their aggregates
 DAYS_AHEAD = 2  # partitions made ahead of today
 READ_SAMPLES = 200  # users per timed read
-ROCKSDB_PLUGIN_DIRS = ("/usr/lib/mysql/plugin", "/tmp/layout-lab-rocks/root/usr/lib/mysql/plugin")
+ROCKSDB_PLUGIN_DIRS = ("/usr/lib/mysql/plugin",)  # Debian's; else --rocksdb-plugin-dir
 BLOOM = (
     "--rocksdb-default-cf-options=block_based_table_factory={filter_policy=bloomfilter:10:false;"
     "whole_key_filtering=1};prefix_extractor=capped:20"
@@ -483,7 +483,7 @@ def load_history(
             for lo in range(1, rows + 1, HISTORY_CHUNK):
                 hi = min(lo + HISTORY_CHUNK - 1, rows)
                 cur.execute(
-                    "INSERT INTO transactions (txn_id, user_id, amount, ts, received_at) "
+                    "INSERT INTO transactions (txn_id, user_id, amount, ts, received_at) "  # nosec B608
                     f"SELECT {uuid_sql(ids)}, (seq - 1) DIV {per_user} % {users} + 1, "
                     f"({cents}) / 100, ts, ts FROM "
                     f"(SELECT seq, {ts} AS ts FROM seq_{lo}_to_{hi}) AS history ORDER BY seq"
@@ -514,12 +514,12 @@ def aggregate_history(cur, users: int) -> None:
     for lo in range(1, users + 1, AGGREGATE_CHUNK):
         where = f"WHERE user_id BETWEEN {lo} AND {lo + AGGREGATE_CHUNK - 1}"
         cur.execute(
-            "INSERT INTO user_window_totals SELECT user_id, "
+            "INSERT INTO user_window_totals SELECT user_id, "  # nosec B608 # made here
             f"{start.format(n=w)} AS ws, COUNT(*), SUM(amount), MIN(amount), MAX(amount), "
             f"UTC_TIMESTAMP(6) FROM transactions {where} GROUP BY user_id, ws ORDER BY user_id, ws"
         )
         cur.execute(
-            "INSERT INTO user_bucket_totals SELECT user_id, "
+            "INSERT INTO user_bucket_totals SELECT user_id, "  # nosec B608 # made here
             f"{start.format(n=b)} AS bs, COUNT(*), SUM(amount) "
             f"FROM transactions {where} GROUP BY user_id, bs ORDER BY user_id, bs"
         )
