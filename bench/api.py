@@ -15,6 +15,7 @@ with local_infile on (the default).
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import random
@@ -22,10 +23,12 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import astuple
 from datetime import timedelta
 from decimal import Decimal
+from itertools import islice
 from pathlib import Path
 
 import redis
@@ -56,6 +59,7 @@ ENDPOINTS = {
 }
 ROW = "| `{}` | {} | {:,.0f} | {:.2f} | {:.2f} | {} |"  # of the Markdown table
 BUCKET_GRAIN = 60  # seconds: a bucket is gcd(window, this) long, as the subscriber makes them
+DAY_MICROS = 86_400_000_000
 LOAD_ROWS = 1_000_000  # rows per generated file and LOAD DATA: two files on disk at most
 FILL_ROWS = 50_000  # about this many rows per windows/recent-lists statement: sorts fit in memory
 LOAD_SQL = text(
@@ -82,8 +86,12 @@ BUCKETS_SQL = text("""
     FROM transactions WHERE user_id BETWEEN :lo AND :hi GROUP BY user_id, start""")
 
 
-def seed(engine, client: redis.Redis, args) -> None:
-    """Make the database and the recent lists anew; print how fast."""
+def seed(engine, client: redis.Redis | None, args, lines: Iterator[str] | None = None) -> None:
+    """Make the database and the recent lists anew; print how fast.
+
+    `lines`: the rows to load, as `seed_lines` makes them (default: `seed_lines(args)`).
+    `client` None: no recent lists (a benchmark of ingest, on a Redis of its own).
+    """
     server = create_engine(engine.url.set(database=""))
     with server.begin() as conn:
         if not conn.execute(text("SELECT @@local_infile")).scalar():
@@ -97,13 +105,14 @@ def seed(engine, client: redis.Redis, args) -> None:
     secondary = sorted(models.transactions.indexes, key=lambda index: index.name)
     ddl(engine, map(DropIndex, secondary))
     phases = {
-        "load": lambda: load(engine, args),
+        "load": lambda: load(engine, seed_lines(args) if lines is None else lines),
         "indexes": lambda: ddl(engine, map(CreateIndex, secondary)),
         "windows": lambda: fill_windows(engine, args),
         "buckets": lambda: fill_buckets(engine, args),
         "settings": lambda: write_settings(engine, args),
-        "recent lists": lambda: fill_recent(engine, client),
     }
+    if client is not None:
+        phases["recent lists"] = lambda: fill_recent(engine, client)
     spent = {}
     for name, phase in phases.items():
         started = time.monotonic()
@@ -116,20 +125,29 @@ def seed(engine, client: redis.Redis, args) -> None:
     print(f"seeded {args.rows:,} rows in {total:.1f} s: {args.rows / total:,.0f} rows/s ({parts})")
 
 
-def load(engine, args) -> None:
-    """LOAD DATA the rows from files of LOAD_ROWS, each written while the one before loads."""
-    rng = random.Random(1)  # nosec B311 # made-up rows, the same every run
-    span = args.days * 86_400_000_000  # microseconds
-    end = to_micros(utcnow())
-    width = len(str(args.rows))
+def seed_lines(
+    args, ago: int = 0, txn_ids: Callable[[int, int], str] | None = None
+) -> Iterator[str]:
+    """The seed's rows as lines of LOAD_SQL: `args.rows` of `args.users` users (uniform) over
+    the `args.days` days before `ago` days ago; row i in the i-th slice of that time, so
+    time and txn_id both grow with i.
 
-    def lines(first: int, count: int):
-        # Row i gets the i-th slice of the span, so time and txn_id both grow with i.
-        for i in range(first, first + count):
-            cents = rng.randrange(-2_500, 47_500) or 1  # about 5% refunds
-            micros = end - span + i * span // args.rows + rng.randrange(span // args.rows or 1)
-            user = rng.randrange(args.users) + 1
-            yield f"bench-{i:0{width}d}\t{user}\t{Decimal(cents).scaleb(-2)}\t{micros}\n"
+    `txn_ids(i, micros)`: row i's txn_id, given its event time (default: `bench-<i>`).
+    """
+    rng = random.Random(1)  # nosec B311 # made-up rows, the same every run
+    span = args.days * DAY_MICROS
+    end = to_micros(utcnow()) - ago * DAY_MICROS
+    width = len(str(args.rows))
+    for i in range(args.rows):
+        cents = rng.randrange(-2_500, 47_500) or 1  # about 5% refunds
+        micros = end - span + i * span // args.rows + rng.randrange(span // args.rows or 1)
+        user = rng.randrange(args.users) + 1
+        txn_id = f"bench-{i:0{width}d}" if txn_ids is None else txn_ids(i, micros)
+        yield f"{txn_id}\t{user}\t{Decimal(cents).scaleb(-2)}\t{micros}\n"
+
+
+def load(engine, lines: Iterator[str]) -> None:
+    """LOAD DATA the lines from files of LOAD_ROWS, each written while the one before loads."""
 
     def load_file(path: Path) -> None:
         with engine.begin() as conn:
@@ -137,14 +155,17 @@ def load(engine, args) -> None:
 
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(1) as loader:
         loading = None
-        for n, first in enumerate(range(0, args.rows, LOAD_ROWS)):
+        for n in itertools.count():
             path = Path(tmp) / f"{n % 2}.tsv"  # not the file that may be loading now
             with path.open("w") as f:
-                f.writelines(lines(first, min(LOAD_ROWS, args.rows - first)))
+                f.writelines(islice(lines, LOAD_ROWS))
+            if not path.stat().st_size:
+                break
             if loading:
                 loading.result()
             loading = loader.submit(load_file, path)
-        loading.result()
+        if loading:
+            loading.result()
 
 
 def ddl(engine, statements) -> None:
