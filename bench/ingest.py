@@ -595,6 +595,14 @@ def table(results: Results, count: int, before: str | None) -> str:
     return "\n".join(lines)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the machine's architecture."""
+    return next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
+        platform.machine(),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200_000)
@@ -623,10 +631,7 @@ def main() -> None:
     engine = models.make_engine(DATABASE_URL)
     models.create_schema(engine)
     client = redis.Redis.from_url(REDIS_URL)
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
-        platform.machine(),
-    )
+    cpu = cpu_model()
     workloads = "; ".join(f"{name}: {WORKLOADS[name].description}" for name in args.workloads)
     title = (
         f"{args.count:,} transactions, {args.users:,} users ({workloads}); "

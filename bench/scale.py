@@ -42,7 +42,6 @@ import argparse
 import contextlib
 import datetime
 import os
-import platform
 import random
 import re
 import shutil
@@ -517,7 +516,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up as after Ctrl-C
     counts = Counts().divided(QUICK) if args.quick else Counts()
     time_ids = args.ids == "time"
-    cpu = platform.processor() or platform.machine()
+    cpu = ingest.cpu_model()
     title = (
         f"{datetime.date.today()}, {os.cpu_count()} cores ({cpu}), MariaDB's 128 MB buffer "
         f"pool, one subscriber, {'time-ordered' if time_ids else 'random'} txn_ids"
