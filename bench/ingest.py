@@ -161,9 +161,17 @@ WORKLOADS = {
 
 
 def feed(load: Load, transport: str, redis_url: str = REDIS_URL) -> None:
-    """Send the load's transactions with txstream's sink, BURST_CHUNK lines per call."""
+    """Send the load's transactions with txstream's sink, BURST_CHUNK lines per call.
+
+    The stream's cap is raised to the load's size: the whole burst may wait in it.
+    """
     settings = config.Settings(
-        redis_url=redis_url, transport=transport, channel=NAME, stream=NAME, key_prefix=KEY_PREFIX
+        redis_url=redis_url,
+        transport=transport,
+        channel=NAME,
+        stream=NAME,
+        key_prefix=KEY_PREFIX,
+        stream_maxlen=max(config.Settings.stream_maxlen, load.count),
     )
     client = redis.Redis.from_url(redis_url)
     sink = make_sink(settings, client)
