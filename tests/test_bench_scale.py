@@ -34,4 +34,6 @@ def test_quick_run_reports_every_goal_and_the_runs_behind_them():
     runs = next(t for t in tables if t.startswith("| run |")).splitlines()[2:]
     names = [row.split(" | ")[0] for row in runs if RUN_ROW.match(row)]
     assert any("on 100,000 rows of history" in name for name in names), runs
-    assert sum("slice" in name for name in names) >= 10, runs  # 15,000 rows, slices of 1,000
+    # 15,000 rows in slices of 1,000, from progress line to progress line: the subscriber
+    # commits up to 2,000 at a time, so a slice may hold two.
+    assert sum("slice" in name for name in names) >= 7, runs
