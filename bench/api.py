@@ -32,8 +32,8 @@ from itertools import islice
 from pathlib import Path
 
 import redis
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.schema import CreateIndex, DropIndex
+from sqlalchemy import UniqueConstraint, create_engine, func, select, text
+from sqlalchemy.schema import AddConstraint, CreateIndex, DropConstraint, DropIndex
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -100,13 +100,16 @@ def seed(engine, client: redis.Redis | None, args, lines: Iterator[str] | None =
         conn.execute(text(f"DROP DATABASE IF EXISTS {database}"))
     server.dispose()
     models.create_schema(engine)
-    # Without them the load only appends (id, ts and txn_id grow with each row), and each is
-    # then built once, sorted. Kept, (user_id, ts) would take every row at a random place.
-    secondary = sorted(models.transactions.indexes, key=lambda index: index.name)
-    ddl(engine, map(DropIndex, secondary))
+    # Without them the load only appends (id grows with each row), and each is then built
+    # once, sorted. Kept, (user_id, ts) would take every row at a random place, and so
+    # would the unique txn_id where the ids are random (UUID4 `lines`).
+    table = models.transactions
+    secondary = sorted(table.indexes, key=lambda index: index.name)
+    unique = [c for c in table.constraints if isinstance(c, UniqueConstraint)]
+    ddl(engine, [*map(DropConstraint, unique), *map(DropIndex, secondary)])
     phases = {
         "load": lambda: load(engine, seed_lines(args) if lines is None else lines),
-        "indexes": lambda: ddl(engine, map(CreateIndex, secondary)),
+        "indexes": lambda: ddl(engine, [*map(AddConstraint, unique), *map(CreateIndex, secondary)]),
         "windows": lambda: fill_windows(engine, args),
         "buckets": lambda: fill_buckets(engine, args),
         "settings": lambda: write_settings(engine, args),
