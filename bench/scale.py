@@ -67,7 +67,9 @@ from apibench import mark_seeded, seed_found  # noqa: E402
 import config  # noqa: E402
 import models  # noqa: E402
 from emitter_and_pub import uuid4_text  # noqa: E402
+from txstream.keys import Keys  # noqa: E402
 from txstream.processes import Script  # noqa: E402
+from txstream.rebuild_redis import RedisRebuild  # noqa: E402
 from txstream.testing import PrivateMariaDB, PrivateRedis  # noqa: E402
 
 CHART = ROOT / "docs" / "scale.png"
@@ -255,12 +257,16 @@ def watch(subscriber: Script, count: int, reads: Callable[[], int]) -> list[Samp
     return samples
 
 
-def live_ingest(bench: Bench, database: str, load: Live, name: str, before: int = 0) -> Ingest:
+def live_ingest(
+    bench: Bench, database: str, load: Live, name: str, before: int = 0, flush: bool = True
+) -> Ingest:
     """Send `load` in a burst to one subscriber on `database`, which holds `before` rows;
-    checks that every table counts each transaction once."""
-    client = redis.Redis.from_url(bench.redis.url)
-    client.flushdb()
-    client.close()
+    checks that every table counts each transaction once. `flush`: empty Redis first (else
+    it holds the database's derived state, `derive_redis`, and no stream)."""
+    if flush:
+        client = redis.Redis.from_url(bench.redis.url)
+        client.flushdb()
+        client.close()
     env = {**ingest.script_env(ROOT, bench.url(database), bench.redis.url), "TRANSPORT": "stream"}
     subscriber = Script("sub_and_store.py", "--stats-interval", STATS_INTERVAL, env=env)
     try:
@@ -348,23 +354,37 @@ def history(bench: Bench, counts: Counts, time_ids: bool, keep: Path | None) -> 
     empty = live_ingest(bench, SCALE_DB, load, f"live: {counts.users:,} users, empty tables")
     with bench.mariadb.connect(autocommit=True) as conn, conn.cursor() as cur:
         cur.execute(f"DROP DATABASE {SCALE_DB}")  # nosec B608 # one of ours: not in the kept copy
-    seed_history(bench, counts, time_ids)
+    seeded = seed_history(bench, counts, time_ids)
+    derive_redis(bench, HISTORY_DB)  # before the restart: the pool starts cold all the same
     bench.mariadb.stop()
-    if keep:
+    if keep and seeded:
         shutil.rmtree(keep / "data", ignore_errors=True)
         shutil.copytree(bench.mariadb.datadir, keep / "data")
     bench.mariadb.start()
     name = f"live: {counts.users:,} users, on {counts.history:,} rows of history (cold)"
-    full = live_ingest(bench, HISTORY_DB, load, name, before=counts.history)
+    full = live_ingest(bench, HISTORY_DB, load, name, before=counts.history, flush=False)
     return [empty, full]
 
 
-def seed_history(bench: Bench, counts: Counts, time_ids: bool) -> None:
+def derive_redis(bench: Bench, database: str) -> None:
+    """Empty Redis, then derive its state (recent lists, counts) from `database`, as a
+    running system's Redis holds it: else the subscriber would rebuild it from the whole
+    history while it ingests."""
+    client = redis.Redis.from_url(bench.redis.url)
+    client.flushdb()
+    engine = bench.engine(database)
+    RedisRebuild(engine, client, Keys(ingest.KEY_PREFIX), "bench-scale").rebuild()
+    engine.dispose()
+    client.close()
+
+
+def seed_history(bench: Bench, counts: Counts, time_ids: bool) -> bool:
     """`counts.history` rows of `counts.users` users dated 2-60 days ago, with their totals
-    (bench/api.py's seed), unless the kept datadir holds them already."""
+    (bench/api.py's seed), unless the kept datadir holds them already; whether it seeded."""
     engine = bench.engine(HISTORY_DB)
     description = history_description(counts, time_ids)
-    if not seed_found(engine, description, KEPT_FOR):
+    found = seed_found(engine, description, KEPT_FOR)
+    if not found:
         args = argparse.Namespace(
             rows=counts.history, users=counts.users, days=HISTORY_AGO[1] - HISTORY_AGO[0]
         )
@@ -373,6 +393,7 @@ def seed_history(bench: Bench, counts: Counts, time_ids: bool) -> None:
         api.seed(engine, None, args, lines)
         mark_seeded(engine, description)
     engine.dispose()
+    return not found
 
 
 def history_description(counts: Counts, time_ids: bool) -> str:
