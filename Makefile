@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 READY  := $(VENV)/.installed
 
-.PHONY: demo cluster-demo test test-cluster install lint format lock init-db serve screenshots bench-ingest bench-cluster bench-api bench-heavy clean
+.PHONY: demo cluster-demo test test-cluster install lint format lock init-db serve screenshots bench-ingest bench-cluster bench-api bench-heavy bench-scale clean
 
 demo: $(READY)            ## emitter + subscriber + web app; embedded Redis/SQLite unless configured
 	$(BIN)/python -m txstream.demo
@@ -54,6 +54,10 @@ bench-api: $(READY)       ## API requests/s and p50/p99 at 10M rows under gunico
 bench-heavy: $(READY)     ## one user with 1M transactions: their sums' p99 against light users' (needs wrk)
 	@command -v wrk >/dev/null || { echo "bench-heavy needs wrk: apt-get install wrk"; exit 1; }
 	$(BIN)/python bench/heavy_user.py
+
+bench-scale: $(READY)     ## ingest as population and history grow (issue 21), private servers; docs/scale.png
+	$(BIN)/pip install --quiet -r bench/requirements.txt
+	$(BIN)/python bench/scale.py
 
 # The lock files pin every package, indirect ones too, with hashes: every install gets the
 # same files. Production: pip install --require-hashes -r requirements.lock

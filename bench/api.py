@@ -26,6 +26,7 @@ default).
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import random
@@ -35,17 +36,19 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import astuple
 from datetime import timedelta
 from decimal import Decimal
+from itertools import islice
 from pathlib import Path
 from typing import NamedTuple
 
 import redis
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.schema import CreateIndex, DropIndex
+from sqlalchemy import UniqueConstraint, create_engine, func, select, text
+from sqlalchemy.schema import AddConstraint, CreateIndex, DropConstraint, DropIndex
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -87,6 +90,7 @@ P50_P99 = ("p50_us", "p99_us")  # the latencies of the table, from wrk
 # What the table calls each of apibench.SERVERS.
 SERVED = {"gunicorn": "gunicorn alone", "serve": "make serve (nginx + gunicorn)"}
 BUCKET_GRAIN = 60  # seconds: a bucket is gcd(window, this) long, as the subscriber makes them
+DAY_MICROS = 86_400_000_000
 LOAD_ROWS = 1_000_000  # rows per generated file and LOAD DATA: two files on disk at most
 FILL_ROWS = 50_000  # about this many rows per windows/recent-lists statement: sorts fit in memory
 LOAD_SQL = text(
@@ -113,8 +117,12 @@ BUCKETS_SQL = text("""
     FROM transactions WHERE user_id BETWEEN :lo AND :hi GROUP BY user_id, start""")
 
 
-def seed(engine, client: redis.Redis, args) -> None:
-    """Make the database and the recent lists anew; print how fast."""
+def seed(engine, client: redis.Redis | None, args, lines: Iterator[str] | None = None) -> None:
+    """Make the database and the recent lists anew; print how fast.
+
+    `lines`: the rows to load, as `seed_lines` makes them (default: `seed_lines(args)`).
+    `client` None: no recent lists (a benchmark of ingest, on a Redis of its own).
+    """
     server = create_engine(engine.url.set(database=""))
     with server.begin() as conn:
         if not conn.execute(text("SELECT @@local_infile")).scalar():
@@ -123,18 +131,22 @@ def seed(engine, client: redis.Redis, args) -> None:
         conn.execute(text(f"DROP DATABASE IF EXISTS {database}"))
     server.dispose()
     models.create_schema(engine)
-    # Without them the load only appends (id, ts and txn_id grow with each row), and each is
-    # then built once, sorted. Kept, (user_id, ts) would take every row at a random place.
-    secondary = sorted(models.transactions.indexes, key=lambda index: index.name)
-    ddl(engine, map(DropIndex, secondary))
+    # Without them the load only appends (id grows with each row), and each is then built
+    # once, sorted. Kept, (user_id, ts) would take every row at a random place, and so
+    # would the unique txn_id where the ids are random (UUID4 `lines`).
+    table = models.transactions
+    secondary = sorted(table.indexes, key=lambda index: index.name)
+    unique = [c for c in table.constraints if isinstance(c, UniqueConstraint)]
+    ddl(engine, [*map(DropConstraint, unique), *map(DropIndex, secondary)])
     phases = {
-        "load": lambda: load(engine, args),
-        "indexes": lambda: ddl(engine, map(CreateIndex, secondary)),
+        "load": lambda: load(engine, seed_lines(args) if lines is None else lines),
+        "indexes": lambda: ddl(engine, [*map(AddConstraint, unique), *map(CreateIndex, secondary)]),
         "windows": lambda: fill_windows(engine, args),
         "buckets": lambda: fill_buckets(engine, args),
         "settings": lambda: write_settings(engine, args),
-        "recent lists": lambda: fill_recent(engine, client),
     }
+    if client is not None:
+        phases["recent lists"] = lambda: fill_recent(engine, client)
     spent = {}
     for name, phase in phases.items():
         started = time.monotonic()
@@ -147,20 +159,29 @@ def seed(engine, client: redis.Redis, args) -> None:
     print(f"seeded {args.rows:,} rows in {total:.1f} s: {args.rows / total:,.0f} rows/s ({parts})")
 
 
-def load(engine, args) -> None:
-    """LOAD DATA the rows from files of LOAD_ROWS, each written while the one before loads."""
-    rng = random.Random(1)  # nosec B311 # made-up rows, the same every run
-    span = args.days * 86_400_000_000  # microseconds
-    end = to_micros(utcnow())
-    width = len(str(args.rows))
+def seed_lines(
+    args, ago: int = 0, txn_ids: Callable[[int, int], str] | None = None
+) -> Iterator[str]:
+    """The seed's rows as lines of LOAD_SQL: `args.rows` of `args.users` users (uniform) over
+    the `args.days` days before `ago` days ago; row i in the i-th slice of that time, so
+    time and txn_id both grow with i.
 
-    def lines(first: int, count: int):
-        # Row i gets the i-th slice of the span, so time and txn_id both grow with i.
-        for i in range(first, first + count):
-            cents = rng.randrange(-2_500, 47_500) or 1  # about 5% refunds
-            micros = end - span + i * span // args.rows + rng.randrange(span // args.rows or 1)
-            user = rng.randrange(args.users) + 1
-            yield f"bench-{i:0{width}d}\t{user}\t{Decimal(cents).scaleb(-2)}\t{micros}\n"
+    `txn_ids(i, micros)`: row i's txn_id, given its event time (default: `bench-<i>`).
+    """
+    rng = random.Random(1)  # nosec B311 # made-up rows, the same every run
+    span = args.days * DAY_MICROS
+    end = to_micros(utcnow()) - ago * DAY_MICROS
+    width = len(str(args.rows))
+    for i in range(args.rows):
+        cents = rng.randrange(-2_500, 47_500) or 1  # about 5% refunds
+        micros = end - span + i * span // args.rows + rng.randrange(span // args.rows or 1)
+        user = rng.randrange(args.users) + 1
+        txn_id = f"bench-{i:0{width}d}" if txn_ids is None else txn_ids(i, micros)
+        yield f"{txn_id}\t{user}\t{Decimal(cents).scaleb(-2)}\t{micros}\n"
+
+
+def load(engine, lines: Iterator[str]) -> None:
+    """LOAD DATA the lines from files of LOAD_ROWS, each written while the one before loads."""
 
     def load_file(path: Path) -> None:
         with engine.begin() as conn:
@@ -168,14 +189,17 @@ def load(engine, args) -> None:
 
     with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(1) as loader:
         loading = None
-        for n, first in enumerate(range(0, args.rows, LOAD_ROWS)):
+        for n in itertools.count():
             path = Path(tmp) / f"{n % 2}.tsv"  # not the file that may be loading now
             with path.open("w") as f:
-                f.writelines(lines(first, min(LOAD_ROWS, args.rows - first)))
+                f.writelines(islice(lines, LOAD_ROWS))
+            if not path.stat().st_size:
+                break
             if loading:
                 loading.result()
             loading = loader.submit(load_file, path)
-        loading.result()
+        if loading:
+            loading.result()
 
 
 def ddl(engine, statements) -> None:

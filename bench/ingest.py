@@ -43,6 +43,7 @@ import signal
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -112,18 +113,37 @@ def typical_transactions(count: int, users: int) -> Iterator[Transaction]:
 
 
 def hard_transactions(count: int, users: int) -> Iterator[Transaction]:
-    """Users uniform over all `users`, event times uniform over the last day.
+    """Users uniform over all `users`, event times uniform over the last day."""
+    return uniform_transactions(count, users, DAY_MICROS)
+
+
+def uniform_transactions(
+    count: int, users: int, spread: int, time_ids: bool = False, seed: int = SEED
+) -> Iterator[Transaction]:
+    """Users uniform over all `users`, each event time up to `spread` µs before it is made
+    (0: made now, as a live feed's), made as they are sent.
 
     The emitter's amounts and txn_ids (its generator, seeded); only the user and the
     time are drawn anew. Times lie in the past, within what the subscriber accepts.
+    `time_ids`: time-ordered txn_ids (`uuid7_text` of the moment each is made) instead
+    of the emitter's random UUID4s, as a card network that makes them would send.
     """
-    rng = random.Random(SEED)  # nosec B311 # made-up transactions, the same every run
+    rng = random.Random(seed)  # nosec B311 # made-up transactions, the same every run
     source = FakeTransactions(users, rng)
-    end = to_micros(utcnow())
     for _ in range(count):
         tx = source.next()
-        ts = from_micros(end - rng.randrange(DAY_MICROS))
-        yield Transaction(tx.txn_id, rng.randrange(users) + 1, tx.amount, ts)
+        now = to_micros(utcnow())
+        txn_id = uuid7_text(now, rng.getrandbits(74)) if time_ids else tx.txn_id
+        ts = from_micros(now - rng.randrange(spread) if spread else now)
+        yield Transaction(txn_id, rng.randrange(users) + 1, tx.amount, ts)
+
+
+def uuid7_text(micros: int, bits: int) -> str:
+    """A time-ordered UUID (version 7, RFC 9562): the millisecond of `micros` since the
+    epoch, then 74 random `bits`; ids made later sort after, but within a millisecond."""
+    rand_a, rand_b = bits >> 62, bits & (2**62 - 1)
+    value = (micros // 1000) << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b
+    return str(uuid.UUID(int=value))
 
 
 class Workload(NamedTuple):
@@ -137,12 +157,20 @@ WORKLOADS = {
 }
 
 
-def feed(load: Load, transport: str) -> None:
-    """Send the load's transactions with txstream's sink, BURST_CHUNK lines per call."""
+def feed(load: Load, transport: str, redis_url: str = REDIS_URL) -> None:
+    """Send the load's transactions with txstream's sink, BURST_CHUNK lines per call.
+
+    The stream's cap is raised to the load's size: the whole burst may wait in it.
+    """
     settings = config.Settings(
-        redis_url=REDIS_URL, transport=transport, channel=NAME, stream=NAME, key_prefix=KEY_PREFIX
+        redis_url=redis_url,
+        transport=transport,
+        channel=NAME,
+        stream=NAME,
+        key_prefix=KEY_PREFIX,
+        stream_maxlen=max(config.Settings.stream_maxlen, load.count),
     )
-    client = redis.Redis.from_url(REDIS_URL)
+    client = redis.Redis.from_url(redis_url)
     sink = make_sink(settings, client)
     txns = load.transactions()
     while lines := [format_line(tx) for tx in islice(txns, BURST_CHUNK)]:
@@ -153,10 +181,10 @@ def feed(load: Load, transport: str) -> None:
 class Feeder:
     """`feed` in a child process: the harness's stand-in for the emitter, with a `wait_ok`."""
 
-    def __init__(self, load: Load, transport: str) -> None:
+    def __init__(self, load: Load, transport: str, redis_url: str = REDIS_URL) -> None:
         # fork: the child starts at once, without importing anything again
         self.proc = multiprocessing.get_context("fork").Process(
-            target=feed, args=(load, transport), name="feeder", daemon=True
+            target=feed, args=(load, transport, redis_url), name="feeder", daemon=True
         )
         self.proc.start()
 
@@ -292,6 +320,22 @@ def wait_for_rows(engine, count: int, stall: float = 30) -> None:
         time.sleep(0.01)
 
 
+def script_env(
+    tree: Path, database_url: str = DATABASE_URL, redis_url: str = REDIS_URL
+) -> dict[str, str]:
+    """The environment of the scripts of `tree`: its code, the bench's servers and names."""
+    return {
+        "PYTHONPATH": str(tree),
+        "REDIS_URL": redis_url,
+        "DATABASE_URL": database_url,
+        "CHANNEL": NAME,
+        "STREAM": NAME,
+        "KEY_PREFIX": KEY_PREFIX,
+        "LOG_LEVEL": "INFO",
+        "METRICS_PORT": "0",  # several subscribers on one host: no metrics port for each
+    }
+
+
 def end_to_end(
     engine, client, load: Load, consumers: list[list[str]], env: dict, tree: Path
 ) -> Run:
@@ -302,17 +346,7 @@ def end_to_end(
     """
     empty_tables(engine)
     client.flushdb()
-    env = {
-        "PYTHONPATH": str(tree),
-        "REDIS_URL": REDIS_URL,
-        "DATABASE_URL": DATABASE_URL,
-        "CHANNEL": NAME,
-        "STREAM": NAME,
-        "KEY_PREFIX": KEY_PREFIX,
-        "LOG_LEVEL": "INFO",
-        "METRICS_PORT": "0",  # several subscribers on one host: no metrics port for each
-        **env,
-    }
+    env = {**script_env(tree), **env}
     procs = [Script(*args, env=env, cwd=tree) for args in consumers]
     try:
         for proc in procs:
@@ -360,25 +394,35 @@ def raw_ceiling(engine, client, load: Load, tree: Path) -> Run:
 
     Runs no script, so `tree` is unused and there is no "before" to measure.
     """
-    count = load.count
-    now = utcnow()
-    rows = [(t.txn_id, t.user_id, t.amount, t.ts, now) for t in load.transactions()]
+    rows = ceiling_rows(load)
     empty_tables(engine)
+    return Run(load.count / insert_batches(engine, rows))
+
+
+def ceiling_rows(load) -> list[tuple]:
+    """The load's transactions as rows of `insert_batches`, made before the clock starts."""
+    now = utcnow()
+    return [(t.txn_id, t.user_id, t.amount, t.ts, now) for t in load.transactions()]
+
+
+def insert_batches(
+    engine, rows: list[tuple], table: str = "transactions", batch: int = BATCH
+) -> float:
+    """Seconds to INSERT `rows` into `table` (one of ours), `batch` rows a commit."""
     raw = engine.raw_connection()
     try:
         cursor = raw.cursor()
         started = time.monotonic()
-        for i in range(0, count, BATCH):
+        for i in range(0, len(rows), batch):
             cursor.executemany(
-                "INSERT INTO transactions (txn_id, user_id, amount, ts, received_at) "
+                f"INSERT INTO {table} (txn_id, user_id, amount, ts, received_at) "  # nosec B608
                 "VALUES (%s, %s, %s, %s, %s)",
-                rows[i : i + BATCH],
+                rows[i : i + batch],
             )
             raw.commit()
-        elapsed = time.monotonic() - started
+        return time.monotonic() - started
     finally:
         raw.close()
-    return Run(count / elapsed)
 
 
 MODES = {
@@ -523,6 +567,14 @@ def table(results: Results, count: int, before: str | None) -> str:
     return "\n".join(lines)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux), else the machine's architecture."""
+    return next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
+        platform.machine(),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200_000)
@@ -551,10 +603,7 @@ def main() -> None:
     engine = models.make_engine(DATABASE_URL)
     models.create_schema(engine)
     client = redis.Redis.from_url(REDIS_URL)
-    cpu = next(
-        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
-        platform.machine(),
-    )
+    cpu = cpu_model()
     workloads = "; ".join(f"{name}: {WORKLOADS[name].description}" for name in args.workloads)
     title = (
         f"{args.count:,} transactions, {args.users:,} users ({workloads}); "
