@@ -82,9 +82,13 @@ _SET_KIND = {
 
 
 def retype(client, key: str, kind: str) -> None:
-    """Make `key` hold a value of type `kind` (one of KINDS), whatever it held."""
-    client.delete(key)
-    _SET_KIND[kind](client, key)
+    """Make `key` hold a value of type `kind` (one of KINDS), whatever it held: in one
+    MULTI/EXEC, so that a running writer (a subscriber's heartbeat) cannot write its own
+    type between the DEL and the new value."""
+    with client.pipeline(transaction=True) as pipe:
+        pipe.delete(key)
+        _SET_KIND[kind](pipe, key)
+        pipe.execute()
 
 
 def signed_in_client(app):
